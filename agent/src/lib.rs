@@ -1,0 +1,1 @@
+//! The p2c agent: the source-side daemon.

@@ -1,0 +1,19 @@
+//! Domain types and helpers shared by the p2c agent and controller.
+//!
+//! Nothing here knows about gRPC or prost: the `p2c-proto` crate converts between these
+//! types and the wire messages at the edge.
+
+pub mod chunking;
+pub mod cli;
+pub mod findings;
+pub mod inventory;
+pub mod manifest;
+pub mod migration;
+pub mod paths;
+pub mod pki;
+pub mod telemetry;
+pub mod token;
+pub mod units;
+
+/// Version string reported by every binary.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,229 @@
+//! What the operator asks of a migration and what it reports back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::findings::Report;
+use crate::manifest::Problem;
+
+/// How the container's files are kept on the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// A plain directory tree in the private area (VZFS/simfs style).
+    #[default]
+    Simfs,
+    /// A raw ext4 image in `root.hdd/` with a `DiskDescriptor.xml` (OpenVZ 7 / Virtuozzo 7).
+    Ploop,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Simfs => "simfs",
+            Layout::Ploop => "ploop",
+        }
+    }
+}
+
+/// Options that change what the pre-flight report says.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssessOptions {
+    /// Mount point of the source partition whose quotas the container keeps.
+    pub quota_partition: Option<String>,
+    /// Keep extended attributes where the node's file system can.
+    pub keep_xattrs: bool,
+    /// Paths of the source not to copy.
+    pub excludes: Vec<String>,
+    /// The container the report is for (to look at an earlier, partial run).
+    pub ctid: Option<u32>,
+    /// Skip the source scan (MAC search, xattr census); inventory-only findings.
+    pub quick: bool,
+}
+
+/// Everything `p2c migrate` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrateOptions {
+    pub agent: String,
+    pub ctid: u32,
+    #[serde(flatten)]
+    pub assess: AssessOptions,
+    /// Bytes per second for this migration's transfer; 0 for no limit.
+    pub bwlimit: u64,
+    /// Services stopped on the source before the final pass.
+    pub stop_services: Vec<String>,
+    /// Stop services, run the final pass and finalise the container in this run.
+    pub cutover: bool,
+    /// Go on despite blockers in the report.
+    pub force: bool,
+    pub layout: Layout,
+    /// Operator-given first-level quota in 1 KiB blocks (soft, hard); computed otherwise.
+    pub diskspace: Option<(u64, u64)>,
+    /// Operator-given inode limits (soft, hard); computed otherwise.
+    pub diskinodes: Option<(u64, u64)>,
+    /// Extra room above the source's usage for computed limits, in percent.
+    pub headroom_percent: Option<u32>,
+    /// Live passes before giving up on convergence (0 = the controller's default).
+    pub max_passes: u32,
+    /// A pass that changes fewer bytes than this counts as converged.
+    pub converge_bytes: Option<u64>,
+    /// Commands run on the source through the agent around the final pass.
+    pub pre_cutover_hook: Option<String>,
+    pub post_cutover_hook: Option<String>,
+}
+
+/// Where a migration stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationState {
+    /// Created, nothing copied yet.
+    Pending,
+    /// A copy pass is running.
+    Copying,
+    /// Live passes done; the source still runs; waiting for a cutover.
+    Synced,
+    /// Services stopped, final pass running.
+    CuttingOver,
+    /// Writing the config, quotas, network and guest rewrite.
+    Finalising,
+    /// The container is ready.
+    Done,
+    /// Stopped with an error; running the same migrate again resumes.
+    Failed,
+}
+
+impl MigrationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationState::Pending => "pending",
+            MigrationState::Copying => "copying",
+            MigrationState::Synced => "synced",
+            MigrationState::CuttingOver => "cutting-over",
+            MigrationState::Finalising => "finalising",
+            MigrationState::Done => "done",
+            MigrationState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "copying" => Self::Copying,
+            "synced" => Self::Synced,
+            "cutting-over" => Self::CuttingOver,
+            "finalising" => Self::Finalising,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// States in which nothing runs for the migration.
+    pub fn is_idle(self) -> bool {
+        matches!(
+            self,
+            Self::Pending | Self::Synced | Self::Done | Self::Failed
+        )
+    }
+}
+
+/// One copy pass.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PassSummary {
+    pub pass: u32,
+    /// Entries the source listed.
+    pub entries: u64,
+    /// Entries created or changed in the container tree.
+    pub written: u64,
+    /// Entries removed because the source no longer has them.
+    pub deleted: u64,
+    /// File data the pass stands for.
+    pub data_bytes: u64,
+    /// Chunk bytes received from the agent (before decompression).
+    pub wire_bytes: u64,
+    /// Chunk bytes copied from data already on the node.
+    pub local_bytes: u64,
+    /// Bytes of files whose content changed in this pass.
+    pub changed_bytes: u64,
+    pub seconds: f64,
+    /// Files that changed or vanished while being read (retried next pass).
+    pub changed_during_read: Vec<Problem>,
+    /// Entries not carried (sockets, unreadable files).
+    pub skipped: Vec<Problem>,
+}
+
+/// Outcome of `p2c verify` (and the check at the end of every migration).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VerifySummary {
+    pub ok: bool,
+    pub checked: u64,
+    /// Paths rewritten on purpose by the guest rewrite, not compared.
+    pub rewritten: u64,
+    /// Differences, one line each.
+    pub mismatches: Vec<String>,
+}
+
+/// What `p2c migrate` prints at the end (and `p2c status` shows per migration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationSummary {
+    pub ctid: u32,
+    pub agent: String,
+    pub state: MigrationState,
+    pub private_dir: String,
+    pub conf_path: String,
+    pub passes: Vec<PassSummary>,
+    pub error: Option<String>,
+    pub report: Option<Report>,
+    pub verify: Option<VerifySummary>,
+    /// From services stopped to container ready, when a cutover ran.
+    pub downtime_seconds: Option<f64>,
+    /// Files rewritten or removed in the guest, with their backups.
+    pub guest_changes: Vec<GuestChange>,
+    pub warnings: Vec<String>,
+    pub started_unix: u64,
+    pub updated_unix: u64,
+}
+
+/// One file the guest rewrite changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestChange {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// `rewritten`, `created`, `removed`, `disabled`.
+    pub action: String,
+    /// Absolute path of the backup inside the container, if the file existed.
+    pub backup: Option<String>,
+    pub reason: String,
+}
+
+/// A line of `p2c status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEntry {
+    pub ctid: u32,
+    pub agent: String,
+    pub state: MigrationState,
+    pub pass: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub rate_bytes_per_sec: u64,
+    pub eta_seconds: Option<u64>,
+    pub error: Option<String>,
+    pub updated_unix: u64,
+}
+
+/// A line of `p2c agents`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub connected: bool,
+    pub revoked: bool,
+    pub peer: Option<String>,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub enrolled_unix: u64,
+    pub last_seen_unix: Option<u64>,
+    pub summary: Option<String>,
+}

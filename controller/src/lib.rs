@@ -1,0 +1,3 @@
+//! The p2c controller: the node-side daemon and the operator CLI.
+
+pub mod tree;
