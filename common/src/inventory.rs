@@ -338,3 +338,124 @@ pub struct Listener {
     pub port: u16,
     pub process: Option<String>,
 }
+
+/// Why no quota partition could be chosen.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuotaChoiceError {
+    #[error(
+        "partitions {candidates:?} have quotas and only one can keep them; choose one with --quota-partition"
+    )]
+    Ambiguous { candidates: Vec<String> },
+    #[error(
+        "--quota-partition {requested}: no source partition with quotas is mounted there (candidates: {candidates:?})"
+    )]
+    NotFound {
+        requested: String,
+        candidates: Vec<String>,
+    },
+}
+
+impl Inventory {
+    /// Mount points of partitions that carry quota limits.
+    pub fn quota_candidates(&self) -> Vec<String> {
+        self.quotas
+            .iter()
+            .filter(|q| q.limited_users().next().is_some() || q.limited_groups().next().is_some())
+            .map(|q| q.mountpoint.clone())
+            .collect()
+    }
+
+    /// The partition whose quotas the container keeps: the operator's choice, else the only
+    /// candidate; `None` when no partition has quotas.
+    pub fn choose_quota_partition(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<Option<&FsQuota>, QuotaChoiceError> {
+        let candidates = self.quota_candidates();
+        if let Some(req) = requested {
+            let norm = |s: &str| {
+                let t = s.trim_end_matches('/');
+                if t.is_empty() {
+                    "/".to_string()
+                } else {
+                    t.to_string()
+                }
+            };
+            return self
+                .quotas
+                .iter()
+                .find(|q| norm(&q.mountpoint) == norm(req))
+                .map(Some)
+                .ok_or(QuotaChoiceError::NotFound {
+                    requested: req.to_string(),
+                    candidates,
+                });
+        }
+        match candidates.len() {
+            0 => Ok(None),
+            1 => Ok(self.quotas.iter().find(|q| q.mountpoint == candidates[0])),
+            _ => Err(QuotaChoiceError::Ambiguous { candidates }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fsq(mp: &str, limited: bool) -> FsQuota {
+        FsQuota {
+            mountpoint: mp.into(),
+            users: vec![QuotaLimit {
+                id: 1000,
+                block_hard: if limited { 100 } else { 0 },
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quota_partition_choice() {
+        let mut inv = Inventory::default();
+        assert_eq!(inv.choose_quota_partition(None), Ok(None));
+        inv.quotas = vec![fsq("/home", true), fsq("/var", false)];
+        assert_eq!(
+            inv.choose_quota_partition(None)
+                .unwrap()
+                .unwrap()
+                .mountpoint,
+            "/home"
+        );
+        inv.quotas.push(fsq("/srv", true));
+        assert!(matches!(
+            inv.choose_quota_partition(None),
+            Err(QuotaChoiceError::Ambiguous { .. })
+        ));
+        assert_eq!(
+            inv.choose_quota_partition(Some("/srv/"))
+                .unwrap()
+                .unwrap()
+                .mountpoint,
+            "/srv"
+        );
+        assert!(matches!(
+            inv.choose_quota_partition(Some("/data")),
+            Err(QuotaChoiceError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn families() {
+        assert_eq!(OsFamily::classify("ubuntu", &[]), OsFamily::Debian);
+        assert_eq!(
+            OsFamily::classify("rocky", &["rhel".into()]),
+            OsFamily::Rhel
+        );
+        assert_eq!(
+            OsFamily::classify("weird", &["suse".into()]),
+            OsFamily::Suse
+        );
+        assert_eq!(OsFamily::classify("weird", &[]), OsFamily::Unknown);
+    }
+}
