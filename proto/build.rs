@@ -6,8 +6,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
-        .bytes(".p2c.v1.ChunkData.data")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().bytes(".p2c.v1.ChunkData.data").compile_fds(fds)?;
     Ok(())
 }

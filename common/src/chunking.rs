@@ -17,11 +17,7 @@ pub struct ChunkParams {
 
 impl Default for ChunkParams {
     fn default() -> Self {
-        Self {
-            min_size: 16 * 1024,
-            avg_size: 64 * 1024,
-            max_size: 256 * 1024,
-        }
+        Self { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 }
     }
 }
 
@@ -43,11 +39,7 @@ impl ChunkParams {
             && self.avg_size >= fastcdc::v2020::AVERAGE_MIN
             && self.avg_size <= fastcdc::v2020::AVERAGE_MAX
             && self.max_size >= fastcdc::v2020::MAXIMUM_MIN;
-        if ok {
-            Ok(self)
-        } else {
-            Err(ChunkParamsError::OutOfRange(self))
-        }
+        if ok { Ok(self) } else { Err(ChunkParamsError::OutOfRange(self)) }
     }
 }
 
@@ -60,10 +52,7 @@ pub struct Chunker {
 impl Chunker {
     pub fn new(params: ChunkParams) -> Self {
         let size = (params.max_size as usize * 8).max(4 * 1024 * 1024);
-        Self {
-            params,
-            buf: vec![0; size],
-        }
+        Self { params, buf: vec![0; size] }
     }
 
     /// Reads `reader` to its end (or `limit` bytes) and calls `on_chunk(offset, data)` for
@@ -102,12 +91,7 @@ impl Chunker {
             if filled == 0 {
                 return Ok(offset - base);
             }
-            let cdc = fastcdc::v2020::FastCDC::new(
-                &self.buf[..filled],
-                p.min_size,
-                p.avg_size,
-                p.max_size,
-            );
+            let cdc = fastcdc::v2020::FastCDC::new(&self.buf[..filled], p.min_size, p.avg_size, p.max_size);
             let mut consumed = 0usize;
             for c in cdc {
                 let end = c.offset + c.length;
@@ -131,19 +115,10 @@ impl Chunker {
     }
 
     /// Chunks and hashes a whole stream into chunk references.
-    pub fn refs<R: Read>(
-        &mut self,
-        reader: &mut R,
-        base: u64,
-        limit: u64,
-    ) -> io::Result<Vec<ChunkRef>> {
+    pub fn refs<R: Read>(&mut self, reader: &mut R, base: u64, limit: u64) -> io::Result<Vec<ChunkRef>> {
         let mut out = Vec::new();
         self.chunk_stream(reader, base, limit, |offset, data| {
-            out.push(ChunkRef {
-                hash: Hash32::of(data),
-                offset,
-                len: data.len() as u32,
-            });
+            out.push(ChunkRef { hash: Hash32::of(data), offset, len: data.len() as u32 });
             Ok(())
         })?;
         Ok(out)
@@ -201,9 +176,7 @@ mod tests {
     #[test]
     fn limit_and_base_are_honoured() {
         let data = pseudo_random(300_000, 3);
-        let refs = Chunker::new(ChunkParams::default())
-            .refs(&mut &data[..], 4096, 100_000)
-            .unwrap();
+        let refs = Chunker::new(ChunkParams::default()).refs(&mut &data[..], 4096, 100_000).unwrap();
         assert_eq!(refs.first().unwrap().offset, 4096);
         let total: u64 = refs.iter().map(|r| u64::from(r.len)).sum();
         assert_eq!(total, 100_000);
@@ -211,15 +184,7 @@ mod tests {
 
     #[test]
     fn bad_params_are_refused() {
-        assert!(
-            ChunkParams {
-                min_size: 1,
-                avg_size: 2,
-                max_size: 3
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(ChunkParams { min_size: 1, avg_size: 2, max_size: 3 }.validate().is_err());
         assert!(ChunkParams::default().validate().is_ok());
     }
 }

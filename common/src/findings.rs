@@ -60,9 +60,7 @@ pub struct Report {
 
 impl Report {
     pub fn blockers(&self) -> impl Iterator<Item = &Finding> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Blocker)
+        self.findings.iter().filter(|f| f.severity == Severity::Blocker)
     }
 
     pub fn has_blockers(&self) -> bool {
@@ -91,11 +89,7 @@ impl Report {
             out.push_str(&format!("  → {}\n", f.action));
         }
         let blockers = self.blockers().count();
-        out.push_str(&format!(
-            "\n{} finding(s), {} blocker(s)\n",
-            self.findings.len(),
-            blockers
-        ));
+        out.push_str(&format!("\n{} finding(s), {} blocker(s)\n", self.findings.len(), blockers));
         out
     }
 }

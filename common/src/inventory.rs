@@ -79,8 +79,8 @@ impl OsFamily {
         for word in all {
             let f = match word {
                 "debian" | "ubuntu" | "devuan" | "raspbian" | "linuxmint" => OsFamily::Debian,
-                "rhel" | "centos" | "fedora" | "rocky" | "almalinux" | "ol" | "scientific"
-                | "amzn" | "cloudlinux" | "virtuozzo" => OsFamily::Rhel,
+                "rhel" | "centos" | "fedora" | "rocky" | "almalinux" | "ol" | "scientific" | "amzn"
+                | "cloudlinux" | "virtuozzo" => OsFamily::Rhel,
                 "suse" | "sles" | "opensuse" | "opensuse-leap" | "opensuse-tumbleweed" | "sled" => {
                     OsFamily::Suse
                 }
@@ -120,15 +120,11 @@ impl MountKind {
     /// Classifies a file-system type name.
     pub fn of_fs_type(fs: &str) -> MountKind {
         match fs {
-            "nfs" | "nfs4" | "cifs" | "smb3" | "smbfs" | "glusterfs" | "ceph" | "fuse.sshfs"
-            | "9p" | "afs" | "lustre" | "gpfs" | "ocfs2" | "gfs2" | "davfs" | "fuse.s3fs" => {
-                MountKind::Network
-            }
-            "ext2" | "ext3" | "ext4" | "xfs" | "btrfs" | "jfs" | "reiserfs" | "zfs" | "vfat"
-            | "exfat" | "ntfs" | "ntfs3" | "f2fs" | "iso9660" | "udf" | "hfsplus" | "simfs"
-            | "vzfs" | "overlay" | "squashfs" | "bcachefs" | "nilfs2" | "minix" | "msdos" => {
-                MountKind::Local
-            }
+            "nfs" | "nfs4" | "cifs" | "smb3" | "smbfs" | "glusterfs" | "ceph" | "fuse.sshfs" | "9p"
+            | "afs" | "lustre" | "gpfs" | "ocfs2" | "gfs2" | "davfs" | "fuse.s3fs" => MountKind::Network,
+            "ext2" | "ext3" | "ext4" | "xfs" | "btrfs" | "jfs" | "reiserfs" | "zfs" | "vfat" | "exfat"
+            | "ntfs" | "ntfs3" | "f2fs" | "iso9660" | "udf" | "hfsplus" | "simfs" | "vzfs" | "overlay"
+            | "squashfs" | "bcachefs" | "nilfs2" | "minix" | "msdos" => MountKind::Local,
             _ => MountKind::Pseudo,
         }
     }
@@ -349,10 +345,7 @@ pub enum QuotaChoiceError {
     #[error(
         "--quota-partition {requested}: no source partition with quotas is mounted there (candidates: {candidates:?})"
     )]
-    NotFound {
-        requested: String,
-        candidates: Vec<String>,
-    },
+    NotFound { requested: String, candidates: Vec<String> },
 }
 
 impl Inventory {
@@ -375,21 +368,14 @@ impl Inventory {
         if let Some(req) = requested {
             let norm = |s: &str| {
                 let t = s.trim_end_matches('/');
-                if t.is_empty() {
-                    "/".to_string()
-                } else {
-                    t.to_string()
-                }
+                if t.is_empty() { "/".to_string() } else { t.to_string() }
             };
             return self
                 .quotas
                 .iter()
                 .find(|q| norm(&q.mountpoint) == norm(req))
                 .map(Some)
-                .ok_or(QuotaChoiceError::NotFound {
-                    requested: req.to_string(),
-                    candidates,
-                });
+                .ok_or(QuotaChoiceError::NotFound { requested: req.to_string(), candidates });
         }
         match candidates.len() {
             0 => Ok(None),
@@ -420,42 +406,18 @@ mod tests {
         let mut inv = Inventory::default();
         assert_eq!(inv.choose_quota_partition(None), Ok(None));
         inv.quotas = vec![fsq("/home", true), fsq("/var", false)];
-        assert_eq!(
-            inv.choose_quota_partition(None)
-                .unwrap()
-                .unwrap()
-                .mountpoint,
-            "/home"
-        );
+        assert_eq!(inv.choose_quota_partition(None).unwrap().unwrap().mountpoint, "/home");
         inv.quotas.push(fsq("/srv", true));
-        assert!(matches!(
-            inv.choose_quota_partition(None),
-            Err(QuotaChoiceError::Ambiguous { .. })
-        ));
-        assert_eq!(
-            inv.choose_quota_partition(Some("/srv/"))
-                .unwrap()
-                .unwrap()
-                .mountpoint,
-            "/srv"
-        );
-        assert!(matches!(
-            inv.choose_quota_partition(Some("/data")),
-            Err(QuotaChoiceError::NotFound { .. })
-        ));
+        assert!(matches!(inv.choose_quota_partition(None), Err(QuotaChoiceError::Ambiguous { .. })));
+        assert_eq!(inv.choose_quota_partition(Some("/srv/")).unwrap().unwrap().mountpoint, "/srv");
+        assert!(matches!(inv.choose_quota_partition(Some("/data")), Err(QuotaChoiceError::NotFound { .. })));
     }
 
     #[test]
     fn families() {
         assert_eq!(OsFamily::classify("ubuntu", &[]), OsFamily::Debian);
-        assert_eq!(
-            OsFamily::classify("rocky", &["rhel".into()]),
-            OsFamily::Rhel
-        );
-        assert_eq!(
-            OsFamily::classify("weird", &["suse".into()]),
-            OsFamily::Suse
-        );
+        assert_eq!(OsFamily::classify("rocky", &["rhel".into()]), OsFamily::Rhel);
+        assert_eq!(OsFamily::classify("weird", &["suse".into()]), OsFamily::Suse);
         assert_eq!(OsFamily::classify("weird", &[]), OsFamily::Unknown);
     }
 }

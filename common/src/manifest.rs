@@ -101,9 +101,11 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryData {
     /// `chunks` are sorted, non-overlapping and end at or before `size`; gaps are holes.
+    /// `digest` is the [`ContentHasher`] digest of the whole file (all segments).
     Regular {
         size: u64,
         chunks: Vec<ChunkRef>,
+        digest: Hash32,
     },
     Directory,
     Symlink {
@@ -129,6 +131,47 @@ pub struct Entry {
     pub path: RelPath,
     pub meta: Meta,
     pub data: EntryData,
+    /// A regular file with more chunks than fit one message is sent as several entries of
+    /// the same path: segment 0 carries the metadata, later segments only chunks. `more` is
+    /// set on every segment but the last.
+    pub segment: u32,
+    pub more: bool,
+}
+
+/// Chunk references of one file in one entry at most; larger files are segmented.
+pub const MAX_CHUNKS_PER_ENTRY: usize = 65536;
+
+/// The digest of a regular file's content description: its size and every chunk
+/// reference, in order. Equal digests mean equal content.
+#[derive(Clone)]
+pub struct ContentHasher(blake3::Hasher);
+
+impl ContentHasher {
+    pub fn new(size: u64) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"p2c-content-v1");
+        h.update(&size.to_le_bytes());
+        Self(h)
+    }
+
+    pub fn update(&mut self, c: &ChunkRef) {
+        self.0.update(&c.hash.0);
+        self.0.update(&c.offset.to_le_bytes());
+        self.0.update(&c.len.to_le_bytes());
+    }
+
+    pub fn finish(&self) -> Hash32 {
+        Hash32(*self.0.finalize().as_bytes())
+    }
+
+    /// The digest of a complete chunk list.
+    pub fn digest(size: u64, chunks: &[ChunkRef]) -> Hash32 {
+        let mut h = Self::new(size);
+        for c in chunks {
+            h.update(c);
+        }
+        h.finish()
+    }
 }
 
 impl Entry {
@@ -154,6 +197,7 @@ impl Entry {
 
     /// A digest of everything the entry says about content and metadata. Two entries with
     /// the same digest describe the same object; the controller uses it to skip work.
+    /// For a segmented file, call it on segment 0 (the content digest covers all segments).
     pub fn digest(&self) -> Hash32 {
         let mut h = blake3::Hasher::new();
         h.update(self.path.as_bytes());
@@ -172,13 +216,8 @@ impl Entry {
         }
         h.update(self.kind_name().as_bytes());
         match &self.data {
-            EntryData::Regular { size, chunks } => {
-                h.update(&size.to_le_bytes());
-                for c in chunks {
-                    h.update(&c.hash.0);
-                    h.update(&c.offset.to_le_bytes());
-                    h.update(&c.len.to_le_bytes());
-                }
+            EntryData::Regular { digest, .. } => {
+                h.update(&digest.0);
             }
             EntryData::Symlink { target } => {
                 h.update(target);

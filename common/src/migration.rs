@@ -121,10 +121,7 @@ impl MigrationState {
 
     /// States in which nothing runs for the migration.
     pub fn is_idle(self) -> bool {
-        matches!(
-            self,
-            Self::Pending | Self::Synced | Self::Done | Self::Failed
-        )
+        matches!(self, Self::Pending | Self::Synced | Self::Done | Self::Failed)
     }
 }
 

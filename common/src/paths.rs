@@ -134,8 +134,7 @@ impl RelPath {
         if other.is_root() {
             return true;
         }
-        self.0.starts_with(&other.0)
-            && (self.0.len() == other.0.len() || self.0[other.0.len()] == b'/')
+        self.0.starts_with(&other.0) && (self.0.len() == other.0.len() || self.0[other.0.len()] == b'/')
     }
 
     /// Depth in components (root is 0).
@@ -152,11 +151,7 @@ impl RelPath {
 
     /// The path for display: UTF-8 kept, other bytes as `\xNN`.
     pub fn display(&self) -> String {
-        if self.is_root() {
-            "/".to_string()
-        } else {
-            format!("/{}", escape_bytes(&self.0))
-        }
+        if self.is_root() { "/".to_string() } else { format!("/{}", escape_bytes(&self.0)) }
     }
 }
 
@@ -238,15 +233,7 @@ mod tests {
 
     #[test]
     fn rejects_escapes() {
-        for bad in [
-            &b"/etc"[..],
-            b"a/../b",
-            b"..",
-            b".",
-            b"a//b",
-            b"a/",
-            b"a\0b",
-        ] {
+        for bad in [&b"/etc"[..], b"a/../b", b"..", b".", b"a//b", b"a/", b"a\0b"] {
             assert!(RelPath::new(bad.to_vec()).is_err(), "{bad:?} accepted");
         }
         assert!(RelPath::new(vec![b'a'; 256]).is_err());

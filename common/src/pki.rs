@@ -9,8 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -61,9 +61,7 @@ pub struct CertKey {
 
 impl fmt::Debug for CertKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertKey")
-            .field("cert_pem", &self.cert_pem)
-            .finish_non_exhaustive()
+        f.debug_struct("CertKey").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
@@ -71,15 +69,9 @@ impl fmt::Debug for CertKey {
 pub fn validate_agent_name(name: &str) -> Result<(), PkiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::BadAgentName(name.to_string()))
-    }
+    if ok { Ok(()) } else { Err(PkiError::BadAgentName(name.to_string())) }
 }
 
 fn random_serial() -> SerialNumber {
@@ -100,21 +92,14 @@ fn validity(params: &mut CertificateParams, days: i64) {
 pub fn create_ca(common_name: &str) -> Result<CertKey, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "p2c");
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationName, "p2c");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial());
     validity(&mut params, 3650);
     let cert = params.self_signed(&key)?;
-    Ok(CertKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 fn issuer(ca: &CertKey) -> Result<Issuer<'static, KeyPair>, PkiError> {
@@ -128,27 +113,20 @@ pub fn issue_server_cert(ca: &CertKey, extra_names: &[String]) -> Result<CertKey
     let mut names = vec![SERVER_NAME.to_string()];
     names.extend(extra_names.iter().cloned());
     let mut params = CertificateParams::new(names)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, SERVER_NAME);
+    params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial());
     validity(&mut params, 3650);
     let cert = params.signed_by(&key, &issuer(ca)?)?;
-    Ok(CertKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// The agent's side of enrolment: a fresh key and a CSR naming the agent.
 pub fn make_csr(agent_name: &str) -> Result<(Vec<u8>, String), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, agent_name);
+    params.distinguished_name.push(DnType::CommonName, agent_name);
     let csr = params.serialize_request(&key)?;
     Ok((csr.der().to_vec(), key.serialize_pem()))
 }
@@ -157,15 +135,10 @@ pub fn make_csr(agent_name: &str) -> Result<(Vec<u8>, String), PkiError> {
 /// controller's token record, never from the request.
 pub fn sign_agent_csr(ca: &CertKey, csr_der: &[u8], agent_name: &str) -> Result<Vec<u8>, PkiError> {
     validate_agent_name(agent_name)?;
-    let csr =
-        CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(PkiError::BadCsr)?;
+    let csr = CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(PkiError::BadCsr)?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, agent_name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "p2c agent");
+    params.distinguished_name.push(DnType::CommonName, agent_name);
+    params.distinguished_name.push(DnType::OrganizationName, "p2c agent");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial());
@@ -176,39 +149,24 @@ pub fn sign_agent_csr(ca: &CertKey, csr_der: &[u8], agent_name: &str) -> Result<
 
 /// SHA-256 of a certificate's DER, lower-case hex: what tokens pin and the store keys on.
 pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The subject common name of a certificate.
 pub fn common_name(der: &[u8]) -> Result<String, PkiError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .ok_or(PkiError::NoCommonName)?;
-    cn.as_str()
-        .map(str::to_string)
-        .map_err(|e| PkiError::Parse(e.to_string()))
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cn = cert.subject().iter_common_name().next().ok_or(PkiError::NoCommonName)?;
+    cn.as_str().map(str::to_string).map_err(|e| PkiError::Parse(e.to_string()))
 }
 
 pub fn cert_der_from_pem(pem: &str, what: &str) -> Result<CertificateDer<'static>, PkiError> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem {
-        what: what.to_string(),
-        reason: e.to_string(),
-    })
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::Pem { what: what.to_string(), reason: e.to_string() })
 }
 
 pub fn key_der_from_pem(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem {
-        what: what.to_string(),
-        reason: e.to_string(),
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::Pem { what: what.to_string(), reason: e.to_string() })
 }
 
 pub fn der_to_pem(der: &[u8]) -> String {
@@ -259,13 +217,9 @@ impl ClientCertVerifier for AgentCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         if self.revoked.is_revoked(&fingerprint(end_entity)) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Revoked,
-            ));
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
         }
         Ok(ok)
     }
@@ -301,17 +255,12 @@ pub fn server_config(
 ) -> Result<rustls::ServerConfig, PkiError> {
     let provider = provider();
     let ca_der = cert_der_from_pem(&ca.cert_pem, "CA certificate")?;
-    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots(&ca_der)?,
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
+    let inner =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&ca_der)?, provider.clone())
+            .allow_unauthenticated()
+            .build()?;
     let verifier = Arc::new(AgentCertVerifier { inner, revoked });
-    let chain = vec![
-        cert_der_from_pem(&server.cert_pem, "server certificate")?,
-        ca_der,
-    ];
+    let chain = vec![cert_der_from_pem(&server.cert_pem, "server certificate")?, ca_der];
     let key = key_der_from_pem(&server.key_pem, "server key")?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -322,11 +271,7 @@ pub fn server_config(
 }
 
 /// An enrolled agent's TLS config: the node CA as the only root, its own certificate.
-pub fn agent_config(
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<rustls::ClientConfig, PkiError> {
+pub fn agent_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
     let ca_der = cert_der_from_pem(ca_pem, "CA certificate")?;
     let chain = vec![cert_der_from_pem(cert_pem, "agent certificate")?];
     let key = key_der_from_pem(key_pem, "agent key")?;
@@ -354,10 +299,7 @@ pub fn anonymous_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> 
 /// if its chain contains a CA whose SHA-256 fingerprint is `pin` (from the token) and the
 /// server certificate chains to that CA under [`SERVER_NAME`].
 pub fn enroll_config(pin: &str) -> Result<rustls::ClientConfig, PkiError> {
-    let verifier = Arc::new(PinnedCaVerifier {
-        pin: pin.to_ascii_lowercase(),
-        provider: provider(),
-    });
+    let verifier = Arc::new(PinnedCaVerifier { pin: pin.to_ascii_lowercase(), provider: provider() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -382,14 +324,9 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| fingerprint(c) == self.pin)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the controller's CA does not match the fingerprint in the token".into(),
-                )
-            })?;
+        let ca = intermediates.iter().find(|c| fingerprint(c) == self.pin).ok_or_else(|| {
+            rustls::Error::General("the controller's CA does not match the fingerprint in the token".into())
+        })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -398,11 +335,8 @@ impl ServerCertVerifier for PinnedCaVerifier {
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let others: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .filter(|c| fingerprint(c) != self.pin)
-            .cloned()
-            .collect();
+        let others: Vec<CertificateDer<'_>> =
+            intermediates.iter().filter(|c| fingerprint(c) != self.pin).cloned().collect();
         inner.verify_server_cert(end_entity, &others, server_name, ocsp, now)
     }
 
@@ -435,20 +369,16 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
 /// The server name agents verify the controller under.
 pub fn server_name() -> ServerName<'static> {
-    ServerName::DnsName(
-        rustls::pki_types::DnsName::try_from(SERVER_NAME).unwrap_or_else(|_| {
-            // SERVER_NAME is a constant, valid DNS name; this branch cannot run.
-            unreachable!()
-        }),
-    )
+    ServerName::DnsName(rustls::pki_types::DnsName::try_from(SERVER_NAME).unwrap_or_else(|_| {
+        // SERVER_NAME is a constant, valid DNS name; this branch cannot run.
+        unreachable!()
+    }))
 }
 
 #[cfg(test)]
@@ -467,10 +397,7 @@ mod tests {
     #[test]
     fn garbage_csr_is_refused() {
         let ca = create_ca("test CA").unwrap();
-        assert!(matches!(
-            sign_agent_csr(&ca, b"not a csr", "web01"),
-            Err(PkiError::BadCsr(_))
-        ));
+        assert!(matches!(sign_agent_csr(&ca, b"not a csr", "web01"), Err(PkiError::BadCsr(_))));
     }
 
     #[test]

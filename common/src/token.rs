@@ -11,9 +11,7 @@ const MAX_TOKEN_LEN: usize = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error(
-        "this is not a p2c enrolment token ({0}); copy the whole line printed by `p2c token create`"
-    )]
+    #[error("this is not a p2c enrolment token ({0}); copy the whole line printed by `p2c token create`")]
     Malformed(String),
     #[error("the token expired at {0} (unix time); create a new one with `p2c token create`")]
     Expired(u64),
@@ -69,10 +67,7 @@ impl Token {
     pub fn encode(&self) -> String {
         // Serialising a struct of strings and numbers cannot fail.
         let json = serde_json::to_vec(self).unwrap_or_default();
-        format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-        )
+        format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
     }
 
     pub fn decode(s: &str) -> Result<Token, TokenError> {
@@ -81,14 +76,11 @@ impl Token {
         if s.len() > MAX_TOKEN_LEN {
             return Err(bad("too long"));
         }
-        let body = s
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| bad("it does not start with p2c1."))?;
+        let body = s.strip_prefix(PREFIX).ok_or_else(|| bad("it does not start with p2c1."))?;
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| bad("it is not valid base64url"))?;
-        let t: Token =
-            serde_json::from_slice(&json).map_err(|_| bad("its content is not a token"))?;
+        let t: Token = serde_json::from_slice(&json).map_err(|_| bad("its content is not a token"))?;
         if !is_hex(&t.ca, 64) || !is_hex(&t.id, 16) || !is_hex(&t.secret, 64) {
             return Err(bad("its fields are damaged"));
         }
@@ -101,11 +93,7 @@ impl Token {
 
     /// Errors if the token has expired at `now` (seconds since the epoch).
     pub fn check_expiry(&self, now: u64) -> Result<(), TokenError> {
-        if now >= self.exp {
-            Err(TokenError::Expired(self.exp))
-        } else {
-            Ok(())
-        }
+        if now >= self.exp { Err(TokenError::Expired(self.exp)) } else { Ok(()) }
     }
 }
 
@@ -146,10 +134,7 @@ mod tests {
             format!("p2c1.{}", "A".repeat(5000)),
         ];
         for c in cases {
-            assert!(
-                matches!(Token::decode(&c), Err(TokenError::Malformed(_))),
-                "{c:?}"
-            );
+            assert!(matches!(Token::decode(&c), Err(TokenError::Malformed(_))), "{c:?}");
         }
     }
 

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnitError {
-    #[error(
-        "{0:?} is not a size: use a number with an optional K, M, G or T suffix (powers of 1024)"
-    )]
+    #[error("{0:?} is not a size: use a number with an optional K, M, G or T suffix (powers of 1024)")]
     Size(String),
     #[error("{0:?} is not a duration: use a number with s, m, h or d (e.g. 90s, 15m, 1h)")]
     Duration(String),
@@ -18,10 +16,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let err = || UnitError::Size(s.to_string());
     let t = s.trim();
     let t = t.strip_suffix("/s").unwrap_or(t);
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
     let (num, mult) = match t.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_uppercase() {
@@ -70,11 +65,7 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
 }
 
 /// `1h02m03s`-style text.

@@ -23,17 +23,9 @@ pub enum TreeError {
     #[error("cannot open container tree {path}: {source}")]
     OpenRoot { path: PathBuf, source: io::Error },
     #[error("{path} in the container tree: {op}: {source}")]
-    Io {
-        path: String,
-        op: &'static str,
-        source: io::Error,
-    },
+    Io { path: String, op: &'static str, source: io::Error },
     #[error("{path} in the container tree is a {found}, expected a {expected}")]
-    WrongType {
-        path: String,
-        found: &'static str,
-        expected: &'static str,
-    },
+    WrongType { path: String, found: &'static str, expected: &'static str },
     #[error("{path} in the container tree is larger than {max} bytes")]
     TooLarge { path: String, max: usize },
 }
@@ -80,30 +72,18 @@ impl Tree {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| TreeError::OpenRoot {
-            path: path.to_path_buf(),
-            source: e.into(),
-        })?;
-        Ok(Tree {
-            root: fd,
-            path: path.to_path_buf(),
-        })
+        .map_err(|e| TreeError::OpenRoot { path: path.to_path_buf(), source: e.into() })?;
+        Ok(Tree { root: fd, path: path.to_path_buf() })
     }
 
     /// Creates `path` (and its parents, owned by root, mode 0700 for the last) if needed,
     /// then opens it.
     pub fn create(path: &Path) -> Result<Tree> {
         if !path.exists() {
-            std::fs::create_dir_all(path).map_err(|e| TreeError::OpenRoot {
-                path: path.to_path_buf(),
-                source: e,
-            })?;
-            rustix::fs::chmod(path, Mode::from_raw_mode(0o700)).map_err(|e| {
-                TreeError::OpenRoot {
-                    path: path.to_path_buf(),
-                    source: e.into(),
-                }
-            })?;
+            std::fs::create_dir_all(path)
+                .map_err(|e| TreeError::OpenRoot { path: path.to_path_buf(), source: e })?;
+            rustix::fs::chmod(path, Mode::from_raw_mode(0o700))
+                .map_err(|e| TreeError::OpenRoot { path: path.to_path_buf(), source: e.into() })?;
         }
         Self::open(path)
     }
@@ -127,10 +107,7 @@ impl Tree {
             resolve(),
         )
         .map_err(|e| io_err(rel, "open directory", e))?;
-        Ok(Dir {
-            fd,
-            rel: rel.clone(),
-        })
+        Ok(Dir { fd, rel: rel.clone() })
     }
 
     /// The parent directory of `rel` and the last name. `rel` must not be the root.
@@ -146,9 +123,7 @@ impl Tree {
     /// `lstat` of `rel`; `None` if it does not exist (or a parent is missing).
     pub fn lstat(&self, rel: &RelPath) -> Result<Option<Stat>> {
         if rel.is_root() {
-            return rustix::fs::fstat(&self.root)
-                .map(Some)
-                .map_err(|e| io_err(rel, "stat", e));
+            return rustix::fs::fstat(&self.root).map(Some).map_err(|e| io_err(rel, "stat", e));
         }
         let (dir, name) = match self.parent(rel) {
             Ok(v) => v,
@@ -171,22 +146,13 @@ impl Tree {
 
     /// Reads a regular file as UTF-8 text (lossy); `None` if missing.
     pub fn read_text(&self, rel: &RelPath) -> Result<Option<String>> {
-        Ok(self
-            .read(rel, 16 * 1024 * 1024)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+        Ok(self.read(rel, 16 * 1024 * 1024)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// Replaces (or creates) a regular file atomically: a temporary file in the same
     /// directory, then `renameat` over the name. Whatever was at `rel` (even a directory
     /// or a symlink) is replaced, never written through.
-    pub fn write_atomic(
-        &self,
-        rel: &RelPath,
-        data: &[u8],
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<()> {
+    pub fn write_atomic(&self, rel: &RelPath, data: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
         let (dir, name) = self.parent(rel)?;
         dir.write_atomic(name, data, mode, uid, gid)
     }
@@ -243,11 +209,7 @@ fn is_missing(e: &io::Error) -> bool {
 }
 
 fn io_err(rel: &RelPath, op: &'static str, e: impl Into<io::Error>) -> TreeError {
-    TreeError::Io {
-        path: rel.display(),
-        op,
-        source: e.into(),
-    }
+    TreeError::Io { path: rel.display(), op, source: e.into() }
 }
 
 /// Prefix of the controller's temporary files; see [`temp_name`].
@@ -284,11 +246,7 @@ impl Dir {
     }
 
     fn err(&self, name: &[u8], op: &'static str, e: impl Into<io::Error>) -> TreeError {
-        TreeError::Io {
-            path: self.child(name),
-            op,
-            source: e.into(),
-        }
+        TreeError::Io { path: self.child(name), op, source: e.into() }
     }
 
     pub fn lstat(&self, name: &[u8]) -> Result<Option<Stat>> {
@@ -309,10 +267,7 @@ impl Dir {
             resolve(),
         )
         .map_err(|e| self.err(name, "open directory", e))?;
-        let rel = self
-            .rel
-            .join(name)
-            .map_err(|_| self.err(name, "join", io::ErrorKind::InvalidInput))?;
+        let rel = self.rel.join(name).map_err(|_| self.err(name, "join", io::ErrorKind::InvalidInput))?;
         Ok(Dir { fd, rel })
     }
 
@@ -358,10 +313,7 @@ impl Dir {
             });
         }
         if st.st_size as u64 > max as u64 {
-            return Err(TreeError::TooLarge {
-                path: self.child(name),
-                max,
-            });
+            return Err(TreeError::TooLarge { path: self.child(name), max });
         }
         let mut f = std::fs::File::from(fd);
         let mut buf = Vec::with_capacity(st.st_size as usize);
@@ -370,10 +322,7 @@ impl Dir {
             .read_to_end(&mut buf)
             .map_err(|e| self.err(name, "read", e))?;
         if buf.len() > max {
-            return Err(TreeError::TooLarge {
-                path: self.child(name),
-                max,
-            });
+            return Err(TreeError::TooLarge { path: self.child(name), max });
         }
         Ok(Some(buf))
     }
@@ -409,21 +358,13 @@ impl Dir {
             | Err(rustix::io::Errno::NOTEMPTY)
             | Err(rustix::io::Errno::EXIST) => {
                 self.remove_all(name)?;
-                rustix::fs::renameat(&self.fd, tmp, &self.fd, name)
-                    .map_err(|e| self.err(name, "rename", e))
+                rustix::fs::renameat(&self.fd, tmp, &self.fd, name).map_err(|e| self.err(name, "rename", e))
             }
             Err(e) => Err(self.err(name, "rename", e)),
         }
     }
 
-    pub fn write_atomic(
-        &self,
-        name: &[u8],
-        data: &[u8],
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<()> {
+    pub fn write_atomic(&self, name: &[u8], data: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
         let (mut f, tmp) = self.create_temp(name)?;
         let res = (|| {
             f.write_all(data).map_err(|e| self.err(name, "write", e))?;
@@ -450,8 +391,7 @@ impl Dir {
                 sub.remove_all(&child)?;
             }
             drop(sub);
-            rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)
-                .map_err(|e| self.err(name, "rmdir", e))
+            rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR).map_err(|e| self.err(name, "rmdir", e))
         } else {
             match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
@@ -487,14 +427,7 @@ impl Dir {
         rustix::fs::symlinkat(target, &self.fd, name).map_err(|e| self.err(name, "symlink", e))
     }
 
-    pub fn mknod(
-        &self,
-        name: &[u8],
-        ft: FileType,
-        mode: u32,
-        major: u32,
-        minor: u32,
-    ) -> Result<()> {
+    pub fn mknod(&self, name: &[u8], ft: FileType, mode: u32, major: u32, minor: u32) -> Result<()> {
         let dev = rustix::fs::makedev(major, minor);
         rustix::fs::mknodat(&self.fd, name, ft, Mode::from_raw_mode(mode & 0o7777), dev)
             .map_err(|e| self.err(name, "mknod", e))
@@ -502,37 +435,20 @@ impl Dir {
 
     /// Numeric owner of `name` itself (symlinks included).
     pub fn chown(&self, name: &[u8], uid: u32, gid: u32) -> Result<()> {
-        rustix::fs::chownat(
-            &self.fd,
-            name,
-            Some(uid_of(uid)),
-            Some(gid_of(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.err(name, "chown", e))
+        rustix::fs::chownat(&self.fd, name, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.err(name, "chown", e))
     }
 
     /// Mode of `name` (not for symlinks, which have none on Linux).
     pub fn chmod(&self, name: &[u8], mode: u32) -> Result<()> {
-        rustix::fs::chmodat(
-            &self.fd,
-            name,
-            Mode::from_raw_mode(mode & 0o7777),
-            AtFlags::empty(),
-        )
-        .map_err(|e| self.err(name, "chmod", e))
+        rustix::fs::chmodat(&self.fd, name, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())
+            .map_err(|e| self.err(name, "chmod", e))
     }
 
     /// Modification (and access) time of `name` itself, nanoseconds included.
     pub fn set_mtime(&self, name: &[u8], sec: i64, nsec: u32) -> Result<()> {
-        let ts = rustix::fs::Timespec {
-            tv_sec: sec,
-            tv_nsec: nsec.into(),
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        };
+        let ts = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec.into() };
+        let times = rustix::fs::Timestamps { last_access: ts, last_modification: ts };
         rustix::fs::utimensat(&self.fd, name, &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.err(name, "set times", e))
     }
@@ -575,18 +491,11 @@ mod tests {
         symlink(outside.path(), t.path().join("etc")).unwrap();
         symlink(outside.path().join("secret"), t.path().join("passwd")).unwrap();
         // Through a symlinked directory: refused.
-        assert!(
-            tree.write_atomic(&rel("etc/secret"), b"x", 0o644, 0, 0)
-                .is_err()
-        );
+        assert!(tree.write_atomic(&rel("etc/secret"), b"x", 0o644, 0, 0).is_err());
         assert!(!matches!(tree.read(&rel("etc/secret"), 100), Ok(Some(_))));
         // Over a symlinked file: the link is replaced, the target untouched.
-        tree.write_atomic(&rel("passwd"), b"new", 0o644, 0, 0)
-            .unwrap();
-        assert_eq!(
-            std::fs::read(outside.path().join("secret")).unwrap(),
-            b"node data"
-        );
+        tree.write_atomic(&rel("passwd"), b"new", 0o644, 0, 0).unwrap();
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"node data");
         assert_eq!(std::fs::read(t.path().join("passwd")).unwrap(), b"new");
         // Reading a symlink is refused, not followed.
         symlink(outside.path().join("secret"), t.path().join("link")).unwrap();
@@ -602,8 +511,7 @@ mod tests {
         std::fs::write(t.path().join("a"), b"file").unwrap();
         tree.mkdir_all(&rel("a/b/c"), 0o755).unwrap();
         assert!(t.path().join("a/b/c").is_dir());
-        tree.write_atomic(&rel("a/b/c/f"), b"hi", 0o600, 0, 0)
-            .unwrap();
+        tree.write_atomic(&rel("a/b/c/f"), b"hi", 0o600, 0, 0).unwrap();
         assert_eq!(tree.read_text(&rel("a/b/c/f")).unwrap().unwrap(), "hi");
         assert!(tree.read(&rel("nope/x"), 10).unwrap().is_none());
         tree.remove(&rel("a")).unwrap();
@@ -614,9 +522,6 @@ mod tests {
     fn size_limit_on_read() {
         let (_o, t, tree) = setup();
         std::fs::write(t.path().join("big"), vec![0u8; 1000]).unwrap();
-        assert!(matches!(
-            tree.read(&rel("big"), 999),
-            Err(TreeError::TooLarge { .. })
-        ));
+        assert!(matches!(tree.read(&rel("big"), 999), Err(TreeError::TooLarge { .. })));
     }
 }

@@ -4,9 +4,7 @@
 //! that satisfies every documented invariant, or a [`ConvertError`] naming what was wrong.
 
 use p2c_common::chunking::{ChunkParams, MAX_CHUNK};
-use p2c_common::manifest::{
-    ChunkRef, Entry, EntryData, Hash32, Meta, Problem, Timestamp, Xattr, limits,
-};
+use p2c_common::manifest::{ChunkRef, Entry, EntryData, Hash32, Meta, Problem, Timestamp, Xattr, limits};
 use p2c_common::paths::{PathError, RelPath};
 
 use crate::v1;
@@ -22,10 +20,7 @@ pub enum ConvertError {
 }
 
 fn bad(path: &RelPath, reason: impl Into<String>) -> ConvertError {
-    ConvertError::Entry {
-        path: path.display(),
-        reason: reason.into(),
-    }
+    ConvertError::Entry { path: path.display(), reason: reason.into() }
 }
 
 impl TryFrom<v1::Entry> for Entry {
@@ -34,19 +29,13 @@ impl TryFrom<v1::Entry> for Entry {
     fn try_from(e: v1::Entry) -> Result<Self, Self::Error> {
         let path = RelPath::new(e.path)?;
         if e.mode & !0o7777 != 0 {
-            return Err(bad(
-                &path,
-                format!("mode {:o} has bits outside 07777", e.mode),
-            ));
+            return Err(bad(&path, format!("mode {:o} has bits outside 07777", e.mode)));
         }
         if e.mtime_nsec >= 1_000_000_000 {
             return Err(bad(&path, "mtime nanoseconds out of range"));
         }
         if e.xattrs.len() > limits::MAX_XATTRS {
-            return Err(bad(
-                &path,
-                format!("more than {} extended attributes", limits::MAX_XATTRS),
-            ));
+            return Err(bad(&path, format!("more than {} extended attributes", limits::MAX_XATTRS)));
         }
         let mut total = 0usize;
         let mut xattrs = Vec::with_capacity(e.xattrs.len());
@@ -58,10 +47,7 @@ impl TryFrom<v1::Entry> for Entry {
                 return Err(bad(&path, "extended attribute value too large"));
             }
             total += x.name.len() + x.value.len();
-            xattrs.push(Xattr {
-                name: x.name,
-                value: x.value,
-            });
+            xattrs.push(Xattr { name: x.name, value: x.value });
         }
         if total > limits::MAX_XATTR_TOTAL {
             return Err(bad(&path, "extended attributes too large in total"));
@@ -76,41 +62,40 @@ impl TryFrom<v1::Entry> for Entry {
                 let mut chunks = Vec::with_capacity(e.chunks.len());
                 let mut end = 0u64;
                 for c in e.chunks {
-                    let hash: [u8; 32] = c
-                        .hash
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| bad(&path, "chunk hash is not 32 bytes"))?;
+                    let hash: [u8; 32] =
+                        c.hash.as_slice().try_into().map_err(|_| bad(&path, "chunk hash is not 32 bytes"))?;
                     if c.len == 0 || c.len > MAX_CHUNK {
                         return Err(bad(&path, "chunk length out of range"));
                     }
                     if c.offset < end {
                         return Err(bad(&path, "chunks overlap or are out of order"));
                     }
-                    end = c
-                        .offset
-                        .checked_add(u64::from(c.len))
-                        .ok_or_else(|| bad(&path, "chunk past end"))?;
+                    end =
+                        c.offset.checked_add(u64::from(c.len)).ok_or_else(|| bad(&path, "chunk past end"))?;
                     if end > e.size {
                         return Err(bad(&path, "chunk extends past the file size"));
                     }
-                    chunks.push(ChunkRef {
-                        hash: Hash32(hash),
-                        offset: c.offset,
-                        len: c.len,
-                    });
+                    chunks.push(ChunkRef { hash: Hash32(hash), offset: c.offset, len: c.len });
                 }
-                EntryData::Regular {
-                    size: e.size,
-                    chunks,
+                let digest: [u8; 32] = e
+                    .content_digest
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad(&path, "content digest is not 32 bytes"))?;
+                if chunks.len() > p2c_common::manifest::MAX_CHUNKS_PER_ENTRY {
+                    return Err(bad(&path, "too many chunks in one entry"));
                 }
+                if e.segment == 0
+                    && !e.more
+                    && p2c_common::manifest::ContentHasher::digest(e.size, &chunks).0 != digest
+                {
+                    return Err(bad(&path, "content digest does not match the chunk list"));
+                }
+                EntryData::Regular { size: e.size, chunks, digest: Hash32(digest) }
             }
             v1::EntryKind::Directory => EntryData::Directory,
             v1::EntryKind::Symlink => {
-                if e.target.is_empty()
-                    || e.target.len() > limits::MAX_LINK_TARGET
-                    || e.target.contains(&0)
-                {
+                if e.target.is_empty() || e.target.len() > limits::MAX_LINK_TARGET || e.target.contains(&0) {
                     return Err(bad(&path, "invalid symlink target"));
                 }
                 EntryData::Symlink { target: e.target }
@@ -123,14 +108,8 @@ impl TryFrom<v1::Entry> for Entry {
                 EntryData::HardLink { target }
             }
             v1::EntryKind::Fifo => EntryData::Fifo,
-            v1::EntryKind::CharDevice => EntryData::CharDevice {
-                major: e.rdev_major,
-                minor: e.rdev_minor,
-            },
-            v1::EntryKind::BlockDevice => EntryData::BlockDevice {
-                major: e.rdev_major,
-                minor: e.rdev_minor,
-            },
+            v1::EntryKind::CharDevice => EntryData::CharDevice { major: e.rdev_major, minor: e.rdev_minor },
+            v1::EntryKind::BlockDevice => EntryData::BlockDevice { major: e.rdev_major, minor: e.rdev_minor },
             v1::EntryKind::Unspecified => return Err(bad(&path, "unknown entry kind")),
         };
         if has_chunks && !matches!(data, EntryData::Regular { .. }) {
@@ -139,19 +118,21 @@ impl TryFrom<v1::Entry> for Entry {
         if path.is_root() && data != EntryData::Directory {
             return Err(bad(&path, "the root must be a directory"));
         }
+        if (e.segment > 0 || e.more) && !matches!(data, EntryData::Regular { .. }) {
+            return Err(bad(&path, "only regular files are segmented"));
+        }
         Ok(Entry {
             path,
             meta: Meta {
                 mode: e.mode,
                 uid: e.uid,
                 gid: e.gid,
-                mtime: Timestamp {
-                    sec: e.mtime_sec,
-                    nsec: e.mtime_nsec,
-                },
+                mtime: Timestamp { sec: e.mtime_sec, nsec: e.mtime_nsec },
                 xattrs,
             },
             data,
+            segment: e.segment,
+            more: e.more,
         })
     }
 }
@@ -169,23 +150,19 @@ impl From<&Entry> for v1::Entry {
                 .meta
                 .xattrs
                 .iter()
-                .map(|x| v1::Xattr {
-                    name: x.name.clone(),
-                    value: x.value.clone(),
-                })
+                .map(|x| v1::Xattr { name: x.name.clone(), value: x.value.clone() })
                 .collect(),
+            segment: e.segment,
+            more: e.more,
             ..Default::default()
         };
         let kind = match &e.data {
-            EntryData::Regular { size, chunks } => {
+            EntryData::Regular { size, chunks, digest } => {
                 out.size = *size;
+                out.content_digest = digest.0.to_vec();
                 out.chunks = chunks
                     .iter()
-                    .map(|c| v1::ChunkRef {
-                        hash: c.hash.0.to_vec(),
-                        offset: c.offset,
-                        len: c.len,
-                    })
+                    .map(|c| v1::ChunkRef { hash: c.hash.0.to_vec(), offset: c.offset, len: c.len })
                     .collect();
                 v1::EntryKind::Regular
             }
@@ -217,33 +194,22 @@ impl From<&Entry> for v1::Entry {
 
 impl From<ChunkParams> for v1::ChunkParams {
     fn from(p: ChunkParams) -> Self {
-        v1::ChunkParams {
-            min_size: p.min_size,
-            avg_size: p.avg_size,
-            max_size: p.max_size,
-        }
+        v1::ChunkParams { min_size: p.min_size, avg_size: p.avg_size, max_size: p.max_size }
     }
 }
 
 impl TryFrom<v1::ChunkParams> for ChunkParams {
     type Error = ConvertError;
     fn try_from(p: v1::ChunkParams) -> Result<Self, Self::Error> {
-        ChunkParams {
-            min_size: p.min_size,
-            avg_size: p.avg_size,
-            max_size: p.max_size,
-        }
-        .validate()
-        .map_err(|e| ConvertError::Other(e.to_string()))
+        ChunkParams { min_size: p.min_size, avg_size: p.avg_size, max_size: p.max_size }
+            .validate()
+            .map_err(|e| ConvertError::Other(e.to_string()))
     }
 }
 
 impl From<&Problem> for v1::Problem {
     fn from(p: &Problem) -> Self {
-        v1::Problem {
-            path: p.path.as_bytes().to_vec(),
-            reason: p.reason.clone(),
-        }
+        v1::Problem { path: p.path.as_bytes().to_vec(), reason: p.reason.clone() }
     }
 }
 
@@ -252,10 +218,7 @@ impl TryFrom<v1::Problem> for Problem {
     fn try_from(p: v1::Problem) -> Result<Self, Self::Error> {
         let mut reason = p.reason;
         reason.truncate(1024);
-        Ok(Problem {
-            path: RelPath::new(p.path)?,
-            reason,
-        })
+        Ok(Problem { path: RelPath::new(p.path)?, reason })
     }
 }
 
@@ -269,11 +232,7 @@ mod tests {
             kind: v1::EntryKind::Regular as i32,
             mode: 0o4755,
             size: 10,
-            chunks: vec![v1::ChunkRef {
-                hash: vec![1; 32],
-                offset: 0,
-                len: 10,
-            }],
+            chunks: vec![v1::ChunkRef { hash: vec![1; 32], offset: 0, len: 10 }],
             ..Default::default()
         }
     }
@@ -318,6 +277,14 @@ mod tests {
         let mut e = file(b"");
         e.chunks.clear();
         cases.push(e); // root as a file
+        let mut e = file(b"x");
+        e.content_digest = vec![0; 32];
+        cases.push(e); // digest that does not match
+        let mut e = file(b"x");
+        e.kind = v1::EntryKind::Directory as i32;
+        e.chunks.clear();
+        e.segment = 1;
+        cases.push(e); // segmented directory
         for c in cases {
             let shown = format!("{c:?}");
             assert!(Entry::try_from(c).is_err(), "accepted {shown}");
