@@ -227,12 +227,14 @@ mod tests {
     use super::*;
 
     fn file(path: &[u8]) -> v1::Entry {
+        let c = ChunkRef { hash: Hash32([1; 32]), offset: 0, len: 10 };
         v1::Entry {
             path: path.to_vec(),
             kind: v1::EntryKind::Regular as i32,
             mode: 0o4755,
             size: 10,
             chunks: vec![v1::ChunkRef { hash: vec![1; 32], offset: 0, len: 10 }],
+            content_digest: p2c_common::manifest::ContentHasher::digest(10, &[c]).0.to_vec(),
             ..Default::default()
         }
     }
