@@ -149,6 +149,8 @@ pub struct PassSummary {
     pub changed_during_read: Vec<Problem>,
     /// Entries not carried (sockets, unreadable files).
     pub skipped: Vec<Problem>,
+    /// Extended attributes the node's file system refused (with `--keep-xattrs`).
+    pub xattr_errors: u64,
 }
 
 /// Outcome of `p2c verify` (and the check at the end of every migration).

@@ -230,6 +230,12 @@ pub fn temp_name() -> Vec<u8> {
 }
 
 impl Dir {
+    /// Another handle to the same directory.
+    pub fn clone_of(d: &Dir) -> Result<Dir> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(&d.fd, 0).map_err(|e| io_err(&d.rel, "dup", e))?;
+        Ok(Dir { fd, rel: d.rel.clone() })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -342,7 +348,7 @@ impl Dir {
         let fd = rustix::fs::openat2(
             &self.fd,
             &tmp[..],
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
             resolve(),
         )
@@ -421,6 +427,42 @@ impl Dir {
             out.push((b.to_vec(), ent.file_type()));
         }
         Ok(out)
+    }
+
+    /// Opens a regular file for reading (never a symlink, device or fifo); `None` if missing.
+    pub fn open_read(&self, name: &[u8]) -> Result<Option<std::fs::File>> {
+        let fd = match rustix::fs::openat2(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            resolve(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::LOOP) => return Ok(None),
+            Err(e) => return Err(self.err(name, "open", e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.err(name, "stat", e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some(std::fs::File::from(fd)))
+    }
+
+    /// Makes `name` another name of `src_name` in `src` (no symlink following).
+    pub fn link_from(&self, src: &Dir, src_name: &[u8], name: &[u8]) -> Result<()> {
+        rustix::fs::linkat(&src.fd, src_name, &self.fd, name, AtFlags::empty())
+            .map_err(|e| self.err(name, "link", e))
+    }
+
+    /// Sets an extended attribute on `name` itself, without opening it (so it works on
+    /// symlinks, device nodes and fifos).
+    pub fn set_xattr(&self, name: &[u8], attr: &[u8], value: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name);
+        rustix::fs::lsetxattr(p, attr, value, rustix::fs::XattrFlags::empty())
+            .map_err(|e| self.err(name, "set xattr", e))
     }
 
     pub fn symlink(&self, target: &[u8], name: &[u8]) -> Result<()> {

@@ -1,0 +1,702 @@
+//! One copy pass on the agent side: walk, chunk, batch, answer the controller's needs.
+//!
+//! ```text
+//!  walker thread ─► hash workers (2) ─► batcher thread ──Batch──► controller
+//!        │  (file cache lookups)              │ window of unconfirmed batches
+//!  counter thread ──Estimate──────────────────┤
+//!  controller ──Need──► chunk senders (2): pread, check hash, zstd ──Chunk──► controller
+//!  controller ──BatchWritten──► release window, confirmed files go to the new cache
+//! ```
+//! Memory is bounded by the window, the channel capacities and one chunking buffer per
+//! worker, not by the size of the tree.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use p2c_common::chunking::{ChunkParams, Chunker};
+use p2c_common::manifest::{
+    ChunkRef, ContentHasher, Entry, EntryData, Hash32, MAX_CHUNKS_PER_ENTRY, Meta, Problem, Timestamp,
+};
+use p2c_common::paths::RelPath;
+use p2c_proto::v1;
+use p2c_proto::v1::agent_session_client::AgentSessionClient;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::cache;
+use crate::walk::{Found, Kind, WalkOptions, Walker};
+
+/// What the controller asked for.
+#[derive(Clone, Debug)]
+pub struct PassParams {
+    pub migration_id: String,
+    pub pass: u32,
+    pub root: PathBuf,
+    pub excludes: Vec<RelPath>,
+    pub no_descend: HashSet<RelPath>,
+    pub bwlimit: u64,
+    pub chunking: ChunkParams,
+    pub cache_path: PathBuf,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PassReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub hashed_bytes: u64,
+    pub sent_bytes: u64,
+    pub changed: Vec<Problem>,
+    pub skipped: Vec<Problem>,
+    pub controller_message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("transfer refused by the controller: {0}")]
+    Refused(String),
+    #[error("the transfer stream broke: {0}")]
+    Stream(String),
+    #[error("cannot read the source root {0}: {1}")]
+    Root(String, std::io::Error),
+    #[error("the pass was cancelled")]
+    Cancelled,
+}
+
+/// Batches waiting for the controller's confirmation, at most this many.
+const WINDOW: usize = 12;
+const BATCH_ENTRIES: usize = 1024;
+const BATCH_CHUNKS: usize = 32768;
+const BATCH_DATA: u64 = 32 * 1024 * 1024;
+
+/// Where each chunk of a batch can be read again.
+struct ChunkSrc {
+    file: usize,
+    chunk: ChunkRef,
+}
+
+struct FileSrc {
+    path: PathBuf,
+    failed: bool,
+    /// The cache record, for files whose last segment is in this batch.
+    record: Option<cache::Record>,
+}
+
+#[derive(Default)]
+struct BatchInfo {
+    chunks: Vec<ChunkSrc>,
+    files: Vec<FileSrc>,
+}
+
+struct Shared {
+    outstanding: Mutex<BTreeMap<u64, BatchInfo>>,
+    window: Condvar,
+    stop: AtomicBool,
+    sent_bytes: AtomicU64,
+    bucket: Mutex<(f64, Instant)>,
+    bwlimit: u64,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn throttle(&self, bytes: usize) {
+        if self.bwlimit == 0 {
+            return;
+        }
+        let rate = self.bwlimit as f64;
+        let wait = {
+            let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let burst = rate / 4.0;
+            b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(burst);
+            b.1 = now;
+            b.0 -= bytes as f64;
+            if b.0 < 0.0 { Duration::from_secs_f64(-b.0 / rate) } else { Duration::ZERO }
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+type Out = mpsc::Sender<v1::TransferUp>;
+
+fn up(msg: v1::transfer_up::Msg) -> v1::TransferUp {
+    v1::TransferUp { msg: Some(msg) }
+}
+
+fn abs(root: &Path, p: &RelPath) -> PathBuf {
+    if p.is_root() { root.to_path_buf() } else { root.join(OsStr::from_bytes(p.as_bytes())) }
+}
+
+fn ns(sec: i64, nsec: i64) -> i64 {
+    sec.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+/// Runs one pass against the controller.
+pub async fn run_pass(
+    mut client: AgentSessionClient<Channel>,
+    p: PassParams,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<PassReport, UploadError> {
+    std::fs::metadata(&p.root).map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
+    let (out_tx, out_rx) = mpsc::channel::<v1::TransferUp>(64);
+    out_tx
+        .send(up(v1::transfer_up::Msg::Open(v1::OpenTransfer { migration_id: p.migration_id.clone(), pass: p.pass })))
+        .await
+        .map_err(|_| UploadError::Stream("closed".into()))?;
+    let mut inbound = client
+        .transfer(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await
+        .map_err(|s| UploadError::Refused(s.message().to_string()))?
+        .into_inner();
+
+    let shared = Arc::new(Shared {
+        outstanding: Mutex::new(BTreeMap::new()),
+        window: Condvar::new(),
+        stop: AtomicBool::new(false),
+        sent_bytes: AtomicU64::new(0),
+        bucket: Mutex::new((0.0, Instant::now())),
+        bwlimit: p.bwlimit,
+    });
+    let report = Arc::new(Mutex::new(PassReport::default()));
+
+    // Counter: a quick stat-only walk for the progress estimate.
+    {
+        let (p, out) = (p.clone(), out_tx.clone());
+        let shared = shared.clone();
+        std::thread::spawn(move || count(&p, &out, &shared));
+    }
+    // Producer: walk, hash, batch.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let producer = {
+        let (p, out, shared, report) = (p.clone(), out_tx.clone(), shared.clone(), report.clone());
+        std::thread::spawn(move || {
+            let r = produce(&p, &out, &shared, &report);
+            let _ = done_tx.blocking_send(());
+            r
+        })
+    };
+    // Chunk senders.
+    let (need_tx, need_rx) = std::sync::mpsc::sync_channel::<(u64, u32)>(65536);
+    let need_rx = Arc::new(Mutex::new(need_rx));
+    for _ in 0..2 {
+        let (rx, out, shared) = (need_rx.clone(), out_tx.clone(), shared.clone());
+        let root = p.root.clone();
+        std::thread::spawn(move || send_chunks(&root, &rx, &out, &shared));
+    }
+
+    let mut cache_w = cache::Writer::create(&p.cache_path).ok();
+    let mut producing = true;
+    let mut done_sent = false;
+    let result: Result<v1::PassResult, UploadError> = loop {
+        if !producing && !done_sent && shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            let done = {
+                let r = report.lock().unwrap_or_else(|e| e.into_inner());
+                v1::PassDone {
+                    files: r.files,
+                    bytes: r.bytes,
+                    changed: r.changed.iter().map(v1::Problem::from).collect(),
+                    skipped: r.skipped.iter().map(v1::Problem::from).collect(),
+                }
+            };
+            if out_tx.send(up(v1::transfer_up::Msg::Done(done))).await.is_err() {
+                break Err(UploadError::Stream("closed before Done".into()));
+            }
+            done_sent = true;
+        }
+        tokio::select! {
+            _ = done_rx.recv(), if producing => { producing = false; }
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() { break Err(UploadError::Cancelled); }
+            }
+            msg = inbound.next() => match msg {
+                None => break Err(UploadError::Stream("the controller closed the transfer".into())),
+                Some(Err(s)) => break Err(UploadError::Refused(s.message().to_string())),
+                Some(Ok(m)) => match m.msg {
+                    Some(v1::transfer_down::Msg::Need(n)) => {
+                        for i in n.indexes {
+                            if need_tx.try_send((n.seq, i)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(v1::transfer_down::Msg::Written(w)) => {
+                        let info = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.seq);
+                        shared.window.notify_all();
+                        if let (Some(info), Some(cw)) = (info, cache_w.as_mut()) {
+                            for f in info.files.iter().filter(|f| !f.failed) {
+                                if let Some(r) = &f.record {
+                                    let _ = cw.push(r);
+                                }
+                            }
+                        }
+                    }
+                    Some(v1::transfer_down::Msg::Result(r)) => break Ok(r),
+                    None => {}
+                },
+            },
+        }
+    };
+    shared.stop.store(true, Ordering::Relaxed);
+    shared.window.notify_all();
+    drop(need_tx);
+    drop(out_tx);
+    let _ = tokio::task::spawn_blocking(move || producer.join()).await;
+    // Keep what the old cache knew about files this pass did not reach.
+    if let Some(mut cw) = cache_w {
+        let last = cw.last_key.clone();
+        let ok = matches!(&result, Ok(r) if r.ok);
+        if !ok {
+            for r in cache::Reader::open(&p.cache_path).rest_after(last.as_deref()) {
+                let _ = cw.push(&r);
+            }
+        }
+        let _ = cw.finish();
+    }
+    let mut rep = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
+    rep.sent_bytes = shared.sent_bytes.load(Ordering::Relaxed);
+    match result {
+        Ok(r) if r.ok => {
+            rep.controller_message = r.message;
+            Ok(rep)
+        }
+        Ok(r) => Err(UploadError::Refused(r.message)),
+        Err(e) => Err(e),
+    }
+}
+
+fn walk_options(p: &PassParams, xattrs: bool) -> WalkOptions {
+    WalkOptions { excludes: p.excludes.clone(), no_descend: p.no_descend.clone(), xattrs }
+}
+
+fn count(p: &PassParams, out: &Out, shared: &Shared) {
+    let Ok(w) = Walker::new(&p.root, walk_options(p, false)) else { return };
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for f in w {
+        if shared.stopped() {
+            return;
+        }
+        if matches!(f.kind, Kind::File) {
+            files += 1;
+            bytes += f.st.st_size as u64;
+        }
+    }
+    let _ = out.blocking_send(up(v1::transfer_up::Msg::Estimate(v1::Estimate { files, bytes })));
+}
+
+/// A walk item on its way to the batcher.
+struct Work {
+    seq: u64,
+    found: Found,
+    cached: Option<cache::Record>,
+}
+
+/// A finished item: its entry (segments) and how to re-read its chunks.
+struct Ready {
+    seq: u64,
+    entries: Vec<Entry>,
+    src: Option<PathBuf>,
+    record: Option<cache::Record>,
+    problem: Option<Problem>,
+}
+
+fn meta_of(f: &Found) -> Meta {
+    Meta {
+        mode: f.st.st_mode & 0o7777,
+        uid: f.st.st_uid,
+        gid: f.st.st_gid,
+        mtime: Timestamp { sec: f.st.st_mtime, nsec: f.st.st_mtime_nsec as u32 },
+        xattrs: f.xattrs.clone(),
+    }
+}
+
+fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport>) -> Result<(), UploadError> {
+    let walker = Walker::new(&p.root, walk_options(p, true)).map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Work>(256);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(256);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (rx, tx) = (work_rx.clone(), ready_tx.clone());
+        let (root, params) = (p.root.clone(), p.chunking);
+        workers.push(std::thread::spawn(move || hash_worker(&root, params, &rx, &tx)));
+    }
+    drop(ready_tx);
+    let walker_problems = Arc::new(Mutex::new(Vec::new()));
+    let walk_thread = {
+        let cache_path = p.cache_path.clone();
+        let wp = walker_problems.clone();
+        std::thread::spawn(move || {
+            let mut cache = cache::Reader::open(&cache_path);
+            let mut w = walker;
+            let mut seq = 0u64;
+            for found in w.by_ref() {
+                let cached = if matches!(found.kind, Kind::File) {
+                    let key: Vec<u8> = found.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
+                    let st = &found.st;
+                    cache.lookup(&key).filter(|r| {
+                        r.same_file(
+                            st.st_dev,
+                            st.st_ino,
+                            st.st_size as u64,
+                            ns(st.st_mtime, st.st_mtime_nsec as i64),
+                            ns(st.st_ctime, st.st_ctime_nsec as i64),
+                        )
+                    })
+                } else {
+                    None
+                };
+                if work_tx.send(Work { seq, found, cached }).is_err() {
+                    break;
+                }
+                seq += 1;
+            }
+            *wp.lock().unwrap_or_else(|e| e.into_inner()) = std::mem::take(&mut w.problems);
+        })
+    };
+
+    // Batcher: reorder by seq, group into batches, respect the window.
+    let mut pending: BTreeMap<u64, Ready> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut batch_seq = 0u64;
+    let mut cur = Vec::<v1::Entry>::new();
+    let mut info = BatchInfo::default();
+    let mut cur_chunks = 0usize;
+    let mut cur_data = 0u64;
+    let flush = |cur: &mut Vec<v1::Entry>, info: &mut BatchInfo, batch_seq: &mut u64| -> Result<(), UploadError> {
+        if cur.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+            while o.len() >= WINDOW && !shared.stopped() {
+                o = shared.window.wait_timeout(o, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            if shared.stopped() {
+                return Err(UploadError::Cancelled);
+            }
+            o.insert(*batch_seq, std::mem::take(info));
+        }
+        let b = v1::EntryBatch { seq: *batch_seq, entries: std::mem::take(cur) };
+        out.blocking_send(up(v1::transfer_up::Msg::Batch(b))).map_err(|_| UploadError::Stream("closed".into()))?;
+        *batch_seq += 1;
+        Ok(())
+    };
+    let mut result = Ok(());
+    'outer: for r in ready_rx.iter() {
+        pending.insert(r.seq, r);
+        while let Some(r) = pending.remove(&next) {
+            next += 1;
+            if let Some(pr) = r.problem {
+                report.lock().unwrap_or_else(|e| e.into_inner()).changed.push(pr);
+                continue;
+            }
+            let nseg = r.entries.len();
+            let file_idx = if r.src.is_some() {
+                info.files.push(FileSrc { path: r.src.clone().unwrap_or_default(), failed: false, record: None });
+                Some(info.files.len() - 1)
+            } else {
+                None
+            };
+            let mut file_idx = file_idx;
+            for (i, e) in r.entries.into_iter().enumerate() {
+                let n = match &e.data {
+                    EntryData::Regular { chunks, .. } => chunks.len(),
+                    _ => 0,
+                };
+                let data = e.data_bytes();
+                if !cur.is_empty()
+                    && (cur.len() >= BATCH_ENTRIES || cur_chunks + n > BATCH_CHUNKS || cur_data + data > BATCH_DATA)
+                {
+                    if let Err(err) = flush(&mut cur, &mut info, &mut batch_seq) {
+                        result = Err(err);
+                        break 'outer;
+                    }
+                    cur_chunks = 0;
+                    cur_data = 0;
+                    if let Some(src) = &r.src {
+                        info.files.push(FileSrc { path: src.clone(), failed: false, record: None });
+                        file_idx = Some(info.files.len() - 1);
+                    }
+                }
+                if let (EntryData::Regular { chunks, .. }, Some(fi)) = (&e.data, file_idx) {
+                    for c in chunks {
+                        info.chunks.push(ChunkSrc { file: fi, chunk: *c });
+                    }
+                }
+                if i + 1 == nseg {
+                    if let Some(fi) = file_idx {
+                        info.files[fi].record = r.record.clone();
+                    }
+                    let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
+                    rep.files += 1;
+                    if let EntryData::Regular { size, .. } = &e.data {
+                        rep.bytes += size;
+                    }
+                }
+                cur_chunks += n;
+                cur_data += data;
+                cur.push(v1::Entry::from(&e));
+            }
+        }
+    }
+    if result.is_ok() {
+        result = flush(&mut cur, &mut info, &mut batch_seq);
+    }
+    if result.is_err() {
+        shared.stop.store(true, Ordering::Relaxed);
+    }
+    drop(ready_rx);
+    let _ = walk_thread.join();
+    for w in workers {
+        let _ = w.join();
+    }
+    let mut probs = std::mem::take(&mut *walker_problems.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
+    for pr in probs.drain(..) {
+        if pr.reason.starts_with("vanished") {
+            rep.changed.push(pr);
+        } else {
+            rep.skipped.push(pr);
+        }
+    }
+    result
+}
+
+fn hash_worker(root: &Path, params: ChunkParams, rx: &Mutex<std::sync::mpsc::Receiver<Work>>, tx: &std::sync::mpsc::SyncSender<Ready>) {
+    let mut chunker = Chunker::new(params);
+    loop {
+        let w = {
+            let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
+            guard.recv()
+        };
+        let Ok(w) = w else { return };
+        let ready = prepare(root, &mut chunker, w);
+        if tx.send(ready).is_err() {
+            return;
+        }
+    }
+}
+
+fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
+    let f = w.found;
+    let meta = meta_of(&f);
+    let single = |data: EntryData| Ready {
+        seq: w.seq,
+        entries: vec![Entry { path: f.path.clone(), meta: meta.clone(), data, segment: 0, more: false }],
+        src: None,
+        record: None,
+        problem: None,
+    };
+    match &f.kind {
+        Kind::Dir => single(EntryData::Directory),
+        Kind::Symlink(t) => single(EntryData::Symlink { target: t.clone() }),
+        Kind::Fifo => single(EntryData::Fifo),
+        Kind::Char(a, b) => single(EntryData::CharDevice { major: *a, minor: *b }),
+        Kind::Block(a, b) => single(EntryData::BlockDevice { major: *a, minor: *b }),
+        Kind::HardLink(t) => single(EntryData::HardLink { target: t.clone() }),
+        Kind::File => {
+            let src = abs(root, &f.path);
+            let st = &f.st;
+            let ident = (
+                st.st_dev,
+                st.st_ino,
+                st.st_size as u64,
+                ns(st.st_mtime, st.st_mtime_nsec as i64),
+                ns(st.st_ctime, st.st_ctime_nsec as i64),
+            );
+            let (chunks, digest) = match w.cached {
+                Some(r) => (r.chunks, r.digest),
+                None => match chunk_file(&src, chunker, ident) {
+                    Ok(c) => {
+                        let d = ContentHasher::digest(ident.2, &c);
+                        (c, d)
+                    }
+                    Err(reason) => {
+                        return Ready {
+                            seq: w.seq,
+                            entries: Vec::new(),
+                            src: None,
+                            record: None,
+                            problem: Some(Problem { path: f.path, reason }),
+                        };
+                    }
+                },
+            };
+            let key: Vec<u8> = f.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
+            let record = cache::Record {
+                key,
+                dev: ident.0,
+                ino: ident.1,
+                size: ident.2,
+                mtime_ns: ident.3,
+                ctime_ns: ident.4,
+                digest,
+                chunks: chunks.clone(),
+            };
+            let mut entries = Vec::new();
+            let segs: Vec<&[ChunkRef]> =
+                if chunks.is_empty() { vec![&[][..]] } else { chunks.chunks(MAX_CHUNKS_PER_ENTRY).collect() };
+            let nseg = segs.len();
+            for (i, seg) in segs.into_iter().enumerate() {
+                entries.push(Entry {
+                    path: f.path.clone(),
+                    meta: meta.clone(),
+                    data: EntryData::Regular { size: ident.2, chunks: seg.to_vec(), digest },
+                    segment: i as u32,
+                    more: i + 1 < nseg,
+                });
+            }
+            Ready { seq: w.seq, entries, src: Some(src), record: Some(record), problem: None }
+        }
+    }
+}
+
+/// Chunks the data extents of a file, checking it did not change while being read.
+fn chunk_file(path: &Path, chunker: &mut Chunker, ident: (u64, u64, u64, i64, i64)) -> Result<Vec<ChunkRef>, String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NOATIME.bits() as i32)
+        .open(path)
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(path)
+        })
+        .map_err(|e| format!("vanished or unreadable: {e}"))?;
+    let st = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat: {e}"))?;
+    if st.st_ino != ident.1 || st.st_size as u64 != ident.2 {
+        return Err("changed while being read".into());
+    }
+    let size = ident.2;
+    let mut chunks = Vec::new();
+    // Only sparse files pay for SEEK_DATA/SEEK_HOLE.
+    let sparse = (st.st_blocks as u64) * 512 < size;
+    let mut extents = Vec::new();
+    if sparse {
+        let mut off = 0u64;
+        while off < size {
+            let start = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(off)) {
+                Ok(s) => s,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(format!("cannot map holes: {e}")),
+            };
+            let end = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start)) {
+                Ok(e) => e.min(size),
+                Err(e) => return Err(format!("cannot map holes: {e}")),
+            };
+            if end > start {
+                extents.push((start, end - start));
+            }
+            off = end;
+        }
+    } else if size > 0 {
+        extents.push((0, size));
+    }
+    for (start, len) in extents {
+        let mut rd = OffsetReader { file: &file, pos: start };
+        let refs = chunker.refs(&mut rd, start, len).map_err(|e| format!("read error: {e}"))?;
+        chunks.extend(refs);
+    }
+    let after = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat: {e}"))?;
+    let changed = after.st_size as u64 != size
+        || ns(after.st_mtime, after.st_mtime_nsec as i64) != ident.3
+        || ns(after.st_ctime, after.st_ctime_nsec as i64) != ident.4;
+    if changed {
+        return Err("changed while being read".into());
+    }
+    Ok(chunks)
+}
+
+struct OffsetReader<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl std::io::Read for OffsetReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Answers the controller's needs: reads each chunk again, checks it, compresses it.
+fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, out: &Out, shared: &Shared) {
+    let _ = root;
+    let mut comp = zstd::bulk::Compressor::new(1).ok();
+    let mut open: Option<(PathBuf, File)> = None;
+    let mut buf = Vec::new();
+    loop {
+        let job = {
+            let g = rx.lock().unwrap_or_else(|e| e.into_inner());
+            g.recv()
+        };
+        let Ok((seq, index)) = job else { return };
+        if shared.stopped() {
+            return;
+        }
+        let src = {
+            let o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+            o.get(&seq).and_then(|b| {
+                let c = b.chunks.get(index as usize)?;
+                Some((c.file, c.chunk, b.files.get(c.file)?.path.clone()))
+            })
+        };
+        let mut msg = v1::ChunkData { seq, index, ..Default::default() };
+        match src {
+            None => {
+                msg.unavailable = true;
+                msg.reason = "no such chunk in an unconfirmed batch".into();
+            }
+            Some((fi, c, path)) => {
+                if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                    open = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                        .open(&path)
+                        .ok()
+                        .map(|f| (path.clone(), f));
+                }
+                buf.resize(c.len as usize, 0);
+                let ok = open.as_ref().is_some_and(|(_, f)| f.read_exact_at(&mut buf, c.offset).is_ok())
+                    && Hash32::of(&buf) == c.hash;
+                if ok {
+                    let packed = comp.as_mut().and_then(|z| z.compress(&buf).ok()).filter(|z| z.len() < buf.len());
+                    match packed {
+                        Some(z) => {
+                            msg.data = z.into();
+                            msg.compressed = true;
+                        }
+                        None => msg.data = buf.clone().into(),
+                    }
+                } else {
+                    msg.unavailable = true;
+                    msg.reason = "changed while being read".into();
+                    if let Some(b) = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq) {
+                        if let Some(f) = b.files.get_mut(fi) {
+                            f.failed = true;
+                        }
+                    }
+                }
+            }
+        }
+        shared.throttle(msg.data.len());
+        shared.sent_bytes.fetch_add(msg.data.len() as u64, Ordering::Relaxed);
+        if out.blocking_send(up(v1::transfer_up::Msg::Chunk(msg))).is_err() {
+            return;
+        }
+    }
+}

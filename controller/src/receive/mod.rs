@@ -1,0 +1,335 @@
+//! The receive path: one copy pass from an agent into a container's private area.
+//!
+//! ```text
+//!  gRPC inbound ──► reader (async) ──Batch──► planner thread ──PlannedBatch──► writer thread
+//!                        │                        │ Need ──────────► agent        │
+//!                        └──Chunk──► verifier thread ──VerifiedChunk──────────────┘
+//!                                                     BatchWritten / late Need ◄──┘
+//! ```
+//! * The **planner** decides, per chunk, whether the node already has it (node-wide chunk
+//!   index, or requested earlier in this pass) or the agent must send it, and tells the agent.
+//! * The **verifier** decompresses each chunk into a buffer no larger than announced and
+//!   checks its BLAKE3 hash; a chunk that does not match is a protocol error.
+//! * The **writer** applies entries in walk order beneath the tree root through
+//!   [`crate::tree`], merges them with the record of what the tree already holds (skipping
+//!   unchanged entries, deleting what the source no longer has), copies known chunks locally
+//!   after checking them, and commits each batch to the store in one transaction.
+//!
+//! Everything from the agent is treated as hostile: entries are validated on conversion,
+//! walk order is enforced (so no path appears twice), chunk indexes and sizes are checked,
+//! and nothing is written outside the tree.
+
+pub mod manifest;
+mod planner;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use p2c_common::manifest::{Hash32, Problem, limits};
+use p2c_common::migration::PassSummary;
+use p2c_common::paths::RelPath;
+use p2c_proto::v1;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::config::DedupScope;
+
+/// Everything a pass needs to know, fixed when it starts.
+#[derive(Clone, Debug)]
+pub struct PassJob {
+    pub ctid: u32,
+    pub pass: u32,
+    /// Root of the container tree (the private area, or a mounted image).
+    pub tree: PathBuf,
+    /// `<vz_root>/private`, to read chunks held by other containers.
+    pub private_root: PathBuf,
+    pub db: PathBuf,
+    pub manifest: PathBuf,
+    pub excludes: Vec<RelPath>,
+    pub keep_xattrs: bool,
+    pub dedup: DedupScope,
+    /// Largest total of file data the tree may hold (DISKSPACE hard), bytes.
+    pub byte_limit: Option<u64>,
+    /// Most entries the tree may hold (DISKINODES hard).
+    pub inode_limit: Option<u64>,
+    pub progress: Arc<Progress>,
+}
+
+/// Live counters of a pass, read by status and progress displays.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub wire_bytes: AtomicU64,
+    pub local_bytes: AtomicU64,
+}
+
+impl Progress {
+    pub fn reset(&self) {
+        for a in [
+            &self.files_total,
+            &self.bytes_total,
+            &self.files_done,
+            &self.bytes_done,
+            &self.wire_bytes,
+            &self.local_bytes,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a pass ended.
+#[derive(Debug)]
+pub struct PassOutcome {
+    pub summary: PassSummary,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("agent sent an invalid stream: {0}")]
+    Protocol(String),
+    #[error("the connection to the agent was lost: {0}")]
+    Stream(String),
+    #[error("{0}")]
+    Tree(#[from] crate::tree::TreeError),
+    #[error(transparent)]
+    Store(#[from] crate::state::StoreError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error(
+        "the container would exceed its disk quota: {what}; raise --diskspace/--diskinodes or exclude data (what was copied is kept)"
+    )]
+    Quota { what: String },
+    #[error("receive pipeline stopped: {0}")]
+    Internal(String),
+}
+
+impl ReceiveError {
+    fn status(&self) -> Status {
+        match self {
+            ReceiveError::Protocol(m) => Status::invalid_argument(m.clone()),
+            ReceiveError::Quota { .. } => Status::resource_exhausted(self.to_string()),
+            _ => Status::internal(self.to_string()),
+        }
+    }
+}
+
+pub(crate) fn protocol(msg: impl Into<String>) -> ReceiveError {
+    ReceiveError::Protocol(msg.into())
+}
+
+/// A batch after planning: which of its chunks the agent will send.
+pub(crate) struct PlannedBatch {
+    pub seq: u64,
+    pub entries: Vec<p2c_common::manifest::Entry>,
+    /// Per entry: dropped because an operator exclude covers it.
+    pub excluded: Vec<bool>,
+    /// Per chunk of the batch, in order: true when the agent sends it.
+    pub remote: Vec<bool>,
+}
+
+/// A chunk from the agent, checked.
+pub(crate) enum ChunkMsg {
+    Data { seq: u64, index: u32, data: Vec<u8> },
+    /// The agent could not read it (the file changed): the file is retried next pass.
+    Unavailable { seq: u64, index: u32, reason: String },
+    /// Not requested, or not what was announced: a protocol violation.
+    Invalid(String),
+}
+
+/// Chunks the agent was asked for and has not sent yet: (seq, index) → (hash, len).
+pub(crate) type Expected = Arc<Mutex<HashMap<(u64, u32), (Hash32, u32)>>>;
+
+/// What flows to the writer, in arrival order.
+pub(crate) enum WriterMsg {
+    Batch(PlannedBatch),
+    Done { changed: Vec<Problem>, skipped: Vec<Problem> },
+}
+
+pub(crate) type Outbound = mpsc::Sender<Result<v1::TransferDown, Status>>;
+
+/// Runs one pass to its end. The caller has already read the `Open` message.
+pub async fn run_pass<S>(job: PassJob, mut inbound: S, outbound: Outbound) -> PassOutcome
+where
+    S: futures::Stream<Item = Result<v1::TransferUp, Status>> + Unpin + Send,
+{
+    let started = std::time::Instant::now();
+    let expected: Expected = Arc::default();
+    let in_flight: Arc<Mutex<std::collections::HashSet<Hash32>>> = Arc::default();
+    let (plan_tx, plan_rx) = mpsc::channel::<v1::EntryBatch>(4);
+    let (write_tx, write_rx) = mpsc::channel::<WriterMsg>(8);
+    let (chunk_in_tx, chunk_in_rx) = mpsc::channel::<v1::ChunkData>(64);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<ChunkMsg>(64);
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<WriterMsg>();
+    let planner = {
+        let job = job.clone();
+        let out = outbound.clone();
+        let expected = expected.clone();
+        let in_flight = in_flight.clone();
+        std::thread::Builder::new()
+            .name(format!("plan-{}", job.ctid))
+            .spawn(move || planner::run(&job, plan_rx, done_rx, write_tx, out, expected, in_flight))
+    };
+    let verifier = {
+        let expected = expected.clone();
+        let progress = job.progress.clone();
+        std::thread::Builder::new()
+            .name(format!("verify-{}", job.ctid))
+            .spawn(move || verify_chunks(chunk_in_rx, chunk_tx, expected, progress))
+    };
+    let writer = {
+        let job = job.clone();
+        let out = outbound.clone();
+        let expected = expected.clone();
+        std::thread::Builder::new()
+            .name(format!("write-{}", job.ctid))
+            .spawn(move || writer::run(&job, write_rx, chunk_rx, out, expected, in_flight))
+    };
+    let (planner, verifier, writer) = match (planner, verifier, writer) {
+        (Ok(p), Ok(v), Ok(w)) => (p, v, w),
+        _ => {
+            return PassOutcome {
+                summary: PassSummary { pass: job.pass, ..Default::default() },
+                error: Some("cannot start receive threads".into()),
+            };
+        }
+    };
+
+    // The reader: route inbound messages until Done, an error or the end of the stream.
+    let read_result: Result<(), ReceiveError> = async {
+        let mut next_seq = 0u64;
+        while let Some(msg) = inbound.next().await {
+            let msg = msg.map_err(|s| ReceiveError::Stream(s.message().to_string()))?;
+            match msg.msg {
+                Some(v1::transfer_up::Msg::Batch(b)) => {
+                    if b.seq != next_seq {
+                        return Err(protocol(format!("batch {} out of sequence (expected {next_seq})", b.seq)));
+                    }
+                    if b.entries.len() > limits::MAX_BATCH_ENTRIES {
+                        return Err(protocol("batch has too many entries"));
+                    }
+                    next_seq += 1;
+                    plan_tx.send(b).await.map_err(|_| stopped())?;
+                }
+                Some(v1::transfer_up::Msg::Chunk(c)) => {
+                    chunk_in_tx.send(c).await.map_err(|_| stopped())?;
+                }
+                Some(v1::transfer_up::Msg::Estimate(e)) => {
+                    job.progress.files_total.store(e.files, Ordering::Relaxed);
+                    job.progress.bytes_total.store(e.bytes, Ordering::Relaxed);
+                }
+                Some(v1::transfer_up::Msg::Done(d)) => {
+                    let conv = |v: Vec<v1::Problem>| -> Result<Vec<Problem>, ReceiveError> {
+                        v.into_iter()
+                            .take(100_000)
+                            .map(|p| Problem::try_from(p).map_err(|e| protocol(e.to_string())))
+                            .collect()
+                    };
+                    let changed = conv(d.changed)?;
+                    let skipped = conv(d.skipped)?;
+                    // Done goes through the planner so that it follows every planned batch.
+                    let _ = done_tx.send(WriterMsg::Done { changed, skipped });
+                    return Ok(());
+                }
+                Some(v1::transfer_up::Msg::Open(_)) => return Err(protocol("second Open on one transfer")),
+                None => return Err(protocol("empty message")),
+            }
+        }
+        Err(ReceiveError::Stream("the agent closed the transfer before the pass was done".into()))
+    }
+    .await;
+
+    // Close the pipes so the threads end; the writer reports the real outcome.
+    drop(plan_tx);
+    drop(chunk_in_tx);
+    let writer_result = tokio::task::spawn_blocking(move || {
+        let w = writer.join();
+        let _ = planner.join();
+        let _ = verifier.join();
+        w
+    })
+    .await;
+    let (mut summary, write_err) = match writer_result {
+        Ok(Ok((summary, err))) => (summary, err),
+        _ => (PassSummary::default(), Some(ReceiveError::Internal("writer thread panicked".into()))),
+    };
+    summary.pass = job.pass;
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.wire_bytes = job.progress.wire_bytes.load(Ordering::Relaxed);
+    summary.local_bytes = job.progress.local_bytes.load(Ordering::Relaxed);
+    // The first error in the pipeline is the cause; later ones are consequences.
+    let err = match (read_result, write_err) {
+        (Err(ReceiveError::Stream(_)), Some(w)) if !matches!(w, ReceiveError::Internal(_)) => Some(w),
+        (Err(r), _) => Some(r),
+        (Ok(()), w) => w,
+    };
+    let result = v1::PassResult {
+        ok: err.is_none(),
+        message: err.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+        files_written: summary.written,
+        bytes_received: summary.wire_bytes,
+        bytes_local: summary.local_bytes,
+    };
+    match &err {
+        None | Some(ReceiveError::Quota { .. }) => {
+            let _ = outbound.send(Ok(v1::TransferDown { msg: Some(v1::transfer_down::Msg::Result(result)) })).await;
+        }
+        Some(e) => {
+            let _ = outbound.send(Err(e.status())).await;
+        }
+    }
+    PassOutcome { summary, error: err.map(|e| e.to_string()) }
+}
+
+fn stopped() -> ReceiveError {
+    ReceiveError::Internal("the writer stopped".into())
+}
+
+/// Decompresses and checks chunks against what was requested.
+fn verify_chunks(
+    mut rx: mpsc::Receiver<v1::ChunkData>,
+    tx: mpsc::Sender<ChunkMsg>,
+    expected: Expected,
+    progress: Arc<Progress>,
+) {
+    let mut dec = zstd::bulk::Decompressor::new().ok();
+    while let Some(c) = rx.blocking_recv() {
+        let want = expected.lock().unwrap_or_else(|p| p.into_inner()).remove(&(c.seq, c.index));
+        let msg = match want {
+            None => ChunkMsg::Invalid(format!("chunk {}/{} was not requested", c.seq, c.index)),
+            Some(_) if c.unavailable => {
+                let mut reason = c.reason;
+                reason.truncate(512);
+                ChunkMsg::Unavailable { seq: c.seq, index: c.index, reason }
+            }
+            Some((hash, len)) => {
+                progress.wire_bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                let data = if c.compressed {
+                    match dec.as_mut().map(|d| d.decompress(&c.data, len as usize)) {
+                        Some(Ok(d)) => d,
+                        _ => Vec::new(),
+                    }
+                } else {
+                    c.data.to_vec()
+                };
+                if data.len() != len as usize || Hash32::of(&data) != hash {
+                    ChunkMsg::Invalid(format!("chunk {}/{} does not match its hash", c.seq, c.index))
+                } else {
+                    ChunkMsg::Data { seq: c.seq, index: c.index, data }
+                }
+            }
+        };
+        if tx.blocking_send(msg).is_err() {
+            return;
+        }
+    }
+}

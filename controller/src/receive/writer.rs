@@ -1,0 +1,820 @@
+//! Applies planned batches to the container tree (see the module docs of `receive`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use p2c_common::manifest::{ChunkRef, ContentHasher, Entry, EntryData, Hash32, Meta, Problem, Timestamp};
+use p2c_common::migration::PassSummary;
+use p2c_common::paths::RelPath;
+use p2c_proto::v1;
+use rusqlite::Connection;
+use rustix::fs::{FileType, Mode};
+use tokio::sync::mpsc;
+
+use super::manifest::ManifestWriter;
+use super::{ChunkMsg, Expected, Outbound, PassJob, PlannedBatch, ReceiveError, WriterMsg, protocol};
+use crate::config::DedupScope;
+use crate::state::index::{self, BatchCommit, ChunkLocation, FileRecord};
+use crate::state::{self};
+use crate::tree::{Dir, Tree, TreeError};
+
+/// Most chunk bytes held for out-of-order arrival before the agent is deemed misbehaving.
+const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+
+pub(crate) fn run(
+    job: &PassJob,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    chunks: mpsc::Receiver<ChunkMsg>,
+    out: Outbound,
+    expected: Expected,
+    in_flight: Arc<Mutex<HashSet<Hash32>>>,
+) -> (PassSummary, Option<ReceiveError>) {
+    let mut w = match Writer::new(job, chunks, out, expected, in_flight) {
+        Ok(w) => w,
+        Err(e) => return (PassSummary::default(), Some(e)),
+    };
+    let res = (|| {
+        loop {
+            match rx.blocking_recv() {
+                Some(WriterMsg::Batch(b)) => w.batch(b)?,
+                Some(WriterMsg::Done { changed, skipped }) => return w.finish(changed, skipped),
+                None => return Err(ReceiveError::Stream("the transfer ended before the pass was done".into())),
+            }
+        }
+    })();
+    w.abort_open();
+    (std::mem::take(&mut w.summary), res.err())
+}
+
+fn kind_code(e: &EntryData) -> u8 {
+    match e {
+        EntryData::Regular { .. } => 1,
+        EntryData::Directory => 2,
+        EntryData::Symlink { .. } => 3,
+        EntryData::HardLink { .. } => 4,
+        EntryData::Fifo => 5,
+        EntryData::CharDevice { .. } => 6,
+        EntryData::BlockDevice { .. } => 7,
+    }
+}
+
+fn ft_matches(e: &EntryData, ft: FileType) -> bool {
+    matches!(
+        (e, ft),
+        (EntryData::Regular { .. }, FileType::RegularFile)
+            | (EntryData::Directory, FileType::Directory)
+            | (EntryData::Symlink { .. }, FileType::Symlink)
+            | (EntryData::Fifo, FileType::Fifo)
+            | (EntryData::CharDevice { .. }, FileType::CharacterDevice)
+            | (EntryData::BlockDevice { .. }, FileType::BlockDevice)
+    )
+}
+
+fn ns(ts_sec: i64, ts_nsec: i64) -> i64 {
+    ts_sec.saturating_mul(1_000_000_000).saturating_add(ts_nsec)
+}
+
+/// A regular file being written (possibly across several segments and batches).
+struct OpenFile {
+    path: RelPath,
+    key: Vec<u8>,
+    meta: Meta,
+    digest: Hash32,
+    entry_digest: Hash32,
+    size: u64,
+    content: ContentHasher,
+    last_end: u64,
+    dir: Dir,
+    file: Option<File>,
+    tmp: Vec<u8>,
+    /// Chunks written so far: hash → offset in this file (for repeats inside the file).
+    written: HashMap<Hash32, u64>,
+    chunks: Vec<ChunkRef>,
+    /// Unchanged: segments are checked and consumed, nothing is written.
+    skip: bool,
+    failed: Option<String>,
+}
+
+/// The merge of the pass's entries with the store's record of the tree.
+struct Cursor {
+    page: VecDeque<FileRecord>,
+    fetched: Option<Vec<u8>>,
+    started: bool,
+    exhausted: bool,
+}
+
+struct Writer<'a> {
+    job: &'a PassJob,
+    tree: Tree,
+    conn: Connection,
+    out: Outbound,
+    expected: Expected,
+    in_flight: Arc<Mutex<HashSet<Hash32>>>,
+    chunks: mpsc::Receiver<ChunkMsg>,
+    pending: HashMap<(u64, u32), Vec<u8>>,
+    pending_bytes: usize,
+    unavailable: HashMap<(u64, u32), String>,
+    cursor: Cursor,
+    manifest: Option<ManifestWriter>,
+    last_key: Option<Vec<u8>>,
+    dirs: Vec<(RelPath, Timestamp)>,
+    open: Option<OpenFile>,
+    recent: HashMap<Hash32, ChunkLocation>,
+    commit: BatchCommit,
+    batch_remote: Vec<Hash32>,
+    parent: Option<Dir>,
+    other_trees: HashMap<u32, Option<Tree>>,
+    summary: PassSummary,
+    total_bytes: u64,
+    total_inodes: u64,
+    problems: Vec<Problem>,
+    copy_buf: Vec<u8>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        job: &'a PassJob,
+        chunks: mpsc::Receiver<ChunkMsg>,
+        out: Outbound,
+        expected: Expected,
+        in_flight: Arc<Mutex<HashSet<Hash32>>>,
+    ) -> Result<Self, ReceiveError> {
+        let tree = Tree::create(&job.tree)?;
+        let conn = state::connect(&job.db)?;
+        let manifest = Some(ManifestWriter::create(&job.manifest)?);
+        Ok(Writer {
+            job,
+            tree,
+            conn,
+            out,
+            expected,
+            in_flight,
+            chunks,
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            unavailable: HashMap::new(),
+            cursor: Cursor { page: VecDeque::new(), fetched: None, started: false, exhausted: false },
+            manifest,
+            last_key: None,
+            dirs: Vec::new(),
+            open: None,
+            recent: HashMap::new(),
+            commit: BatchCommit::default(),
+            batch_remote: Vec::new(),
+            parent: None,
+            other_trees: HashMap::new(),
+            summary: PassSummary::default(),
+            total_bytes: 0,
+            total_inodes: 0,
+            problems: Vec::new(),
+            copy_buf: Vec::new(),
+        })
+    }
+
+    // ------------------------------------------------------------------ merge with the record
+
+    fn refill(&mut self) -> Result<(), ReceiveError> {
+        if self.cursor.exhausted {
+            return Ok(());
+        }
+        // Never re-read what this pass already processed (its rows may be new).
+        let after = match (&self.cursor.fetched, &self.last_key) {
+            (Some(f), Some(l)) => Some(std::cmp::max(f, l).clone()),
+            (Some(f), None) => Some(f.clone()),
+            (None, Some(l)) => Some(l.clone()),
+            (None, None) => None,
+        };
+        let after = if self.cursor.started { after } else { None };
+        let page = index::files_after(&self.conn, self.job.ctid, after.as_deref(), 1024)?;
+        self.cursor.started = true;
+        if page.is_empty() {
+            self.cursor.exhausted = true;
+        }
+        if let Some(last) = page.last() {
+            self.cursor.fetched = Some(last.key.clone());
+        }
+        self.cursor.page.extend(page);
+        Ok(())
+    }
+
+    /// Deletes recorded entries before `key` (the source no longer has them) and returns
+    /// the record for `key` itself. `None` as key: to the end.
+    fn advance_to(&mut self, key: Option<&[u8]>) -> Result<Option<FileRecord>, ReceiveError> {
+        loop {
+            if self.cursor.page.is_empty() {
+                self.refill()?;
+                if self.cursor.page.is_empty() {
+                    return Ok(None);
+                }
+            }
+            let Some(front) = self.cursor.page.front() else { return Ok(None) };
+            match key {
+                Some(k) if front.key.as_slice() == k => return Ok(self.cursor.page.pop_front()),
+                Some(k) if front.key.as_slice() > k => return Ok(None),
+                _ => {}
+            }
+            let Some(rec) = self.cursor.page.pop_front() else { return Ok(None) };
+            if let Some(path) = index::key_path(&rec.key)
+                && !path.is_root() {
+                    self.parent = None;
+                    self.tree.remove(&path)?;
+                    self.summary.deleted += 1;
+                }
+            self.commit.deletes.push(rec.key);
+        }
+    }
+
+    // ------------------------------------------------------------------ batches
+
+    fn batch(&mut self, b: PlannedBatch) -> Result<(), ReceiveError> {
+        let mut idx = 0usize;
+        for (i, e) in b.entries.iter().enumerate() {
+            let n = match &e.data {
+                EntryData::Regular { chunks, .. } => chunks.len(),
+                _ => 0,
+            };
+            let remote = &b.remote[idx..idx + n];
+            let base = idx as u32;
+            idx += n;
+            self.entry(b.seq, base, e, remote, b.excluded[i])?;
+        }
+        self.end_batch(b.seq)
+    }
+
+    fn end_batch(&mut self, seq: u64) -> Result<(), ReceiveError> {
+        let commit = std::mem::take(&mut self.commit);
+        if !commit.is_empty() {
+            index::commit_batch(&mut self.conn, self.job.ctid, &commit)?;
+        }
+        self.recent.clear();
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for h in self.batch_remote.drain(..) {
+                f.remove(&h);
+            }
+        }
+        let msg = v1::TransferDown { msg: Some(v1::transfer_down::Msg::Written(v1::BatchWritten { seq })) };
+        self.out.blocking_send(Ok(msg)).map_err(|_| ReceiveError::Stream("agent went away".into()))
+    }
+
+    fn entry(&mut self, seq: u64, base: u32, e: &Entry, remote: &[bool], excluded: bool) -> Result<(), ReceiveError> {
+        if e.segment > 0 {
+            return self.continue_file(seq, base, e, remote);
+        }
+        if self.open.is_some() {
+            return Err(protocol(format!("{}: a new entry started inside a segmented file", e.path)));
+        }
+        let key = index::walk_key(&e.path);
+        if let Some(last) = &self.last_key
+            && key <= *last {
+                return Err(protocol(format!("{} is out of walk order or repeated", e.path)));
+            }
+        self.last_key = Some(key.clone());
+        if excluded {
+            return Ok(());
+        }
+        let old = self.advance_to(Some(&key))?;
+        self.summary.entries += 1;
+        if let Some(m) = self.manifest.as_mut() {
+            m.push(e)?;
+        }
+        if !matches!(e.data, EntryData::HardLink { .. }) {
+            self.total_inodes += 1;
+        }
+        self.total_bytes += e.data_bytes();
+        self.summary.data_bytes += e.data_bytes();
+        self.check_limits()?;
+        let digest = e.digest();
+        let unchanged = old.as_ref().is_some_and(|r| r.digest == digest && r.kind == kind_code(&e.data));
+        self.job.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        match &e.data {
+            EntryData::Regular { size, digest: content, chunks } => {
+                let skip = unchanged && self.still_there(e)?;
+                self.open_file(e, key, digest, *size, *content, skip)?;
+                self.write_chunks(seq, base, chunks, remote)?;
+                if !e.more {
+                    self.close_file()?;
+                }
+                Ok(())
+            }
+            EntryData::Directory => {
+                self.dirs.push((e.path.clone(), e.meta.mtime));
+                if !(unchanged && self.still_there(e)?) {
+                    self.apply_dir(e)?;
+                    self.summary.written += 1;
+                }
+                self.commit.upserts.push(FileRecord { key, digest, kind: 2 });
+                Ok(())
+            }
+            EntryData::HardLink { target } => {
+                self.apply_hardlink(e, target)?;
+                self.commit.upserts.push(FileRecord { key, digest, kind: 4 });
+                Ok(())
+            }
+            _ => {
+                if !(unchanged && self.still_there(e)?) {
+                    self.apply_special(e)?;
+                    self.summary.written += 1;
+                }
+                self.commit.upserts.push(FileRecord { key, digest, kind: kind_code(&e.data) });
+                Ok(())
+            }
+        }
+    }
+
+    fn check_limits(&self) -> Result<(), ReceiveError> {
+        if let Some(l) = self.job.byte_limit
+            && self.total_bytes > l {
+                return Err(ReceiveError::Quota {
+                    what: format!("{} of file data > DISKSPACE hard limit {}", self.total_bytes, l),
+                });
+            }
+        if let Some(l) = self.job.inode_limit
+            && self.total_inodes > l {
+                return Err(ReceiveError::Quota {
+                    what: format!("{} entries > DISKINODES hard limit {}", self.total_inodes, l),
+                });
+            }
+        Ok(())
+    }
+
+    /// Whether the object recorded for an unchanged entry is still in the tree as recorded.
+    fn still_there(&mut self, e: &Entry) -> Result<bool, ReceiveError> {
+        let Some(st) = self.tree.lstat(&e.path)? else { return Ok(false) };
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if !ft_matches(&e.data, ft) {
+            return Ok(false);
+        }
+        Ok(match &e.data {
+            EntryData::Regular { size, .. } => st.st_size as u64 == *size,
+            EntryData::Directory => true,
+            _ => st.st_mtime == e.meta.mtime.sec,
+        })
+    }
+
+    fn parent_dir(&mut self, path: &RelPath) -> Result<Dir, ReceiveError> {
+        let parent = path.parent().ok_or_else(|| protocol("the root has no parent"))?;
+        if let Some(d) = &self.parent
+            && *d.rel() == parent {
+                return Ok(Dir::clone_of(d)?);
+            }
+        let d = self.tree.dir(&parent).map_err(|e| match e {
+            TreeError::Io { source, .. } if source.raw_os_error() == Some(libc_enoent()) => {
+                protocol(format!("{path}: its parent directory was not sent first"))
+            }
+            TreeError::Io { source, .. } if source.raw_os_error() == Some(libc_enotdir()) => {
+                protocol(format!("{path}: its parent is not a directory"))
+            }
+            other => other.into(),
+        })?;
+        self.parent = Some(Dir::clone_of(&d)?);
+        Ok(d)
+    }
+
+    // ------------------------------------------------------------------ regular files
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_file(
+        &mut self,
+        e: &Entry,
+        key: Vec<u8>,
+        entry_digest: Hash32,
+        size: u64,
+        digest: Hash32,
+        skip: bool,
+    ) -> Result<(), ReceiveError> {
+        let dir = self.parent_dir(&e.path)?;
+        let (file, tmp) = if skip {
+            (None, Vec::new())
+        } else {
+            let (f, tmp) = dir.create_temp(e.path.file_name())?;
+            f.set_len(size).map_err(|err| tree_io(&e.path, "truncate", err))?;
+            (Some(f), tmp)
+        };
+        self.open = Some(OpenFile {
+            path: e.path.clone(),
+            key,
+            meta: e.meta.clone(),
+            digest,
+            entry_digest,
+            size,
+            content: ContentHasher::new(size),
+            last_end: 0,
+            dir,
+            file,
+            tmp,
+            written: HashMap::new(),
+            chunks: Vec::new(),
+            skip,
+            failed: None,
+        });
+        Ok(())
+    }
+
+    fn continue_file(&mut self, seq: u64, base: u32, e: &Entry, remote: &[bool]) -> Result<(), ReceiveError> {
+        let Some(open) = &self.open else {
+            return Err(protocol(format!("{}: segment without a file", e.path)));
+        };
+        if open.path != e.path {
+            return Err(protocol(format!("{}: segment of another file", e.path)));
+        }
+        let EntryData::Regular { chunks, .. } = &e.data else {
+            return Err(protocol("segment is not a file"));
+        };
+        if let Some(m) = self.manifest.as_mut() {
+            m.push(e)?;
+        }
+        let bytes = e.data_bytes();
+        self.total_bytes += bytes;
+        self.summary.data_bytes += bytes;
+        self.check_limits()?;
+        self.write_chunks(seq, base, chunks, remote)?;
+        if !e.more {
+            self.close_file()?;
+        }
+        Ok(())
+    }
+
+    fn write_chunks(&mut self, seq: u64, base: u32, chunks: &[ChunkRef], remote: &[bool]) -> Result<(), ReceiveError> {
+        for (k, c) in chunks.iter().enumerate() {
+            let idx = base + k as u32;
+            {
+                let Some(open) = self.open.as_mut() else { return Err(protocol("chunk outside a file")) };
+                if c.offset < open.last_end || c.end() > open.size {
+                    return Err(protocol(format!("{}: chunks out of order", open.path)));
+                }
+                open.last_end = c.end();
+                open.content.update(c);
+            }
+            if remote[k] {
+                self.batch_remote.push(c.hash);
+                let data = self.take_chunk(seq, idx)?;
+                self.put_remote(c, data)?;
+            } else if self.open.as_ref().is_some_and(|o| o.skip || o.failed.is_some()) {
+                // Unchanged or already failed: nothing to write.
+            } else if !self.put_local(c)? {
+                // The node's copy is gone or stale: ask the agent for it now.
+                self.expected.lock().unwrap_or_else(|p| p.into_inner()).insert((seq, idx), (c.hash, c.len));
+                let need = v1::TransferDown {
+                    msg: Some(v1::transfer_down::Msg::Need(v1::NeedChunks { seq, indexes: vec![idx] })),
+                };
+                self.out.blocking_send(Ok(need)).map_err(|_| ReceiveError::Stream("agent went away".into()))?;
+                let data = self.take_chunk(seq, idx)?;
+                self.put_remote(c, data)?;
+            }
+            if let Some(open) = self.open.as_mut() {
+                open.chunks.push(*c);
+            }
+            self.job.progress.bytes_done.fetch_add(u64::from(c.len), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Waits for chunk (seq, idx); `Err(reason)` inside `Ok` when the agent could not read it.
+    fn take_chunk(&mut self, seq: u64, idx: u32) -> Result<Result<Vec<u8>, String>, ReceiveError> {
+        loop {
+            if let Some(d) = self.pending.remove(&(seq, idx)) {
+                self.pending_bytes -= d.len();
+                return Ok(Ok(d));
+            }
+            if let Some(r) = self.unavailable.remove(&(seq, idx)) {
+                return Ok(Err(r));
+            }
+            match self.chunks.blocking_recv() {
+                None => return Err(ReceiveError::Stream("the transfer ended while chunks were due".into())),
+                Some(ChunkMsg::Data { seq: s, index, data }) => {
+                    self.pending_bytes += data.len();
+                    if self.pending_bytes > MAX_PENDING_BYTES {
+                        return Err(protocol("too many chunks sent out of order"));
+                    }
+                    self.pending.insert((s, index), data);
+                }
+                Some(ChunkMsg::Unavailable { seq: s, index, reason }) => {
+                    self.unavailable.insert((s, index), reason);
+                }
+                Some(ChunkMsg::Invalid(m)) => return Err(protocol(m)),
+            }
+        }
+    }
+
+    fn put_remote(&mut self, c: &ChunkRef, data: Result<Vec<u8>, String>) -> Result<(), ReceiveError> {
+        let Some(open) = self.open.as_mut() else { return Err(protocol("chunk outside a file")) };
+        match data {
+            Err(reason) => {
+                if open.failed.is_none() {
+                    open.failed = Some(reason);
+                }
+            }
+            Ok(data) => {
+                if open.skip || open.failed.is_some() {
+                    return Ok(());
+                }
+                if let Some(f) = &open.file {
+                    f.write_all_at(&data, c.offset).map_err(|e| tree_io(&open.path, "write", e))?;
+                }
+                open.written.insert(c.hash, c.offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills a chunk from data already on the node. False when no good copy was found.
+    fn put_local(&mut self, c: &ChunkRef) -> Result<bool, ReceiveError> {
+        // 1. Earlier in this very file.
+        if let Some(open) = self.open.as_mut()
+            && let (Some(&off), Some(f)) = (open.written.get(&c.hash), open.file.as_ref()) {
+                let mut buf = std::mem::take(&mut self.copy_buf);
+                buf.resize(c.len as usize, 0);
+                let ok = f.read_exact_at(&mut buf, off).is_ok()
+                    && Hash32::of(&buf) == c.hash
+                    && f.write_all_at(&buf, c.offset).is_ok();
+                self.copy_buf = buf;
+                if ok {
+                    self.job.progress.local_bytes.fetch_add(u64::from(c.len), Ordering::Relaxed);
+                    return Ok(true);
+                }
+            }
+        // 2. Files completed in this batch, then 3. the node-wide index.
+        let loc = match self.recent.get(&c.hash) {
+            Some(l) => Some(l.clone()),
+            None => index::chunk_lookup(&self.conn, &c.hash)?
+                .filter(|l| self.job.dedup == DedupScope::Node || l.ctid == self.job.ctid),
+        };
+        let Some(loc) = loc else { return Ok(false) };
+        if loc.len != c.len {
+            return Ok(false);
+        }
+        let ok = self.copy_from(&loc, c)?;
+        if ok {
+            self.job.progress.local_bytes.fetch_add(u64::from(c.len), Ordering::Relaxed);
+        } else {
+            self.recent.remove(&c.hash);
+            index::chunk_forget(&self.conn, &c.hash, &loc)?;
+        }
+        Ok(ok)
+    }
+
+    fn tree_of(&mut self, ctid: u32) -> Option<&Tree> {
+        if ctid == self.job.ctid {
+            return Some(&self.tree);
+        }
+        let root = self.job.private_root.join(ctid.to_string());
+        self.other_trees.entry(ctid).or_insert_with(|| Tree::open(&root).ok()).as_ref()
+    }
+
+    /// Copies a chunk from a recorded location after making sure it still holds it: a file
+    /// whose identity (inode, size, mtime, ctime) is as recorded is trusted; otherwise the
+    /// bytes are read and hashed.
+    fn copy_from(&mut self, loc: &ChunkLocation, c: &ChunkRef) -> Result<bool, ReceiveError> {
+        let Some(path) = index::key_path(&loc.key) else { return Ok(false) };
+        if path.is_root() {
+            return Ok(false);
+        }
+        let Some(tree) = self.tree_of(loc.ctid) else { return Ok(false) };
+        let Ok((dir, name)) = tree.parent(&path) else { return Ok(false) };
+        let Ok(Some(src)) = dir.open_read(name) else { return Ok(false) };
+        let Ok(st) = rustix::fs::fstat(&src) else { return Ok(false) };
+        let trusted = st.st_ino == loc.ino
+            && st.st_size as u64 == loc.size
+            && ns(st.st_mtime, st.st_mtime_nsec as i64) == loc.mtime_ns
+            && ns(st.st_ctime, st.st_ctime_nsec as i64) == loc.ctime_ns;
+        let Some(open) = self.open.as_ref() else { return Ok(false) };
+        let Some(dst) = open.file.as_ref() else { return Ok(false) };
+        if trusted {
+            let mut off_in = loc.offset;
+            let mut off_out = c.offset;
+            let mut left = c.len as usize;
+            while left > 0 {
+                match rustix::fs::copy_file_range(src.as_fd(), Some(&mut off_in), dst.as_fd(), Some(&mut off_out), left) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => left -= n,
+                    Err(_) => break,
+                }
+            }
+            if left == 0 {
+                return Ok(true);
+            }
+        }
+        let mut buf = std::mem::take(&mut self.copy_buf);
+        buf.resize(c.len as usize, 0);
+        let ok = src.read_exact_at(&mut buf, loc.offset).is_ok() && Hash32::of(&buf) == c.hash;
+        let res = if ok {
+            dst.write_all_at(&buf, c.offset).map_err(|e| tree_io(&open.path, "write", e)).map(|_| true)
+        } else {
+            Ok(false)
+        };
+        self.copy_buf = buf;
+        res
+    }
+
+    fn close_file(&mut self) -> Result<(), ReceiveError> {
+        let Some(open) = self.open.take() else { return Ok(()) };
+        if open.content.finish() != open.digest {
+            if let Some(_f) = open.file {
+                let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+            }
+            return Err(protocol(format!("{}: content digest does not match its chunks", open.path)));
+        }
+        if open.skip {
+            self.commit.upserts.push(FileRecord { key: open.key, digest: open.entry_digest, kind: 1 });
+            return Ok(());
+        }
+        let Some(file) = open.file else { return Ok(()) };
+        if let Some(reason) = open.failed {
+            drop(file);
+            let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+            self.problems.push(Problem { path: open.path, reason });
+            return Ok(());
+        }
+        let m = &open.meta;
+        let p = &open.path;
+        rustix::fs::fchown(&file, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
+            .map_err(|e| tree_io(p, "chown", e.into()))?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(m.mode)).map_err(|e| tree_io(p, "chmod", e.into()))?;
+        self.set_xattrs_fd(&file, p, &m.xattrs);
+        let ts = rustix::fs::Timespec { tv_sec: m.mtime.sec, tv_nsec: m.mtime.nsec.into() };
+        rustix::fs::futimens(&file, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })
+            .map_err(|e| tree_io(p, "set times", e.into()))?;
+        drop(file);
+        open.dir.commit(&open.tmp, p.file_name())?;
+        self.summary.written += 1;
+        self.summary.changed_bytes += open.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        // Record where each chunk now lives, with the file's identity after the rename.
+        if let Some(st) = open.dir.lstat(p.file_name())? {
+            let mut seen = HashSet::new();
+            for c in &open.chunks {
+                if !seen.insert(c.hash) {
+                    continue;
+                }
+                let loc = ChunkLocation {
+                    ctid: self.job.ctid,
+                    key: open.key.clone(),
+                    offset: c.offset,
+                    len: c.len,
+                    ino: st.st_ino,
+                    size: st.st_size as u64,
+                    mtime_ns: ns(st.st_mtime, st.st_mtime_nsec as i64),
+                    ctime_ns: ns(st.st_ctime, st.st_ctime_nsec as i64),
+                };
+                self.recent.insert(c.hash, loc.clone());
+                self.commit.chunks.push((c.hash, loc));
+            }
+        }
+        self.commit.upserts.push(FileRecord { key: open.key, digest: open.entry_digest, kind: 1 });
+        Ok(())
+    }
+
+    fn abort_open(&mut self) {
+        if let Some(open) = self.open.take()
+            && open.file.is_some() {
+                let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+            }
+    }
+
+    // ------------------------------------------------------------------ other kinds
+
+    fn set_xattrs_fd(&mut self, f: &File, path: &RelPath, xattrs: &[p2c_common::manifest::Xattr]) {
+        if !self.job.keep_xattrs {
+            return;
+        }
+        for x in xattrs.iter().filter(|x| x.name != b"security.selinux") {
+            if rustix::fs::fsetxattr(f, &x.name[..], &x.value[..], rustix::fs::XattrFlags::empty()).is_err() {
+                self.summary.xattr_errors += 1;
+                tracing::debug!(path = %path, "cannot set extended attribute");
+            }
+        }
+    }
+
+    fn set_xattrs_name(&mut self, dir: &Dir, name: &[u8], xattrs: &[p2c_common::manifest::Xattr]) {
+        if !self.job.keep_xattrs {
+            return;
+        }
+        for x in xattrs.iter().filter(|x| x.name != b"security.selinux") {
+            if dir.set_xattr(name, &x.name, &x.value).is_err() {
+                self.summary.xattr_errors += 1;
+            }
+        }
+    }
+
+    fn apply_dir(&mut self, e: &Entry) -> Result<(), ReceiveError> {
+        let m = &e.meta;
+        if e.path.is_root() {
+            let root = self.tree.root_fd();
+            rustix::fs::fchown(root, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
+                .map_err(|err| tree_io(&e.path, "chown", err.into()))?;
+            rustix::fs::fchmod(root, Mode::from_raw_mode(m.mode)).map_err(|err| tree_io(&e.path, "chmod", err.into()))?;
+            let f = File::from(rustix::io::dup(root).map_err(|err| tree_io(&e.path, "dup", err.into()))?);
+            self.set_xattrs_fd(&f, &e.path, &m.xattrs);
+            return Ok(());
+        }
+        let parent = self.parent_dir(&e.path)?;
+        let name = e.path.file_name();
+        let d = parent.ensure_dir(name, 0o700)?;
+        parent.chown(name, m.uid, m.gid)?;
+        parent.chmod(name, m.mode)?;
+        let f = File::from(rustix::io::dup(d.fd()).map_err(|err| tree_io(&e.path, "dup", err.into()))?);
+        self.set_xattrs_fd(&f, &e.path, &m.xattrs);
+        Ok(())
+    }
+
+    fn apply_special(&mut self, e: &Entry) -> Result<(), ReceiveError> {
+        let parent = self.parent_dir(&e.path)?;
+        let tmp = crate::tree::temp_name();
+        let m = &e.meta;
+        match &e.data {
+            EntryData::Symlink { target } => parent.symlink(target, &tmp)?,
+            EntryData::Fifo => parent.mknod(&tmp, FileType::Fifo, m.mode, 0, 0)?,
+            EntryData::CharDevice { major, minor } => {
+                parent.mknod(&tmp, FileType::CharacterDevice, m.mode, *major, *minor)?
+            }
+            EntryData::BlockDevice { major, minor } => {
+                parent.mknod(&tmp, FileType::BlockDevice, m.mode, *major, *minor)?
+            }
+            _ => return Err(ReceiveError::Internal("apply_special on a file or directory".into())),
+        }
+        let res = (|| {
+            parent.chown(&tmp, m.uid, m.gid)?;
+            if !matches!(e.data, EntryData::Symlink { .. }) {
+                parent.chmod(&tmp, m.mode)?;
+            }
+            Ok::<(), ReceiveError>(())
+        })();
+        if let Err(err) = res {
+            let _ = parent.remove_all(&tmp);
+            return Err(err);
+        }
+        self.set_xattrs_name(&parent, &tmp, &m.xattrs);
+        parent.set_mtime(&tmp, m.mtime.sec, m.mtime.nsec)?;
+        parent.commit(&tmp, e.path.file_name())?;
+        Ok(())
+    }
+
+    fn apply_hardlink(&mut self, e: &Entry, target: &RelPath) -> Result<(), ReceiveError> {
+        let tst = self
+            .tree
+            .lstat(target)?
+            .ok_or_else(|| protocol(format!("{}: hard link to {target}, which was not sent", e.path)))?;
+        if FileType::from_raw_mode(tst.st_mode) == FileType::Directory {
+            return Err(protocol(format!("{}: hard link to a directory", e.path)));
+        }
+        if let Some(st) = self.tree.lstat(&e.path)?
+            && st.st_ino == tst.st_ino && st.st_dev == tst.st_dev {
+                return Ok(());
+            }
+        let parent = self.parent_dir(&e.path)?;
+        let (tdir, tname) = self.tree.parent(target)?;
+        let tmp = crate::tree::temp_name();
+        parent.link_from(&tdir, tname, &tmp)?;
+        parent.commit(&tmp, e.path.file_name())?;
+        self.summary.written += 1;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ end of pass
+
+    fn finish(&mut self, changed: Vec<Problem>, skipped: Vec<Problem>) -> Result<(), ReceiveError> {
+        if self.open.is_some() {
+            return Err(protocol("the pass ended inside a segmented file"));
+        }
+        self.advance_to(None)?;
+        // Directory times last, deepest first, once their contents are final.
+        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
+        for (p, t) in std::mem::take(&mut self.dirs) {
+            if p.is_root() {
+                let ts = rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec.into() };
+                rustix::fs::futimens(self.tree.root_fd(), &rustix::fs::Timestamps { last_access: ts, last_modification: ts })
+                    .map_err(|e| tree_io(&p, "set times", e.into()))?;
+            } else if let Ok((d, name)) = self.tree.parent(&p) {
+                d.set_mtime(name, t.sec, t.nsec)?;
+            }
+        }
+        let commit = std::mem::take(&mut self.commit);
+        if !commit.is_empty() {
+            index::commit_batch(&mut self.conn, self.job.ctid, &commit)?;
+        }
+        if let Some(m) = self.manifest.take() {
+            m.finish()?;
+        }
+        let mut changed = changed;
+        changed.append(&mut self.problems);
+        self.summary.changed_during_read = changed;
+        self.summary.skipped = skipped;
+        Ok(())
+    }
+}
+
+fn tree_io(p: &RelPath, op: &'static str, e: std::io::Error) -> ReceiveError {
+    ReceiveError::Tree(TreeError::Io { path: p.display(), op, source: e })
+}
+
+fn libc_enoent() -> i32 {
+    rustix::io::Errno::NOENT.raw_os_error()
+}
+
+fn libc_enotdir() -> i32 {
+    rustix::io::Errno::NOTDIR.raw_os_error()
+}
