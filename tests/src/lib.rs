@@ -1,1 +1,8 @@
+//! Harness for p2c's integration tests: root checks, tracing, bounded waits, network-namespace
+//! hosts, loop-mounted file systems and source-tree fixtures with a tree comparator.
 
+pub mod fixtures;
+pub mod loopfs;
+pub mod netns;
+pub mod util;
+pub use util::{is_root, trace_init, unique_name, wait_for, wait_for_sync};

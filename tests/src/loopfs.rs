@@ -1,0 +1,126 @@
+//! Loop-mounted file systems: a source partition or node storage of a chosen kind and size,
+//! backed by a sparse image file in a temporary directory and gone when dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use tempfile::TempDir;
+
+use crate::util::{run, run_cmd};
+
+/// File systems a [`LoopFs`] can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// ext4 (`mkfs.ext4`).
+    Ext4,
+    /// btrfs (`mkfs.btrfs`); needs at least ~120 MiB.
+    Btrfs,
+}
+
+impl FsKind {
+    /// The type name `mount` and `/proc/mounts` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Ext4 => "ext4",
+            FsKind::Btrfs => "btrfs",
+        }
+    }
+}
+
+/// A file system made on a sparse image, attached to a loop device and mounted on a temporary
+/// directory. Drop unmounts (lazily if busy), detaches the loop device and removes the image,
+/// also while a failing test unwinds.
+#[derive(Debug)]
+pub struct LoopFs {
+    kind: FsKind,
+    /// Holds `image` and the mount point; removed last.
+    dir: TempDir,
+    mountpoint: PathBuf,
+    device: PathBuf,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// Makes a `size`-byte image, a `kind` file system on it, and mounts it with `mount_opts`
+    /// (comma-separated, as for `mount -o`; empty for none).
+    pub fn new(kind: FsKind, size: u64, mount_opts: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("p2c-loopfs-")
+            .tempdir()
+            .context("cannot make a temporary directory")?;
+        let image = dir.path().join("image");
+        File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .with_context(|| format!("cannot make image {}", image.display()))?;
+        // -F / -f: make it on a plain file, over whatever is there, without asking.
+        let (mkfs, force) = match kind {
+            FsKind::Ext4 => ("mkfs.ext4", "-F"),
+            FsKind::Btrfs => ("mkfs.btrfs", "-f"),
+        };
+        run_cmd(Command::new(mkfs).args(["-q", force]).arg(&image))?;
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint)
+            .with_context(|| format!("cannot make {}", mountpoint.display()))?;
+        let device = run_cmd(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&image),
+        )?;
+        let mut fs = Self {
+            kind,
+            dir,
+            mountpoint,
+            device: PathBuf::from(device.trim()),
+            mounted: false,
+        };
+        let mut mount = Command::new("mount");
+        mount.args(["-t", kind.name()]);
+        if !mount_opts.is_empty() {
+            mount.args(["-o", mount_opts]);
+        }
+        run_cmd(mount.arg(&fs.device).arg(&fs.mountpoint))?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The loop device (`/dev/loopN`), as `/proc/mounts` names it.
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+
+    /// The file system's kind.
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    /// The image file behind the loop device.
+    pub fn image(&self) -> PathBuf {
+        self.dir.path().join("image")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted && run("umount", &[&self.mountpoint]).is_err() {
+            // Busy (a process still has a file open): detach now, the kernel finishes later.
+            if let Err(e) = run_cmd(Command::new("umount").arg("-l").arg(&self.mountpoint)) {
+                eprintln!(
+                    "warning: cannot unmount {}: {e:#}",
+                    self.mountpoint.display()
+                );
+            }
+        }
+        // After a lazy unmount the device may still be busy; -d then sets autoclear and the
+        // kernel detaches it once the last user is gone.
+        if let Err(e) = run_cmd(Command::new("losetup").arg("-d").arg(&self.device)) {
+            eprintln!("warning: cannot detach {}: {e:#}", self.device.display());
+        }
+    }
+}
