@@ -27,7 +27,11 @@ pub struct Record {
 
 impl Record {
     pub fn same_file(&self, dev: u64, ino: u64, size: u64, mtime_ns: i64, ctime_ns: i64) -> bool {
-        self.dev == dev && self.ino == ino && self.size == size && self.mtime_ns == mtime_ns && self.ctime_ns == ctime_ns
+        self.dev == dev
+            && self.ino == ino
+            && self.size == size
+            && self.mtime_ns == mtime_ns
+            && self.ctime_ns == ctime_ns
     }
 }
 

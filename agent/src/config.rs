@@ -89,9 +89,13 @@ impl AgentSettings {
         let config: AgentConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: cfg_path.clone(), source: e })?;
         if config.controller.is_empty() {
-            return Err(ConfigError::Invalid { path: cfg_path, what: "controller = [] names no address".into() });
+            return Err(ConfigError::Invalid {
+                path: cfg_path,
+                what: "controller = [] names no address".into(),
+            });
         }
-        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| ConfigError::Io { path: p, source: e });
+        let read =
+            |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| ConfigError::Io { path: p, source: e });
         Ok(Self {
             ca_pem: read(paths.ca())?,
             cert_pem: read(paths.cert())?,

@@ -67,19 +67,22 @@ pub async fn channel(
 ) -> Result<Channel, ConnectError> {
     let mut last = String::from("no address configured");
     for addr in addrs {
-        let addr = addr.clone();
+        let target = addr.clone();
         let tls = tls.clone();
         let proxy = proxy.clone();
         let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
-            let addr = addr.clone();
+            let addr = target.clone();
             let tls = tls.clone();
             let proxy = proxy.clone();
             async move {
                 let tcp = tcp(&addr, proxy.as_deref()).await?;
                 let conn = tokio_rustls::TlsConnector::from(tls);
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, conn.connect(p2c_common::pki::server_name(), tcp))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                let stream =
+                    tokio::time::timeout(CONNECT_TIMEOUT, conn.connect(p2c_common::pki::server_name(), tcp))
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                        })??;
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
         });

@@ -48,7 +48,8 @@ pub struct EnrollOptions<'a> {
 
 pub async fn enroll(opts: EnrollOptions<'_>) -> Result<Enrolled, EnrollError> {
     let token = Token::decode(opts.token)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     token.check_expiry(now)?;
     let paths = StatePaths::new(opts.state_dir);
     if paths.config().exists() {
@@ -61,7 +62,11 @@ pub async fn enroll(opts: EnrollOptions<'_>) -> Result<Enrolled, EnrollError> {
     let ch = connect::channel(&addrs, tls, proxy.clone()).await?;
     let mut client = v1::enrollment_client::EnrollmentClient::new(ch);
     let resp = client
-        .enroll(v1::EnrollRequest { token_secret: token.secret.clone(), token_id: token.id.clone(), csr_der: csr })
+        .enroll(v1::EnrollRequest {
+            token_secret: token.secret.clone(),
+            token_id: token.id.clone(),
+            csr_der: csr,
+        })
         .await
         .map_err(|s| EnrollError::Refused(s.message().to_string()))?
         .into_inner();
@@ -76,7 +81,11 @@ pub async fn enroll(opts: EnrollOptions<'_>) -> Result<Enrolled, EnrollError> {
         let s = p.display().to_string();
         move |e| EnrollError::Io { path: s, source: e }
     };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(opts.state_dir).map_err(io(opts.state_dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(opts.state_dir)
+        .map_err(io(opts.state_dir))?;
     let write = |p: std::path::PathBuf, data: &[u8], mode: u32| -> Result<(), EnrollError> {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -92,10 +101,19 @@ pub async fn enroll(opts: EnrollOptions<'_>) -> Result<Enrolled, EnrollError> {
     write(paths.key(), key_pem.as_bytes(), 0o600)?;
     write(paths.cert(), pki::der_to_pem(&resp.certificate_der).as_bytes(), 0o644)?;
     write(paths.ca(), pki::der_to_pem(&resp.ca_certificate_der).as_bytes(), 0o644)?;
-    let cfg = AgentConfig { name: token.name.clone(), controller: addrs.clone(), proxy: opts.proxy, heartbeat_secs: 10 };
+    let cfg = AgentConfig {
+        name: token.name.clone(),
+        controller: addrs.clone(),
+        proxy: opts.proxy,
+        heartbeat_secs: 10,
+    };
     let text = toml::to_string_pretty(&cfg).map_err(|e| EnrollError::Mismatch(e.to_string()))?;
     // Written last: its presence means "enrolled".
-    write(paths.config(), format!("# p2c agent identity, written by `p2c-agent enroll`\n{text}").as_bytes(), 0o600)?;
+    write(
+        paths.config(),
+        format!("# p2c agent identity, written by `p2c-agent enroll`\n{text}").as_bytes(),
+        0o600,
+    )?;
     Ok(Enrolled {
         name: token.name,
         controller: addrs,

@@ -1,1 +1,11 @@
-//! The p2c agent: the source-side daemon.
+//! The p2c agent: the source-side daemon. It enrols once, then dials out to the
+//! controller, keeps a session, reports the inventory and runs copy passes on request.
+
+pub mod cache;
+pub mod config;
+pub mod connect;
+pub mod enroll;
+pub mod inventory;
+pub mod session;
+pub mod upload;
+pub mod walk;

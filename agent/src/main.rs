@@ -1,1 +1,141 @@
-fn main() {}
+//! `p2c-agent`: the source-side daemon.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use p2c_agent::inventory::{CollectOptions, FactsFrom};
+use p2c_common::cli::{JsonArg, LogArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "p2c-agent", version, about = "The p2c agent on a source server")]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Facts {
+    /// From the running kernel (network, mounts, memory) and the files below the root.
+    Live,
+    /// From the files below the root only (an offline tree or a copy).
+    Tree,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exchange a one-time token for this agent's certificate.
+    Enroll {
+        /// The token printed by `p2c token create NAME` on the node.
+        #[arg(long, env = "P2C_TOKEN")]
+        token: String,
+        #[arg(long, env = "P2C_AGENT_STATE_DIR", default_value = "/var/lib/p2c-agent")]
+        state_dir: PathBuf,
+        /// Controller address to use instead of the token's (repeatable).
+        #[arg(long)]
+        controller: Vec<String>,
+        /// HTTP CONNECT proxy for the outbound connection (default: $https_proxy).
+        #[arg(long)]
+        proxy: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Dial out to the controller and serve it until stopped (systemd runs this).
+    Run {
+        #[arg(long, env = "P2C_AGENT_STATE_DIR", default_value = "/var/lib/p2c-agent")]
+        state_dir: PathBuf,
+        /// The directory to treat as the server's root.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where facts come from (default: live for /, tree otherwise).
+        #[arg(long, value_enum)]
+        facts: Option<Facts>,
+    },
+    /// Print this server's inventory (what the controller will see).
+    Inventory {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, value_enum)]
+        facts: Option<Facts>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+fn facts(f: Option<Facts>, root: &std::path::Path) -> FactsFrom {
+    match f {
+        Some(Facts::Live) => FactsFrom::Live,
+        Some(Facts::Tree) => FactsFrom::Tree,
+        None if root == std::path::Path::new("/") => FactsFrom::Live,
+        None => FactsFrom::Tree,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    p2c_common::telemetry::init(cli.log.log_format, "info");
+    let code = match run(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cmd: Command) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cmd {
+        Command::Enroll { token, state_dir, controller, proxy, json } => {
+            let e = rt.block_on(p2c_agent::enroll::enroll(p2c_agent::enroll::EnrollOptions {
+                token: &token,
+                state_dir: &state_dir,
+                controller,
+                proxy,
+            }))?;
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "enrolled as {} with controller {} (CA {})\nstart it with: p2c-agent run --state-dir {}",
+                    e.name,
+                    e.controller.join(", "),
+                    &e.ca_fingerprint[..16],
+                    e.state_dir
+                );
+            }
+            Ok(())
+        }
+        Command::Run { state_dir, root, facts: f } => {
+            let settings = p2c_agent::config::AgentSettings::load(&state_dir)?;
+            let root = root.canonicalize().map_err(|e| anyhow::anyhow!("--root {}: {e}", root.display()))?;
+            let mut opts = p2c_agent::session::RunOptions::new(&root);
+            opts.facts = facts(f, &root);
+            rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                    }
+                    let _ = tx.send(true);
+                });
+                p2c_agent::session::run(settings, opts, rx).await;
+            });
+            Ok(())
+        }
+        Command::Inventory { root, facts: f, json } => {
+            let inv = p2c_agent::inventory::collect(&CollectOptions { facts: facts(f, &root), root });
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&inv)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&inv)?);
+            }
+            Ok(())
+        }
+    }
+}

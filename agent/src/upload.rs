@@ -152,7 +152,10 @@ pub async fn run_pass(
     std::fs::metadata(&p.root).map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
     let (out_tx, out_rx) = mpsc::channel::<v1::TransferUp>(64);
     out_tx
-        .send(up(v1::transfer_up::Msg::Open(v1::OpenTransfer { migration_id: p.migration_id.clone(), pass: p.pass })))
+        .send(up(v1::transfer_up::Msg::Open(v1::OpenTransfer {
+            migration_id: p.migration_id.clone(),
+            pass: p.pass,
+        })))
         .await
         .map_err(|_| UploadError::Stream("closed".into()))?;
     let mut inbound = client
@@ -200,7 +203,8 @@ pub async fn run_pass(
     let mut producing = true;
     let mut done_sent = false;
     let result: Result<v1::PassResult, UploadError> = loop {
-        if !producing && !done_sent && shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        if !producing && !done_sent && shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        {
             let done = {
                 let r = report.lock().unwrap_or_else(|e| e.into_inner());
                 v1::PassDone {
@@ -321,8 +325,14 @@ fn meta_of(f: &Found) -> Meta {
     }
 }
 
-fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport>) -> Result<(), UploadError> {
-    let walker = Walker::new(&p.root, walk_options(p, true)).map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
+fn produce(
+    p: &PassParams,
+    out: &Out,
+    shared: &Shared,
+    report: &Mutex<PassReport>,
+) -> Result<(), UploadError> {
+    let walker = Walker::new(&p.root, walk_options(p, true))
+        .map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Work>(256);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(256);
@@ -343,7 +353,8 @@ fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport
             let mut seq = 0u64;
             for found in w.by_ref() {
                 let cached = if matches!(found.kind, Kind::File) {
-                    let key: Vec<u8> = found.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
+                    let key: Vec<u8> =
+                        found.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
                     let st = &found.st;
                     cache.lookup(&key).filter(|r| {
                         r.same_file(
@@ -374,25 +385,31 @@ fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport
     let mut info = BatchInfo::default();
     let mut cur_chunks = 0usize;
     let mut cur_data = 0u64;
-    let flush = |cur: &mut Vec<v1::Entry>, info: &mut BatchInfo, batch_seq: &mut u64| -> Result<(), UploadError> {
-        if cur.is_empty() {
-            return Ok(());
-        }
-        {
-            let mut o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
-            while o.len() >= WINDOW && !shared.stopped() {
-                o = shared.window.wait_timeout(o, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+    let flush =
+        |cur: &mut Vec<v1::Entry>, info: &mut BatchInfo, batch_seq: &mut u64| -> Result<(), UploadError> {
+            if cur.is_empty() {
+                return Ok(());
             }
-            if shared.stopped() {
-                return Err(UploadError::Cancelled);
+            {
+                let mut o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+                while o.len() >= WINDOW && !shared.stopped() {
+                    o = shared
+                        .window
+                        .wait_timeout(o, Duration::from_millis(200))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                if shared.stopped() {
+                    return Err(UploadError::Cancelled);
+                }
+                o.insert(*batch_seq, std::mem::take(info));
             }
-            o.insert(*batch_seq, std::mem::take(info));
-        }
-        let b = v1::EntryBatch { seq: *batch_seq, entries: std::mem::take(cur) };
-        out.blocking_send(up(v1::transfer_up::Msg::Batch(b))).map_err(|_| UploadError::Stream("closed".into()))?;
-        *batch_seq += 1;
-        Ok(())
-    };
+            let b = v1::EntryBatch { seq: *batch_seq, entries: std::mem::take(cur) };
+            out.blocking_send(up(v1::transfer_up::Msg::Batch(b)))
+                .map_err(|_| UploadError::Stream("closed".into()))?;
+            *batch_seq += 1;
+            Ok(())
+        };
     let mut result = Ok(());
     'outer: for r in ready_rx.iter() {
         pending.insert(r.seq, r);
@@ -404,7 +421,11 @@ fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport
             }
             let nseg = r.entries.len();
             let file_idx = if r.src.is_some() {
-                info.files.push(FileSrc { path: r.src.clone().unwrap_or_default(), failed: false, record: None });
+                info.files.push(FileSrc {
+                    path: r.src.clone().unwrap_or_default(),
+                    failed: false,
+                    record: None,
+                });
                 Some(info.files.len() - 1)
             } else {
                 None
@@ -417,7 +438,9 @@ fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport
                 };
                 let data = e.data_bytes();
                 if !cur.is_empty()
-                    && (cur.len() >= BATCH_ENTRIES || cur_chunks + n > BATCH_CHUNKS || cur_data + data > BATCH_DATA)
+                    && (cur.len() >= BATCH_ENTRIES
+                        || cur_chunks + n > BATCH_CHUNKS
+                        || cur_data + data > BATCH_DATA)
                 {
                     if let Err(err) = flush(&mut cur, &mut info, &mut batch_seq) {
                         result = Err(err);
@@ -474,7 +497,12 @@ fn produce(p: &PassParams, out: &Out, shared: &Shared, report: &Mutex<PassReport
     result
 }
 
-fn hash_worker(root: &Path, params: ChunkParams, rx: &Mutex<std::sync::mpsc::Receiver<Work>>, tx: &std::sync::mpsc::SyncSender<Ready>) {
+fn hash_worker(
+    root: &Path,
+    params: ChunkParams,
+    rx: &Mutex<std::sync::mpsc::Receiver<Work>>,
+    tx: &std::sync::mpsc::SyncSender<Ready>,
+) {
     let mut chunker = Chunker::new(params);
     loop {
         let w = {
@@ -564,7 +592,11 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
 }
 
 /// Chunks the data extents of a file, checking it did not change while being read.
-fn chunk_file(path: &Path, chunker: &mut Chunker, ident: (u64, u64, u64, i64, i64)) -> Result<Vec<ChunkRef>, String> {
+fn chunk_file(
+    path: &Path,
+    chunker: &mut Chunker,
+    ident: (u64, u64, u64, i64, i64),
+) -> Result<Vec<ChunkRef>, String> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NOATIME.bits() as i32)
@@ -674,7 +706,8 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
                 let ok = open.as_ref().is_some_and(|(_, f)| f.read_exact_at(&mut buf, c.offset).is_ok())
                     && Hash32::of(&buf) == c.hash;
                 if ok {
-                    let packed = comp.as_mut().and_then(|z| z.compress(&buf).ok()).filter(|z| z.len() < buf.len());
+                    let packed =
+                        comp.as_mut().and_then(|z| z.compress(&buf).ok()).filter(|z| z.len() < buf.len());
                     match packed {
                         Some(z) => {
                             msg.data = z.into();
@@ -685,7 +718,9 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
                 } else {
                     msg.unavailable = true;
                     msg.reason = "changed while being read".into();
-                    if let Some(b) = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq) {
+                    if let Some(b) =
+                        shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq)
+                    {
                         if let Some(f) = b.files.get_mut(fi) {
                             f.failed = true;
                         }

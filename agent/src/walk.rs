@@ -68,18 +68,13 @@ fn list(fd: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
 
 fn read_xattrs(path: &[u8]) -> Vec<Xattr> {
     let mut out = Vec::new();
-    let mut names = vec![0u8; 4096];
-    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::RANGE) => match rustix::fs::llistxattr(path, &mut [][..]) {
-            Ok(size) => {
-                names.resize(size.min(1 << 20), 0);
-                rustix::fs::llistxattr(path, &mut names[..]).unwrap_or(0)
-            }
-            Err(_) => 0,
-        },
-        Err(_) => 0,
+    // rustix returns 0 for an empty buffer, so ask for the size with the `_query` calls.
+    let size = match rustix::fs::llistxattr_query(path) {
+        Ok(0) | Err(_) => return out,
+        Ok(n) => n.min(1 << 20),
     };
+    let mut names = vec![0u8; size];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap_or(0);
     let mut total = 0;
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         if out.len() >= limits::MAX_XATTRS || name.len() > limits::MAX_XATTR_NAME {
@@ -112,7 +107,13 @@ impl Walker {
     pub fn new(root: &Path, opts: WalkOptions) -> std::io::Result<Walker> {
         let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let st = rustix::fs::fstat(&fd)?;
-        Ok(Walker { stack: Vec::new(), opts, links: HashMap::new(), root: Some((fd, st)), problems: Vec::new() })
+        Ok(Walker {
+            stack: Vec::new(),
+            opts,
+            links: HashMap::new(),
+            root: Some((fd, st)),
+            problems: Vec::new(),
+        })
     }
 
     fn excluded(&self, p: &RelPath) -> bool {
@@ -192,7 +193,9 @@ impl Iterator for Walker {
                             Mode::empty(),
                         );
                         match sub.map_err(std::io::Error::from).and_then(|fd| list(&fd).map(|n| (fd, n))) {
-                            Ok((fd, names)) => self.stack.push(Frame { fd, rel: path.clone(), names, pos: 0 }),
+                            Ok((fd, names)) => {
+                                self.stack.push(Frame { fd, rel: path.clone(), names, pos: 0 })
+                            }
                             Err(e) => self.problem(path.clone(), format!("cannot list: {e}")),
                         }
                     }
@@ -210,9 +213,14 @@ impl Iterator for Walker {
                 FileType::CharacterDevice => {
                     Kind::Char(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev))
                 }
-                FileType::BlockDevice => Kind::Block(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)),
+                FileType::BlockDevice => {
+                    Kind::Block(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev))
+                }
                 FileType::Socket => {
-                    self.problem(path, "socket: not copied (sockets are recreated by the services that own them)");
+                    self.problem(
+                        path,
+                        "socket: not copied (sockets are recreated by the services that own them)",
+                    );
                     continue;
                 }
                 _ => {

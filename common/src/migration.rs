@@ -47,7 +47,7 @@ pub struct AssessOptions {
 pub struct MigrateOptions {
     pub agent: String,
     pub ctid: u32,
-    #[serde(flatten)]
+    /// What the pre-flight report considers (shared with `p2c assess`).
     pub assess: AssessOptions,
     /// Bytes per second for this migration's transfer; 0 for no limit.
     pub bwlimit: u64,

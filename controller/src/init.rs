@@ -50,7 +50,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
 
 /// Writes `data` to a new file with `mode`, failing if it exists.
 pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), InitError> {
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io(path))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io(path))?;
     f.write_all(data).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }

@@ -1,7 +1,17 @@
 //! The p2c controller: the node-side daemon and the operator CLI.
 
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod ctconf;
+pub mod demo;
+pub mod enroll;
 pub mod init;
+pub mod migrate;
+pub mod preflight;
 pub mod receive;
+pub mod server;
+pub mod session;
 pub mod state;
 pub mod tree;
+pub mod verify;

@@ -9,9 +9,7 @@ mod every_case;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use compare::{
-    CompareOptions, DiffKind, Difference, FileKind, assert_trees_equal, compare_trees,
-};
+pub use compare::{CompareOptions, DiffKind, Difference, FileKind, assert_trees_equal, compare_trees};
 pub use every_case::{Case, CaseList, build_every_case_tree};
 
 /// Every path under `root`, relative to it and sorted, `root` itself first as the empty path.
@@ -43,15 +41,14 @@ fn walk(
             }
         };
         for entry in entries {
-            let (rel, is_dir) =
-                match entry.and_then(|e| Ok((dir.join(e.file_name()), e.file_type()?))) {
-                    // `DirEntry::file_type` does not follow symlinks.
-                    Ok((rel, kind)) => (rel, kind.is_dir()),
-                    Err(e) => {
-                        on_error(&dir, e);
-                        continue;
-                    }
-                };
+            let (rel, is_dir) = match entry.and_then(|e| Ok((dir.join(e.file_name()), e.file_type()?))) {
+                // `DirEntry::file_type` does not follow symlinks.
+                Ok((rel, kind)) => (rel, kind.is_dir()),
+                Err(e) => {
+                    on_error(&dir, e);
+                    continue;
+                }
+            };
             if skip(&rel) {
                 continue;
             }

@@ -61,20 +61,9 @@ impl LoopFs {
         };
         run_cmd(Command::new(mkfs).args(["-q", force]).arg(&image))?;
         let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint)
-            .with_context(|| format!("cannot make {}", mountpoint.display()))?;
-        let device = run_cmd(
-            Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(&image),
-        )?;
-        let mut fs = Self {
-            kind,
-            dir,
-            mountpoint,
-            device: PathBuf::from(device.trim()),
-            mounted: false,
-        };
+        std::fs::create_dir(&mountpoint).with_context(|| format!("cannot make {}", mountpoint.display()))?;
+        let device = run_cmd(Command::new("losetup").args(["--find", "--show"]).arg(&image))?;
+        let mut fs = Self { kind, dir, mountpoint, device: PathBuf::from(device.trim()), mounted: false };
         let mut mount = Command::new("mount");
         mount.args(["-t", kind.name()]);
         if !mount_opts.is_empty() {
@@ -111,10 +100,7 @@ impl Drop for LoopFs {
         if self.mounted && run("umount", &[&self.mountpoint]).is_err() {
             // Busy (a process still has a file open): detach now, the kernel finishes later.
             if let Err(e) = run_cmd(Command::new("umount").arg("-l").arg(&self.mountpoint)) {
-                eprintln!(
-                    "warning: cannot unmount {}: {e:#}",
-                    self.mountpoint.display()
-                );
+                eprintln!("warning: cannot unmount {}: {e:#}", self.mountpoint.display());
             }
         }
         // After a lazy unmount the device may still be busy; -d then sets autoclear and the

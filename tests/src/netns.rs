@@ -80,16 +80,10 @@ impl NetHost {
             children: Mutex::new(Vec::new()),
         };
         let n = host.name.as_str();
-        run(
-            "ip",
-            &[
-                "link", "add", n, "type", "veth", "peer", "name", HOST_IF, "netns", n,
-            ],
-        )?;
+        run("ip", &["link", "add", n, "type", "veth", "peer", "name", HOST_IF, "netns", n])?;
         host.ip_in(&["link", "set", HOST_IF, "address", &host.mac])?;
         host.ip_in(&["link", "set", "lo", "up"])?;
-        host.configure()
-            .with_context(|| format!("configuring network namespace {n}"))?;
+        host.configure().with_context(|| format!("configuring network namespace {n}"))?;
         Ok(host)
     }
 
@@ -162,10 +156,7 @@ impl NetHost {
             .spawn()
             .with_context(|| format!("cannot start a command in netns {}", self.name))?;
         let pid = child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(child);
+        self.children.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(child);
         Ok(pid)
     }
 
@@ -186,11 +177,7 @@ impl NetHost {
                 // SAFETY: `ns` is an open namespace file descriptor owned by this closure for
                 // the duration of the call; setns only changes this thread's namespace.
                 let rc = unsafe { nix::libc::setns(ns.as_raw_fd(), nix::libc::CLONE_NEWNET) };
-                let joined = if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                };
+                let joined = if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
                 let failed = joined.is_err();
                 let _ = tx.send(joined);
                 if failed {
@@ -221,8 +208,7 @@ impl NetHost {
 
     /// True when one ping from inside the host to `addr` is answered within a second.
     pub fn can_reach(&self, addr: IpAddr) -> bool {
-        self.output(&ping_args(addr))
-            .is_ok_and(|out| out.status.success())
+        self.output(&ping_args(addr)).is_ok_and(|out| out.status.success())
     }
 
     fn argv<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<Command> {
@@ -264,27 +250,11 @@ impl NetHost {
         }
         run("ip", &["link", "set", n, "up"])?;
         for (ip, prefix) in &self.host_routes {
-            run(
-                "ip",
-                &["route", "replace", &format!("{ip}/{prefix}"), "dev", n],
-            )?;
+            run("ip", &["route", "replace", &format!("{ip}/{prefix}"), "dev", n])?;
         }
-        for gw in [
-            self.node_v4().map(IpAddr::V4),
-            self.node_v6().map(IpAddr::V6),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for gw in [self.node_v4().map(IpAddr::V4), self.node_v6().map(IpAddr::V6)].into_iter().flatten() {
             let family = if gw.is_ipv6() { "-6" } else { "-4" };
-            self.ip_in(&[
-                family,
-                "route",
-                "replace",
-                "default",
-                "via",
-                &gw.to_string(),
-            ])?;
+            self.ip_in(&[family, "route", "replace", "default", "via", &gw.to_string()])?;
         }
         Ok(())
     }
@@ -292,11 +262,8 @@ impl NetHost {
 
 impl Drop for NetHost {
     fn drop(&mut self) {
-        let children = std::mem::take(
-            self.children
-                .get_mut()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let children =
+            std::mem::take(self.children.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()));
         for mut child in children {
             if let Ok(pid) = i32::try_from(child.id()) {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -323,14 +290,7 @@ impl Drop for NetHost {
 
 /// Arguments for one ping with a one-second deadline (iputils picks the family from `addr`).
 pub fn ping_args(addr: IpAddr) -> [String; 6] {
-    [
-        "ping".into(),
-        "-n".into(),
-        "-c1".into(),
-        "-W1".into(),
-        "-q".into(),
-        addr.to_string(),
-    ]
+    ["ping".into(), "-n".into(), "-c1".into(), "-W1".into(), "-q".into(), addr.to_string()]
 }
 
 /// True when one ping from the node to `addr` is answered within a second.
@@ -353,10 +313,8 @@ pub fn unique_addrs() -> anyhow::Result<[HostAddr; 2]> {
         let seed = blake3::hash(format!("{}:{n}", std::process::id()).as_bytes());
         let [a, b, ..] = *seed.as_bytes();
         let v4: HostAddr = (Ipv4Addr::new(10, a, b, 2).into(), 24);
-        let v6: HostAddr = (
-            Ipv6Addr::new(0xfd70, 0x2c00, u16::from_be_bytes([a, b]), 0, 0, 0, 0, 2).into(),
-            64,
-        );
+        let v6: HostAddr =
+            (Ipv6Addr::new(0xfd70, 0x2c00, u16::from_be_bytes([a, b]), 0, 0, 0, 0, 2).into(), 64);
         if !node_uses_subnet(v4)? && !node_uses_subnet(v6)? {
             return Ok([v4, v6]);
         }
@@ -457,13 +415,7 @@ fn node_uses_subnet(subnet: HostAddr) -> anyhow::Result<bool> {
             let prefix = u8::try_from(a.get("prefixlen")?.as_u64()?).ok()?;
             Some((ip, prefix))
         })
-        .chain(
-            routes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| parse_cidr(r.get("dst")?.as_str()?)),
-        )
+        .chain(routes.as_array().into_iter().flatten().filter_map(|r| parse_cidr(r.get("dst")?.as_str()?)))
         .any(|used| overlaps(used, subnet));
     Ok(in_use)
 }
@@ -490,13 +442,9 @@ mod tests {
 
     #[test]
     fn node_takes_first_free_address_per_subnet() {
-        let (node, routes) = plan_node_side(&[
-            a("10.9.8.1/24"),
-            a("10.9.8.7/24"),
-            a("198.51.100.9/32"),
-            a("fd70::2/64"),
-        ])
-        .unwrap();
+        let (node, routes) =
+            plan_node_side(&[a("10.9.8.1/24"), a("10.9.8.7/24"), a("198.51.100.9/32"), a("fd70::2/64")])
+                .unwrap();
         assert_eq!(node, vec![a("10.9.8.2/24"), a("fd70::1/64")]);
         assert_eq!(routes, vec![a("198.51.100.9/32")]);
     }

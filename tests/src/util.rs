@@ -58,10 +58,7 @@ pub fn trace_init() {
     INIT.call_once(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         // Another subscriber may already be installed (e.g. by code under test); keep it.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     });
 }
 
@@ -112,11 +109,7 @@ fn timed_out(what: &str, timeout: Duration, attempts: u32, last: Option<String>)
 /// Polls `f` until it reports success (`true`, `Some(v)` or `Ok(v)`) and returns the value.
 /// Each attempt is itself bounded by the time left. Panics naming `what` (and the last error,
 /// for `Result`) once `timeout` has passed.
-pub async fn wait_for<F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut f: F,
-) -> <Fut::Output as Attempt>::Output
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F) -> <Fut::Output as Attempt>::Output
 where
     F: FnMut() -> Fut,
     Fut: Future,
@@ -176,11 +169,8 @@ pub const MAX_IFNAME: usize = 15;
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff;
-    let prefix: String = prefix
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(5)
-        .collect();
+    let prefix: String =
+        prefix.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(5).collect();
     // pid_max is at most 2^22, so the pid fits six hex digits: 5 + 6 + 4 = 15.
     let name = format!("{prefix}{:x}{n:x}", std::process::id());
     debug_assert!(name.len() <= MAX_IFNAME);
@@ -191,16 +181,9 @@ pub fn unique_name(prefix: &str) -> String {
 /// error naming the command line, the exit status and stderr.
 pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<String> {
     let line = command_line(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{line}`"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{line}`"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -249,9 +232,7 @@ mod tests {
         });
         assert_eq!(v, 3);
         let err = std::panic::catch_unwind(|| {
-            wait_for_sync("nothing", Duration::from_millis(50), || {
-                Err::<(), _>("connection refused")
-            })
+            wait_for_sync("nothing", Duration::from_millis(50), || Err::<(), _>("connection refused"))
         })
         .expect_err("must time out");
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();

@@ -53,7 +53,9 @@ impl ManifestWriter {
             move |e| ManifestError::Io { path: p, source: e }
         };
         let w = self.enc.finish().map_err(io(&self.tmp))?;
-        let f = w.into_inner().map_err(|e| ManifestError::Io { path: self.tmp.clone(), source: e.into_error() })?;
+        let f = w
+            .into_inner()
+            .map_err(|e| ManifestError::Io { path: self.tmp.clone(), source: e.into_error() })?;
         f.sync_all().map_err(io(&self.tmp))?;
         std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
         Ok(self.dest)
@@ -73,7 +75,8 @@ const MAX_ENTRY: usize = 16 * 1024 * 1024;
 impl ManifestReader {
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).map_err(|e| ManifestError::Io { path: path.to_path_buf(), source: e })?;
-        let dec = zstd::Decoder::new(f).map_err(|e| ManifestError::Io { path: path.to_path_buf(), source: e })?;
+        let dec =
+            zstd::Decoder::new(f).map_err(|e| ManifestError::Io { path: path.to_path_buf(), source: e })?;
         Ok(Self { path: path.to_path_buf(), dec, peeked: None })
     }
 
@@ -105,7 +108,9 @@ impl ManifestReader {
             return Err(self.damaged("entry too large"));
         }
         let mut buf = vec![0u8; len as usize];
-        self.dec.read_exact(&mut buf).map_err(|e| ManifestError::Io { path: self.path.clone(), source: e })?;
+        self.dec
+            .read_exact(&mut buf)
+            .map_err(|e| ManifestError::Io { path: self.path.clone(), source: e })?;
         let msg = v1::Entry::decode(&buf[..]).map_err(|e| self.damaged(e.to_string()))?;
         Entry::try_from(msg).map(Some).map_err(|e| self.damaged(e.to_string()))
     }

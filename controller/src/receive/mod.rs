@@ -90,6 +90,8 @@ impl Progress {
 pub struct PassOutcome {
     pub summary: PassSummary,
     pub error: Option<String>,
+    /// The error was the connection, not the data: running the pass again will resume.
+    pub retryable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,9 +140,17 @@ pub(crate) struct PlannedBatch {
 
 /// A chunk from the agent, checked.
 pub(crate) enum ChunkMsg {
-    Data { seq: u64, index: u32, data: Vec<u8> },
+    Data {
+        seq: u64,
+        index: u32,
+        data: Vec<u8>,
+    },
     /// The agent could not read it (the file changed): the file is retried next pass.
-    Unavailable { seq: u64, index: u32, reason: String },
+    Unavailable {
+        seq: u64,
+        index: u32,
+        reason: String,
+    },
     /// Not requested, or not what was announced: a protocol violation.
     Invalid(String),
 }
@@ -200,6 +210,7 @@ where
             return PassOutcome {
                 summary: PassSummary { pass: job.pass, ..Default::default() },
                 error: Some("cannot start receive threads".into()),
+                retryable: false,
             };
         }
     };
@@ -212,7 +223,10 @@ where
             match msg.msg {
                 Some(v1::transfer_up::Msg::Batch(b)) => {
                     if b.seq != next_seq {
-                        return Err(protocol(format!("batch {} out of sequence (expected {next_seq})", b.seq)));
+                        return Err(protocol(format!(
+                            "batch {} out of sequence (expected {next_seq})",
+                            b.seq
+                        )));
                     }
                     if b.entries.len() > limits::MAX_BATCH_ENTRIES {
                         return Err(protocol("batch has too many entries"));
@@ -281,13 +295,16 @@ where
     };
     match &err {
         None | Some(ReceiveError::Quota { .. }) => {
-            let _ = outbound.send(Ok(v1::TransferDown { msg: Some(v1::transfer_down::Msg::Result(result)) })).await;
+            let _ = outbound
+                .send(Ok(v1::TransferDown { msg: Some(v1::transfer_down::Msg::Result(result)) }))
+                .await;
         }
         Some(e) => {
             let _ = outbound.send(Err(e.status())).await;
         }
     }
-    PassOutcome { summary, error: err.map(|e| e.to_string()) }
+    let retryable = matches!(err, Some(ReceiveError::Stream(_)));
+    PassOutcome { summary, error: err.map(|e| e.to_string()), retryable }
 }
 
 fn stopped() -> ReceiveError {

@@ -31,7 +31,9 @@ pub(crate) fn run(
     while let Some(batch) = batches.blocking_recv() {
         match plan(job, &conn, batch, &expected, &in_flight) {
             Ok((planned, need)) => {
-                if out.blocking_send(Ok(need)).is_err() || writer.blocking_send(WriterMsg::Batch(planned)).is_err() {
+                if out.blocking_send(Ok(need)).is_err()
+                    || writer.blocking_send(WriterMsg::Batch(planned)).is_err()
+                {
                     return;
                 }
             }
@@ -95,6 +97,7 @@ fn plan(
         }
     }
     expected.lock().unwrap_or_else(|p| p.into_inner()).extend(want);
-    let msg = v1::TransferDown { msg: Some(v1::transfer_down::Msg::Need(v1::NeedChunks { seq, indexes: need })) };
+    let msg =
+        v1::TransferDown { msg: Some(v1::transfer_down::Msg::Need(v1::NeedChunks { seq, indexes: need })) };
     Ok((PlannedBatch { seq, entries, excluded, remote }, msg))
 }

@@ -42,7 +42,9 @@ pub(crate) fn run(
             match rx.blocking_recv() {
                 Some(WriterMsg::Batch(b)) => w.batch(b)?,
                 Some(WriterMsg::Done { changed, skipped }) => return w.finish(changed, skipped),
-                None => return Err(ReceiveError::Stream("the transfer ended before the pass was done".into())),
+                None => {
+                    return Err(ReceiveError::Stream("the transfer ended before the pass was done".into()));
+                }
             }
         }
     })();
@@ -219,11 +221,12 @@ impl<'a> Writer<'a> {
             }
             let Some(rec) = self.cursor.page.pop_front() else { return Ok(None) };
             if let Some(path) = index::key_path(&rec.key)
-                && !path.is_root() {
-                    self.parent = None;
-                    self.tree.remove(&path)?;
-                    self.summary.deleted += 1;
-                }
+                && !path.is_root()
+            {
+                self.parent = None;
+                self.tree.remove(&path)?;
+                self.summary.deleted += 1;
+            }
             self.commit.deletes.push(rec.key);
         }
     }
@@ -261,7 +264,14 @@ impl<'a> Writer<'a> {
         self.out.blocking_send(Ok(msg)).map_err(|_| ReceiveError::Stream("agent went away".into()))
     }
 
-    fn entry(&mut self, seq: u64, base: u32, e: &Entry, remote: &[bool], excluded: bool) -> Result<(), ReceiveError> {
+    fn entry(
+        &mut self,
+        seq: u64,
+        base: u32,
+        e: &Entry,
+        remote: &[bool],
+        excluded: bool,
+    ) -> Result<(), ReceiveError> {
         if e.segment > 0 {
             return self.continue_file(seq, base, e, remote);
         }
@@ -270,9 +280,10 @@ impl<'a> Writer<'a> {
         }
         let key = index::walk_key(&e.path);
         if let Some(last) = &self.last_key
-            && key <= *last {
-                return Err(protocol(format!("{} is out of walk order or repeated", e.path)));
-            }
+            && key <= *last
+        {
+            return Err(protocol(format!("{} is out of walk order or repeated", e.path)));
+        }
         self.last_key = Some(key.clone());
         if excluded {
             return Ok(());
@@ -328,17 +339,19 @@ impl<'a> Writer<'a> {
 
     fn check_limits(&self) -> Result<(), ReceiveError> {
         if let Some(l) = self.job.byte_limit
-            && self.total_bytes > l {
-                return Err(ReceiveError::Quota {
-                    what: format!("{} of file data > DISKSPACE hard limit {}", self.total_bytes, l),
-                });
-            }
+            && self.total_bytes > l
+        {
+            return Err(ReceiveError::Quota {
+                what: format!("{} of file data > DISKSPACE hard limit {}", self.total_bytes, l),
+            });
+        }
         if let Some(l) = self.job.inode_limit
-            && self.total_inodes > l {
-                return Err(ReceiveError::Quota {
-                    what: format!("{} entries > DISKINODES hard limit {}", self.total_inodes, l),
-                });
-            }
+            && self.total_inodes > l
+        {
+            return Err(ReceiveError::Quota {
+                what: format!("{} entries > DISKINODES hard limit {}", self.total_inodes, l),
+            });
+        }
         Ok(())
     }
 
@@ -359,9 +372,10 @@ impl<'a> Writer<'a> {
     fn parent_dir(&mut self, path: &RelPath) -> Result<Dir, ReceiveError> {
         let parent = path.parent().ok_or_else(|| protocol("the root has no parent"))?;
         if let Some(d) = &self.parent
-            && *d.rel() == parent {
-                return Ok(Dir::clone_of(d)?);
-            }
+            && *d.rel() == parent
+        {
+            return Ok(Dir::clone_of(d)?);
+        }
         let d = self.tree.dir(&parent).map_err(|e| match e {
             TreeError::Io { source, .. } if source.raw_os_error() == Some(libc_enoent()) => {
                 protocol(format!("{path}: its parent directory was not sent first"))
@@ -439,7 +453,13 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn write_chunks(&mut self, seq: u64, base: u32, chunks: &[ChunkRef], remote: &[bool]) -> Result<(), ReceiveError> {
+    fn write_chunks(
+        &mut self,
+        seq: u64,
+        base: u32,
+        chunks: &[ChunkRef],
+        remote: &[bool],
+    ) -> Result<(), ReceiveError> {
         for (k, c) in chunks.iter().enumerate() {
             let idx = base + k as u32;
             {
@@ -462,7 +482,9 @@ impl<'a> Writer<'a> {
                 let need = v1::TransferDown {
                     msg: Some(v1::transfer_down::Msg::Need(v1::NeedChunks { seq, indexes: vec![idx] })),
                 };
-                self.out.blocking_send(Ok(need)).map_err(|_| ReceiveError::Stream("agent went away".into()))?;
+                self.out
+                    .blocking_send(Ok(need))
+                    .map_err(|_| ReceiveError::Stream("agent went away".into()))?;
                 let data = self.take_chunk(seq, idx)?;
                 self.put_remote(c, data)?;
             }
@@ -526,18 +548,19 @@ impl<'a> Writer<'a> {
     fn put_local(&mut self, c: &ChunkRef) -> Result<bool, ReceiveError> {
         // 1. Earlier in this very file.
         if let Some(open) = self.open.as_mut()
-            && let (Some(&off), Some(f)) = (open.written.get(&c.hash), open.file.as_ref()) {
-                let mut buf = std::mem::take(&mut self.copy_buf);
-                buf.resize(c.len as usize, 0);
-                let ok = f.read_exact_at(&mut buf, off).is_ok()
-                    && Hash32::of(&buf) == c.hash
-                    && f.write_all_at(&buf, c.offset).is_ok();
-                self.copy_buf = buf;
-                if ok {
-                    self.job.progress.local_bytes.fetch_add(u64::from(c.len), Ordering::Relaxed);
-                    return Ok(true);
-                }
+            && let (Some(&off), Some(f)) = (open.written.get(&c.hash), open.file.as_ref())
+        {
+            let mut buf = std::mem::take(&mut self.copy_buf);
+            buf.resize(c.len as usize, 0);
+            let ok = f.read_exact_at(&mut buf, off).is_ok()
+                && Hash32::of(&buf) == c.hash
+                && f.write_all_at(&buf, c.offset).is_ok();
+            self.copy_buf = buf;
+            if ok {
+                self.job.progress.local_bytes.fetch_add(u64::from(c.len), Ordering::Relaxed);
+                return Ok(true);
             }
+        }
         // 2. Files completed in this batch, then 3. the node-wide index.
         let loc = match self.recent.get(&c.hash) {
             Some(l) => Some(l.clone()),
@@ -589,7 +612,13 @@ impl<'a> Writer<'a> {
             let mut off_out = c.offset;
             let mut left = c.len as usize;
             while left > 0 {
-                match rustix::fs::copy_file_range(src.as_fd(), Some(&mut off_in), dst.as_fd(), Some(&mut off_out), left) {
+                match rustix::fs::copy_file_range(
+                    src.as_fd(),
+                    Some(&mut off_in),
+                    dst.as_fd(),
+                    Some(&mut off_out),
+                    left,
+                ) {
                     Ok(0) => return Ok(false),
                     Ok(n) => left -= n,
                     Err(_) => break,
@@ -670,9 +699,10 @@ impl<'a> Writer<'a> {
 
     fn abort_open(&mut self) {
         if let Some(open) = self.open.take()
-            && open.file.is_some() {
-                let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
-            }
+            && open.file.is_some()
+        {
+            let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+        }
     }
 
     // ------------------------------------------------------------------ other kinds
@@ -706,7 +736,8 @@ impl<'a> Writer<'a> {
             let root = self.tree.root_fd();
             rustix::fs::fchown(root, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
                 .map_err(|err| tree_io(&e.path, "chown", err.into()))?;
-            rustix::fs::fchmod(root, Mode::from_raw_mode(m.mode)).map_err(|err| tree_io(&e.path, "chmod", err.into()))?;
+            rustix::fs::fchmod(root, Mode::from_raw_mode(m.mode))
+                .map_err(|err| tree_io(&e.path, "chmod", err.into()))?;
             let f = File::from(rustix::io::dup(root).map_err(|err| tree_io(&e.path, "dup", err.into()))?);
             self.set_xattrs_fd(&f, &e.path, &m.xattrs);
             return Ok(());
@@ -762,9 +793,11 @@ impl<'a> Writer<'a> {
             return Err(protocol(format!("{}: hard link to a directory", e.path)));
         }
         if let Some(st) = self.tree.lstat(&e.path)?
-            && st.st_ino == tst.st_ino && st.st_dev == tst.st_dev {
-                return Ok(());
-            }
+            && st.st_ino == tst.st_ino
+            && st.st_dev == tst.st_dev
+        {
+            return Ok(());
+        }
         let parent = self.parent_dir(&e.path)?;
         let (tdir, tname) = self.tree.parent(target)?;
         let tmp = crate::tree::temp_name();
@@ -786,8 +819,11 @@ impl<'a> Writer<'a> {
         for (p, t) in std::mem::take(&mut self.dirs) {
             if p.is_root() {
                 let ts = rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec.into() };
-                rustix::fs::futimens(self.tree.root_fd(), &rustix::fs::Timestamps { last_access: ts, last_modification: ts })
-                    .map_err(|e| tree_io(&p, "set times", e.into()))?;
+                rustix::fs::futimens(
+                    self.tree.root_fd(),
+                    &rustix::fs::Timestamps { last_access: ts, last_modification: ts },
+                )
+                .map_err(|e| tree_io(&p, "set times", e.into()))?;
             } else if let Ok((d, name)) = self.tree.parent(&p) {
                 d.set_mtime(name, t.sec, t.nsec)?;
             }

@@ -27,7 +27,12 @@ pub struct FileRecord {
 }
 
 /// Up to `limit` records of `ctid` after `after` (exclusive), in walk order.
-pub fn files_after(conn: &Connection, ctid: u32, after: Option<&[u8]>, limit: usize) -> Result<Vec<FileRecord>> {
+pub fn files_after(
+    conn: &Connection,
+    ctid: u32,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<FileRecord>> {
     let rows = match after {
         None => conn
             .prepare_cached("SELECT key, digest, kind FROM files WHERE ctid = ?1 ORDER BY key LIMIT ?2")?
@@ -198,8 +203,11 @@ mod tests {
         let got: Vec<_> = rest.iter().map(|r| key_path(&r.key).unwrap().display()).collect();
         assert_eq!(got, ["/a/b", "/a-b", "/c"]);
         delete_subtree(&c, 7, b"a").unwrap();
-        let all: Vec<_> =
-            files_after(&c, 7, None, 10).unwrap().iter().map(|r| key_path(&r.key).unwrap().display()).collect();
+        let all: Vec<_> = files_after(&c, 7, None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| key_path(&r.key).unwrap().display())
+            .collect();
         assert_eq!(all, ["/", "/a-b", "/c"]);
     }
 }

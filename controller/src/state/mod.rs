@@ -95,7 +95,8 @@ CREATE INDEX IF NOT EXISTS chunks_ctid ON chunks(ctid);
 
 /// Opens a connection with the pragmas every user of the store needs.
 pub fn connect(path: &Path) -> Result<Connection> {
-    let c = Connection::open(path).map_err(|e| StoreError::Open { path: path.display().to_string(), source: e })?;
+    let c = Connection::open(path)
+        .map_err(|e| StoreError::Open { path: path.display().to_string(), source: e })?;
     c.busy_timeout(std::time::Duration::from_secs(30))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
@@ -388,7 +389,9 @@ impl Store {
     }
 
     pub fn file_count(&self, ctid: u32) -> Result<u64> {
-        Ok(self.lock().query_row("SELECT COUNT(*) FROM files WHERE ctid = ?1", [ctid], |r| r.get::<_, i64>(0))?
+        Ok(self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM files WHERE ctid = ?1", [ctid], |r| r.get::<_, i64>(0))?
             as u64)
     }
 }
@@ -446,9 +449,18 @@ mod tests {
         s.insert_token("id1", "web01", "hash", now() + 60).unwrap();
         s.insert_token("id2", "web02", "hash", now() - 1).unwrap();
         let ok = |_: &str| Ok(((), "fp".to_string()));
-        assert_eq!(s.enroll_with_token("id1", "nope", ok).unwrap().unwrap_err(), TokenRefusal::Unknown.into());
-        assert_eq!(s.enroll_with_token("idX", "hash", ok).unwrap().unwrap_err(), TokenRefusal::Unknown.into());
-        assert_eq!(s.enroll_with_token("id2", "hash", ok).unwrap().unwrap_err(), TokenRefusal::Expired.into());
+        assert_eq!(
+            s.enroll_with_token("id1", "nope", ok).unwrap().unwrap_err(),
+            TokenRefusal::Unknown.into()
+        );
+        assert_eq!(
+            s.enroll_with_token("idX", "hash", ok).unwrap().unwrap_err(),
+            TokenRefusal::Unknown.into()
+        );
+        assert_eq!(
+            s.enroll_with_token("id2", "hash", ok).unwrap().unwrap_err(),
+            TokenRefusal::Expired.into()
+        );
         let failing = |_: &str| Err::<((), String), _>("bad csr".to_string());
         assert!(s.enroll_with_token("id1", "hash", failing).unwrap().is_err());
         // The token survived the failed issue and still works.

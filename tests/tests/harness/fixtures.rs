@@ -30,10 +30,7 @@ fn cp_a(src: &Path, dst: &Path) {
 
 /// What a p2c copy leaves out on purpose.
 fn skip_sockets(cases: &CaseList) -> CompareOptions {
-    cases
-        .skipped()
-        .into_iter()
-        .fold(CompareOptions::default(), |o, p| o.exclude(p))
+    cases.skipped().into_iter().fold(CompareOptions::default(), |o, p| o.exclude(p))
 }
 
 #[test]
@@ -51,27 +48,18 @@ fn every_case_tree_holds_every_case() {
         let m = meta(case);
         assert!(m.blocks() * 512 < m.len() / 2, "{case:?} is not sparse");
     }
-    let links: BTreeSet<u64> = cases
-        .paths(Case::HardLink)
-        .iter()
-        .map(|p| std::fs::metadata(src.join(p)).unwrap().ino())
-        .collect();
+    let links: BTreeSet<u64> =
+        cases.paths(Case::HardLink).iter().map(|p| std::fs::metadata(src.join(p)).unwrap().ino()).collect();
     assert_eq!((links.len(), cases.paths(Case::HardLink).len()), (1, 3));
     assert_eq!(
-        std::fs::read_link(at(Case::SymlinkNonUtf8Target))
-            .unwrap()
-            .as_os_str()
-            .as_bytes(),
+        std::fs::read_link(at(Case::SymlinkNonUtf8Target)).unwrap().as_os_str().as_bytes(),
         b"caf\xe9-target"
     );
     assert!(at(Case::SymlinkToDir).join("one-byte").exists());
     assert!(!at(Case::SymlinkDangling).exists());
     let high = meta(Case::HighIds);
     assert_eq!((high.uid(), high.gid()), (70000, 80000));
-    assert_eq!(
-        meta(Case::BlockDevice).rdev(),
-        rustix::fs::makedev(259, 70000)
-    );
+    assert_eq!(meta(Case::BlockDevice).rdev(), rustix::fs::makedev(259, 70000));
     for (case, mode) in [
         (Case::Setuid, 0o4755),
         (Case::Setgid, 0o2755),
@@ -81,30 +69,14 @@ fn every_case_tree_holds_every_case() {
     ] {
         assert_eq!(meta(case).permissions().mode() & 0o7777, mode, "{case:?}");
     }
-    assert_eq!(
-        cases
-            .path(Case::NonUtf8Name)
-            .file_name()
-            .unwrap()
-            .as_bytes(),
-        b"caf\xe9"
-    );
+    assert_eq!(cases.path(Case::NonUtf8Name).file_name().unwrap().as_bytes(), b"caf\xe9");
     assert_eq!(cases.path(Case::LongName).file_name().unwrap().len(), 255);
     assert!(cases.path(Case::DeepNesting).components().count() > 32);
     for rel in walk(&src) {
         let m = std::fs::symlink_metadata(src.join(&rel)).unwrap();
-        assert_ne!(
-            m.mtime_nsec() % 1000,
-            0,
-            "{} mtime has no nanoseconds",
-            rel.display()
-        );
+        assert_ne!(m.mtime_nsec() % 1000, 0, "{} mtime has no nanoseconds", rel.display());
     }
-    let trusted = rustix::fs::lgetxattr(
-        at(Case::TrustedXattr),
-        "trusted.p2c.secret",
-        &mut [0u8; 64][..],
-    );
+    let trusted = rustix::fs::lgetxattr(at(Case::TrustedXattr), "trusted.p2c.secret", &mut [0u8; 64][..]);
     assert_eq!(trusted.unwrap(), 9);
     let acl = run_cmd(Command::new("getfacl").arg("-pn").arg(at(Case::PosixAcl))).unwrap();
     assert!(acl.contains("user:70000:rwx"), "{acl}");
@@ -174,23 +146,14 @@ fn rsync_copy_has_no_differences_but_fills_holes_without_sparse() {
     let rsync = |extra: &[&str], dst: &Path| {
         let mut src_arg = src.as_os_str().to_owned();
         src_arg.push("/");
-        run_cmd(
-            Command::new("rsync")
-                .args(["-aHAX", "--numeric-ids"])
-                .args(extra)
-                .arg(&src_arg)
-                .arg(dst),
-        )
-        .unwrap()
+        run_cmd(Command::new("rsync").args(["-aHAX", "--numeric-ids"]).args(extra).arg(&src_arg).arg(dst))
+            .unwrap()
     };
     rsync(&["--sparse"], &exact);
     assert_trees_equal(&src, &exact, &opts);
     rsync(&[], &dense);
     let diffs = compare_trees(&src, &dense, &opts);
-    let kinds: BTreeSet<(PathBuf, &str)> = diffs
-        .iter()
-        .map(|d| (d.path.clone(), d.kind.name()))
-        .collect();
+    let kinds: BTreeSet<(PathBuf, &str)> = diffs.iter().map(|d| (d.path.clone(), d.kind.name())).collect();
     let expected: BTreeSet<(PathBuf, &str)> = [Case::SparseHoles, Case::SparseTailHole]
         .into_iter()
         .map(|c| (cases.path(c).to_owned(), "allocation"))
@@ -217,14 +180,8 @@ fn copy_across_file_systems_has_no_differences() {
 /// its parent directory, would otherwise be reported too).
 fn restore_mtime(src: &Path, dst: &Path, rel: &Path) {
     let m = std::fs::symlink_metadata(src.join(rel)).unwrap();
-    let t = Timespec {
-        tv_sec: m.mtime(),
-        tv_nsec: m.mtime_nsec(),
-    };
-    let times = Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
+    let t = Timespec { tv_sec: m.mtime(), tv_nsec: m.mtime_nsec() };
+    let times = Timestamps { last_access: t, last_modification: t };
     rustix::fs::utimensat(CWD, dst.join(rel), &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
 }
 
@@ -238,8 +195,7 @@ struct Changes {
 impl Changes {
     /// Records that changing `rel` must show as `kinds`; returns its path in the copy.
     fn expect(&mut self, rel: &Path, kinds: &[&'static str]) -> PathBuf {
-        self.expected
-            .extend(kinds.iter().map(|k| (rel.to_owned(), *k)));
+        self.expected.extend(kinds.iter().map(|k| (rel.to_owned(), *k)));
         self.touched.push(rel.to_owned());
         self.dst.join(rel)
     }
@@ -256,11 +212,7 @@ fn comparator_reports_each_kind_of_change() {
     let opts = skip_sockets(&cases);
     assert_eq!(compare_trees(&src, &dst, &opts), vec![]);
 
-    let mut changes = Changes {
-        dst: dst.clone(),
-        expected: BTreeSet::new(),
-        touched: Vec::new(),
-    };
+    let mut changes = Changes { dst: dst.clone(), expected: BTreeSet::new(), touched: Vec::new() };
 
     // A content byte, size and mtime kept.
     let path = changes.expect(cases.path(Case::File64KiB), &["content"]);
@@ -270,12 +222,7 @@ fn comparator_reports_each_kind_of_change() {
     // Size.
     let path = changes.expect(cases.path(Case::LargeFile), &["size"]);
     let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len - 1)
-        .unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_len(len - 1).unwrap();
     // Mode: setuid dropped.
     let path = changes.expect(cases.path(Case::Setuid), &["mode"]);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -285,20 +232,9 @@ fn comparator_reports_each_kind_of_change() {
     // Mtime, one nanosecond later.
     let path = changes.expect(cases.path(Case::OneByteFile), &["mtime"]);
     let m = std::fs::metadata(&path).unwrap();
-    let t = Timespec {
-        tv_sec: m.mtime(),
-        tv_nsec: m.mtime_nsec() + 1,
-    };
-    rustix::fs::utimensat(
-        CWD,
-        &path,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        AtFlags::empty(),
-    )
-    .unwrap();
+    let t = Timespec { tv_sec: m.mtime(), tv_nsec: m.mtime_nsec() + 1 };
+    rustix::fs::utimensat(CWD, &path, &Timestamps { last_access: t, last_modification: t }, AtFlags::empty())
+        .unwrap();
     // Symlink target.
     let path = changes.expect(cases.path(Case::SymlinkRelative), &["symlink-target"]);
     std::fs::remove_file(&path).unwrap();
@@ -314,13 +250,7 @@ fn comparator_reports_each_kind_of_change() {
     // A hole filled: same bytes, all allocated.
     let path = changes.expect(cases.path(Case::SparseHoles), &["allocation"]);
     let dense = dst.join("sparse/tmp");
-    run_cmd(
-        Command::new("cp")
-            .args(["-a", "--sparse=never"])
-            .arg(&path)
-            .arg(&dense),
-    )
-    .unwrap();
+    run_cmd(Command::new("cp").args(["-a", "--sparse=never"]).arg(&path).arg(&dense)).unwrap();
     std::fs::rename(&dense, &path).unwrap();
     // A file missing, a file extra.
     let path = changes.expect(cases.path(Case::EmptyFile), &["missing"]);
@@ -333,12 +263,7 @@ fn comparator_reports_each_kind_of_change() {
     let path = changes.expect(cases.path(Case::UserXattr), &["xattr"]);
     rustix::fs::lremovexattr(&path, "user.p2c.binary").unwrap();
     let path = changes.expect(cases.path(Case::PosixAcl), &["xattr"]);
-    run_cmd(
-        Command::new("setfacl")
-            .args(["-n", "-m", "u:70000:r--"])
-            .arg(&path),
-    )
-    .unwrap();
+    run_cmd(Command::new("setfacl").args(["-n", "-m", "u:70000:r--"]).arg(&path)).unwrap();
     // Device numbers.
     let path = changes.expect(cases.path(Case::CharDevice), &["device"]);
     std::fs::remove_file(&path).unwrap();
@@ -353,9 +278,7 @@ fn comparator_reports_each_kind_of_change() {
 
     // Side effects on times: put back those of every touched entry (unless the time is the
     // change) and of its parent directory.
-    let Changes {
-        expected, touched, ..
-    } = changes;
+    let Changes { expected, touched, .. } = changes;
     for rel in &touched {
         let mtime_is_the_change = expected.contains(&(rel.clone(), "mtime"));
         let parent = rel.parent().unwrap().to_owned();
@@ -369,34 +292,17 @@ fn comparator_reports_each_kind_of_change() {
     }
 
     let diffs = compare_trees(&src, &dst, &opts);
-    let found: BTreeSet<(PathBuf, &str)> = diffs
-        .iter()
-        .map(|d| (d.path.clone(), d.kind.name()))
-        .collect();
+    let found: BTreeSet<(PathBuf, &str)> = diffs.iter().map(|d| (d.path.clone(), d.kind.name())).collect();
     let shown: Vec<String> = diffs.iter().map(ToString::to_string).collect();
     assert_eq!(found, expected, "reported:\n{}", shown.join("\n"));
 
     // The reports carry the values a reader needs.
     let find = |rel: &Path, name: &str| {
-        diffs
-            .iter()
-            .find(|d| d.path == rel && d.kind.name() == name)
-            .unwrap()
-            .kind
-            .clone()
+        diffs.iter().find(|d| d.path == rel && d.kind.name() == name).unwrap().kind.clone()
     };
-    assert_eq!(
-        find(cases.path(Case::Setuid), "mode"),
-        DiffKind::Mode(0o4755, 0o755)
-    );
-    assert_eq!(
-        find(cases.path(Case::HighIds), "uid"),
-        DiffKind::Uid(70000, 0)
-    );
-    assert_eq!(
-        find(cases.path(Case::CharDevice), "device"),
-        DiffKind::Device((1, 3), (1, 5))
-    );
+    assert_eq!(find(cases.path(Case::Setuid), "mode"), DiffKind::Mode(0o4755, 0o755));
+    assert_eq!(find(cases.path(Case::HighIds), "uid"), DiffKind::Uid(70000, 0));
+    assert_eq!(find(cases.path(Case::CharDevice), "device"), DiffKind::Device((1, 3), (1, 5)));
     assert_eq!(
         find(cases.path(Case::Fifo), "file-type"),
         DiffKind::FileType(FileKind::Fifo, FileKind::Regular)
@@ -406,8 +312,7 @@ fn comparator_reports_each_kind_of_change() {
         matches!(&removed, DiffKind::Xattr { name, copy: None, .. } if name == b"user.p2c.binary"),
         "{removed:?}"
     );
-    let DiffKind::HardLinks(src_group, copy_group) = find(cases.path(Case::HardLink), "hard-links")
-    else {
+    let DiffKind::HardLinks(src_group, copy_group) = find(cases.path(Case::HardLink), "hard-links") else {
         unreachable!()
     };
     assert_eq!(src_group.len(), 3);
@@ -426,10 +331,7 @@ fn options_exclude_and_tolerate() {
     restore_mtime(&src, &dst, Path::new("special"));
     let diffs = compare_trees(&src, &dst, &CompareOptions::default());
     assert_eq!(diffs.len(), 1, "{diffs:?}");
-    assert_eq!(
-        (diffs[0].path.as_path(), &diffs[0].kind),
-        (cases.path(Case::Socket), &DiffKind::Missing)
-    );
+    assert_eq!((diffs[0].path.as_path(), &diffs[0].kind), (cases.path(Case::Socket), &DiffKind::Missing));
     let opts = skip_sockets(&cases);
     assert_eq!(compare_trees(&src, &dst, &opts), vec![]);
 
@@ -439,10 +341,8 @@ fn options_exclude_and_tolerate() {
     std::fs::remove_dir_all(dst.join("deep")).unwrap();
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o711)).unwrap();
     let diffs = compare_trees(&src, &dst, &opts);
-    let found: Vec<(String, &str)> = diffs
-        .iter()
-        .map(|d| (p2c_tests::fixtures::escape_path(&d.path), d.kind.name()))
-        .collect();
+    let found: Vec<(String, &str)> =
+        diffs.iter().map(|d| (p2c_tests::fixtures::escape_path(&d.path), d.kind.name())).collect();
     // Only the top of the removed subtree is reported; the root's own mtime and mode changed.
     assert_eq!(
         found,
@@ -454,21 +354,11 @@ fn options_exclude_and_tolerate() {
         ]
     );
     let opts = opts.exclude("deep").ignore_xattr("user.");
-    let opts = CompareOptions {
-        ignore_root: true,
-        ..opts
-    };
+    let opts = CompareOptions { ignore_root: true, ..opts };
     assert_eq!(compare_trees(&src, &dst, &opts), vec![]);
-    let exact_name = CompareOptions {
-        ignore_xattrs: vec!["user.p2c.comment".into()],
-        ..opts.clone()
-    };
+    let exact_name = CompareOptions { ignore_xattrs: vec!["user.p2c.comment".into()], ..opts.clone() };
     assert_eq!(compare_trees(&src, &dst, &exact_name), vec![]);
-    let all = CompareOptions {
-        ignore_xattrs: vec![],
-        ignore_all_xattrs: true,
-        ..opts.clone()
-    };
+    let all = CompareOptions { ignore_xattrs: vec![], ignore_all_xattrs: true, ..opts.clone() };
     assert_eq!(compare_trees(&src, &dst, &all), vec![]);
 
     // A filled hole within the tolerance passes; beyond it, it does not.
@@ -485,10 +375,7 @@ fn options_exclude_and_tolerate() {
     let diffs = compare_trees(&src, &dst, &opts);
     assert_eq!(diffs.len(), 1, "{diffs:?}");
     assert_eq!(diffs[0].kind.name(), "allocation");
-    let tolerant = CompareOptions {
-        alloc_tolerance: grown,
-        ..opts
-    };
+    let tolerant = CompareOptions { alloc_tolerance: grown, ..opts };
     assert_eq!(compare_trees(&src, &dst, &tolerant), vec![]);
 }
 
@@ -499,8 +386,5 @@ fn differences_print_escaped_paths() {
         path: PathBuf::from(OsStr::from_bytes(b"names/caf\xe9/new\nline")),
         kind: DiffKind::Mode(0o4755, 0o755),
     };
-    assert_eq!(
-        d.to_string(),
-        "names/caf\\xe9/new\\nline: mode 4755 != 0755"
-    );
+    assert_eq!(d.to_string(), "names/caf\\xe9/new\\nline: mode 4755 != 0755");
 }

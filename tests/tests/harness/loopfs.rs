@@ -11,33 +11,20 @@ const SIZE: u64 = 256 << 20;
 fn mount_line(mountpoint: &Path) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let needle = format!(" {} ", mountpoint.display());
-    mounts
-        .lines()
-        .find(|l| l.contains(&needle))
-        .map(str::to_owned)
+    mounts.lines().find(|l| l.contains(&needle)).map(str::to_owned)
 }
 
 /// True while `device` is attached to a backing file.
 fn attached(device: &Path) -> bool {
     let name = device.file_name().unwrap().to_string_lossy().into_owned();
-    Path::new("/sys/block")
-        .join(name)
-        .join("loop/backing_file")
-        .exists()
+    Path::new("/sys/block").join(name).join("loop/backing_file").exists()
 }
 
 fn assert_cleaned_up(mountpoint: &Path, device: &Path) {
-    assert_eq!(
-        mount_line(mountpoint),
-        None,
-        "{} still mounted",
-        mountpoint.display()
-    );
-    wait_for_sync(
-        &format!("{} to be detached", device.display()),
-        Duration::from_secs(10),
-        || !attached(device),
-    );
+    assert_eq!(mount_line(mountpoint), None, "{} still mounted", mountpoint.display());
+    wait_for_sync(&format!("{} to be detached", device.display()), Duration::from_secs(10), || {
+        !attached(device)
+    });
 }
 
 fn mounts_writes_and_cleans_up(kind: FsKind) {
@@ -53,11 +40,7 @@ fn mounts_writes_and_cleans_up(kind: FsKind) {
     // The image is sparse: far fewer bytes allocated than its size.
     let image = std::fs::metadata(fs.image()).unwrap();
     assert_eq!(image.len(), SIZE);
-    assert!(
-        image.blocks() * 512 < SIZE / 2,
-        "image not sparse: {} blocks",
-        image.blocks()
-    );
+    assert!(image.blocks() * 512 < SIZE / 2, "image not sparse: {} blocks", image.blocks());
 
     let (mountpoint, device) = (fs.path().to_owned(), fs.device().to_owned());
     drop(fs);

@@ -18,10 +18,7 @@ fn host_and_node_reach_each_other_until_the_link_is_cut() {
     let link = host.exec(&["ip", "-o", "link", "show", HOST_IF]).unwrap();
     assert!(link.contains("02:aa:bb:cc:dd:01"), "{link}");
     let a = host.exec(&["ip", "-o", "addr", "show", HOST_IF]).unwrap();
-    assert!(
-        a.contains(&format!("{host_v4}/24")) && a.contains(&format!("{host_v6}/64")),
-        "{a}"
-    );
+    assert!(a.contains(&format!("{host_v4}/24")) && a.contains(&format!("{host_v6}/64")), "{a}");
 
     for (node, remote) in [(node_v4, host_v4), (node_v6, host_v6)] {
         assert!(node_can_reach(remote), "node cannot reach {remote}");
@@ -30,26 +27,14 @@ fn host_and_node_reach_each_other_until_the_link_is_cut() {
 
     host.link_down().unwrap();
     for (node, remote) in [(node_v4, host_v4), (node_v6, host_v6)] {
-        assert!(
-            !node_can_reach(remote),
-            "node still reaches {remote} with the link down"
-        );
-        assert!(
-            !host.can_reach(node),
-            "host still reaches {node} with the link down"
-        );
+        assert!(!node_can_reach(remote), "node still reaches {remote} with the link down");
+        assert!(!host.can_reach(node), "host still reaches {node} with the link down");
     }
 
     host.link_up().unwrap();
     for (node, remote) in [(node_v4, host_v4), (node_v6, host_v6)] {
-        assert!(
-            node_can_reach(remote),
-            "node cannot reach {remote} after link_up"
-        );
-        assert!(
-            host.can_reach(node),
-            "host cannot reach {node} after link_up"
-        );
+        assert!(node_can_reach(remote), "node cannot reach {remote} after link_up");
+        assert!(host.can_reach(node), "host cannot reach {node} after link_up");
     }
 }
 
@@ -84,27 +69,14 @@ fn hosts_coexist_and_clean_up() {
     client.join().unwrap().unwrap();
 
     drop(a);
-    let netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&netns.stdout).contains(&name),
-        "netns {name} left behind"
-    );
-    let link = std::process::Command::new("ip")
-        .args(["link", "show", &iface])
-        .output()
-        .unwrap();
+    let netns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&name), "netns {name} left behind");
+    let link = std::process::Command::new("ip").args(["link", "show", &iface]).output().unwrap();
     assert!(!link.status.success(), "veth {iface} left behind");
     assert!(
         !std::path::Path::new(&format!("/proc/{sleeper}")).exists()
-            || std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
-                .is_ok_and(|s| s.contains(") Z")),
+            || std::fs::read_to_string(format!("/proc/{sleeper}/stat")).is_ok_and(|s| s.contains(") Z")),
         "process {sleeper} spawned in the host still runs"
     );
-    assert!(
-        node_can_reach(b.addrs()[0].0),
-        "dropping one host broke another"
-    );
+    assert!(node_can_reach(b.addrs()[0].0), "dropping one host broke another");
 }

@@ -16,21 +16,14 @@ async fn wait_for_returns_as_soon_as_the_condition_holds() {
 #[tokio::test]
 #[should_panic(expected = "waiting for the controller to listen; last error: refused")]
 async fn wait_for_names_what_it_waited_for() {
-    wait_for(
-        "the controller to listen",
-        Duration::from_millis(100),
-        || async { Err::<(), _>("refused") },
-    )
-    .await;
+    wait_for("the controller to listen", Duration::from_millis(100), || async { Err::<(), _>("refused") })
+        .await;
 }
 
 #[tokio::test]
 #[should_panic(expected = "waiting for a hung attempt")]
 async fn wait_for_bounds_a_hung_attempt() {
-    wait_for("a hung attempt", Duration::from_millis(100), || {
-        std::future::pending::<bool>()
-    })
-    .await;
+    wait_for("a hung attempt", Duration::from_millis(100), || std::future::pending::<bool>()).await;
 }
 
 #[test]

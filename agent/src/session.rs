@@ -1,0 +1,278 @@
+//! The long-lived session with the controller: dial out, say hello, answer commands,
+//! reconnect with backoff when the controller or the link goes away.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use p2c_common::chunking::ChunkParams;
+use p2c_common::inventory::MountKind;
+use p2c_common::paths::RelPath;
+use p2c_proto::v1;
+use p2c_proto::v1::agent_session_client::AgentSessionClient;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::config::AgentSettings;
+use crate::connect;
+use crate::inventory::{self, CollectOptions, FactsFrom};
+use crate::upload::{self, PassParams};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The directory treated as the server's root.
+    pub root: PathBuf,
+    pub facts: FactsFrom,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl RunOptions {
+    pub fn new(root: &Path) -> Self {
+        let facts = if root == Path::new("/") { FactsFrom::Live } else { FactsFrom::Tree };
+        Self { root: root.to_path_buf(), facts, max_backoff: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] connect::ConnectError),
+    #[error(transparent)]
+    Pki(#[from] p2c_common::pki::PkiError),
+    #[error("the controller refused the session: {0}")]
+    Refused(String),
+    #[error("the session broke: {0}")]
+    Broken(String),
+}
+
+/// Runs until `shutdown` turns true, reconnecting as needed.
+pub async fn run(settings: AgentSettings, opts: RunOptions, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let res = tokio::select! {
+            r = session(&settings, &opts) => r,
+            _ = shutdown.changed() => return,
+        };
+        match res {
+            Ok(()) => info!(agent = %settings.config.name, "session closed by the controller; reconnecting"),
+            Err(e) => warn!(agent = %settings.config.name, "{e}; retrying in {:.1}s", backoff.as_secs_f64()),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+/// Mount points below `root` whose file systems are not copied (pseudo and network), from
+/// the kernel's mount table, as paths relative to `root`.
+pub fn skipped_mounts(root: &Path) -> HashSet<RelPath> {
+    let mut out = HashSet::new();
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return out };
+    let root_bytes = root.as_os_str().as_encoded_bytes();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(mp), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
+        if MountKind::of_fs_type(fstype) == MountKind::Local {
+            continue;
+        }
+        let mp = unescape_mount(mp);
+        let rel = if root_bytes == b"/" {
+            mp.strip_prefix(b"/").map(|r| r.to_vec())
+        } else {
+            mp.strip_prefix(root_bytes).and_then(|r| r.strip_prefix(b"/")).map(|r| r.to_vec())
+        };
+        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok()) {
+            if !rel.is_root() {
+                out.insert(rel);
+            }
+        }
+    }
+    out
+}
+
+fn unescape_mount(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn result(id: u64, ok: bool, message: String, payload: Vec<u8>) -> v1::AgentEvent {
+    v1::AgentEvent {
+        event: Some(v1::agent_event::Event::Result(v1::CommandResult {
+            request_id: id,
+            ok,
+            message,
+            payload_json: payload,
+        })),
+    }
+}
+
+async fn session(settings: &AgentSettings, opts: &RunOptions) -> Result<(), SessionError> {
+    let tls =
+        Arc::new(p2c_common::pki::agent_config(&settings.ca_pem, &settings.cert_pem, &settings.key_pem)?);
+    let ch = connect::channel(&settings.config.controller, tls, settings.proxy()).await?;
+    let mut client = client(ch);
+    let (tx, rx) = mpsc::channel::<v1::AgentEvent>(64);
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let hello = v1::Hello {
+        agent_version: p2c_common::VERSION.to_string(),
+        protocol_version: p2c_proto::PROTOCOL_VERSION,
+        hostname,
+        root: opts.root.as_os_str().as_encoded_bytes().to_vec(),
+    };
+    let _ = tx.send(v1::AgentEvent { event: Some(v1::agent_event::Event::Hello(hello)) }).await;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| SessionError::Refused(s.message().to_string()))?
+        .into_inner();
+    info!(agent = %settings.config.name, "connected to the controller");
+    let mut tick = tokio::time::interval(Duration::from_secs(settings.config.heartbeat_secs.max(1)));
+    let mut passes: HashMap<String, watch::Sender<bool>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                let hb = v1::AgentEvent { event: Some(v1::agent_event::Event::Heartbeat(v1::Heartbeat { sent_unix_ms: ms })) };
+                if tx.send(hb).await.is_err() {
+                    return Err(SessionError::Broken("outbound closed".into()));
+                }
+            }
+            msg = inbound.next() => {
+                let cmd = match msg {
+                    None => return Ok(()),
+                    Some(Err(s)) => return Err(SessionError::Broken(s.message().to_string())),
+                    Some(Ok(c)) => c,
+                };
+                handle(settings, opts, &client, &tx, &mut passes, cmd);
+            }
+        }
+    }
+}
+
+fn client(ch: Channel) -> AgentSessionClient<Channel> {
+    let max = p2c_common::manifest::limits::MAX_MESSAGE;
+    AgentSessionClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max)
+}
+
+fn handle(
+    settings: &AgentSettings,
+    opts: &RunOptions,
+    client: &AgentSessionClient<Channel>,
+    tx: &mpsc::Sender<v1::AgentEvent>,
+    passes: &mut HashMap<String, watch::Sender<bool>>,
+    cmd: v1::ControllerCommand,
+) {
+    let id = cmd.request_id;
+    let tx = tx.clone();
+    match cmd.command {
+        Some(v1::controller_command::Command::Inventory(_)) => {
+            let copts = CollectOptions { root: opts.root.clone(), facts: opts.facts };
+            tokio::spawn(async move {
+                let inv =
+                    tokio::task::spawn_blocking(move || inventory::collect(&copts)).await.unwrap_or_default();
+                let json = serde_json::to_vec(&inv).unwrap_or_default();
+                let ev = v1::AgentEvent {
+                    event: Some(v1::agent_event::Event::Inventory(v1::InventoryReport {
+                        request_id: id,
+                        inventory_json: json,
+                    })),
+                };
+                let _ = tx.send(ev).await;
+            });
+        }
+        Some(v1::controller_command::Command::StartPass(sp)) => {
+            let chunking = sp.chunking.and_then(|c| ChunkParams::try_from(c).ok()).unwrap_or_default();
+            let mut excludes: Vec<RelPath> =
+                sp.excludes.into_iter().filter_map(|x| RelPath::new(x).ok()).collect();
+            // Never copy the agent's own identity into the container.
+            if let Ok(state) = settings.paths.dir.canonicalize() {
+                if let Ok(rel) = state.strip_prefix(&opts.root) {
+                    if let Ok(p) = RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec()) {
+                        if !p.is_root() {
+                            excludes.push(p);
+                        }
+                    }
+                }
+            }
+            let safe_id: String = sp
+                .migration_id
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .take(64)
+                .collect();
+            let params = PassParams {
+                migration_id: sp.migration_id.clone(),
+                pass: sp.pass,
+                root: opts.root.clone(),
+                excludes,
+                no_descend: skipped_mounts(&opts.root),
+                bwlimit: sp.bwlimit,
+                chunking,
+                cache_path: settings.paths.cache_dir().join(format!(
+                    "{safe_id}-{}-{}-{}.cache",
+                    chunking.min_size, chunking.avg_size, chunking.max_size
+                )),
+            };
+            let (cancel_tx, cancel_rx) = watch::channel(false);
+            if let Some(old) = passes.insert(sp.migration_id.clone(), cancel_tx) {
+                let _ = old.send(true);
+            }
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = upload::run_pass(client, params, cancel_rx).await;
+                let ev = match r {
+                    Ok(rep) => {
+                        result(id, true, "pass finished".into(), serde_json::to_vec(&rep).unwrap_or_default())
+                    }
+                    Err(e) => result(id, false, e.to_string(), Vec::new()),
+                };
+                let _ = tx.send(ev).await;
+            });
+        }
+        Some(v1::controller_command::Command::CancelPass(c)) => {
+            if let Some(t) = passes.remove(&c.migration_id) {
+                let _ = t.send(true);
+            }
+            tokio::spawn(async move {
+                let _ = tx.send(result(id, true, "cancelled".into(), Vec::new())).await;
+            });
+        }
+        Some(v1::controller_command::Command::Ping(_)) => {
+            tokio::spawn(async move {
+                let _ = tx.send(result(id, true, "pong".into(), Vec::new())).await;
+            });
+        }
+        Some(_) | None => {
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(result(id, false, "this agent does not support that command".into(), Vec::new()))
+                    .await;
+            });
+        }
+    }
+}

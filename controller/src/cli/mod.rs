@@ -1,0 +1,342 @@
+//! `p2c`, the operator's CLI. It talks to the controller over the admin socket.
+
+pub mod client;
+mod follow;
+mod render;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use p2c_common::cli::{JsonArg, LogArgs};
+use p2c_common::migration::{AssessOptions, Layout, MigrateOptions};
+use p2c_proto::v1;
+
+pub use follow::follow;
+
+#[derive(Debug, Parser)]
+#[command(name = "p2c", version, about = "Move physical Linux servers into containers on this node")]
+pub struct Cli {
+    /// Controller state directory (where its admin socket is).
+    #[arg(long, global = true, env = "P2C_STATE_DIR", default_value = "/var/lib/p2c")]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enrolment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Enrolled agents: who is connected, last seen, what they are doing.
+    Agents(JsonArg),
+    /// Manage one agent.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// The inventory an agent reports (fresh if it is connected).
+    Inventory {
+        name: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The pre-flight report: what the move will change or break.
+    Assess {
+        name: String,
+        #[command(flatten)]
+        assess: AssessArgs,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Migrate a source server into container CTID.
+    Migrate(Box<MigrateArgs>),
+    /// Every migration's state, pass, bytes, rate and ETA.
+    Status {
+        /// Only this container.
+        ctid: Option<u32>,
+        /// Refresh until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Stop the source's services, copy the last changes and finalise a synced container.
+    Cutover {
+        ctid: u32,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Remove a migration's container tree, config and records (after a failed or unwanted move).
+    Discard { ctid: u32 },
+    /// Prove a container tree matches the last source manifest.
+    Verify {
+        ctid: u32,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Run a whole migration on this machine with no setup: a throw-away controller and agent.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Print a one-time enrolment token for agent NAME on stdout.
+    Create {
+        name: String,
+        /// How long the token stays valid (e.g. 15m, 1h, 2d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Revoke an agent's certificate: it is refused at once and cannot reconnect.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AssessArgs {
+    /// Mount point of the source partition whose quotas the container keeps.
+    #[arg(long)]
+    pub quota_partition: Option<String>,
+    /// Keep extended attributes where the node's file system can (default: drop, as VZFS does).
+    #[arg(long)]
+    pub keep_xattrs: bool,
+    /// Source path not to copy (repeatable).
+    #[arg(long = "exclude", value_name = "PATH")]
+    pub excludes: Vec<String>,
+}
+
+impl AssessArgs {
+    fn options(&self, ctid: Option<u32>) -> AssessOptions {
+        AssessOptions {
+            quota_partition: self.quota_partition.clone(),
+            keep_xattrs: self.keep_xattrs,
+            excludes: self.excludes.clone(),
+            ctid,
+            quick: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The agent (source server) to migrate.
+    pub name: String,
+    /// Container ID on this node.
+    #[arg(long)]
+    pub ctid: u32,
+    #[command(flatten)]
+    pub assess: AssessArgs,
+    /// Bandwidth cap for this migration (e.g. 50M = 50 MiB/s).
+    #[arg(long)]
+    pub bwlimit: Option<String>,
+    /// Services to stop on the source before the final pass (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub stop_services: Vec<String>,
+    /// Cut over in this run: stop services, final pass, finalise the container.
+    #[arg(long)]
+    pub cutover: bool,
+    /// Migrate even if the pre-flight report has blockers.
+    #[arg(long)]
+    pub force: bool,
+    /// How the container is stored.
+    #[arg(long, value_enum, default_value_t = Layout::Simfs)]
+    pub layout: Layout,
+    /// First-level quota, SOFT[:HARD] in bytes with K/M/G/T (default: from the source's usage).
+    #[arg(long)]
+    pub diskspace: Option<String>,
+    /// Inode limits, SOFT[:HARD] (default: from the source's usage).
+    #[arg(long)]
+    pub diskinodes: Option<String>,
+    /// Extra room above the source's usage for computed quotas, in percent.
+    #[arg(long)]
+    pub headroom: Option<u32>,
+    /// Most live passes before giving up on convergence.
+    #[arg(long, default_value_t = 0)]
+    pub max_passes: u32,
+    /// Command run on the source before the services are stopped (e.g. to flush a database).
+    #[arg(long)]
+    pub pre_hook: Option<String>,
+    /// Command run on the source after the container is ready.
+    #[arg(long)]
+    pub post_hook: Option<String>,
+    /// Start the migration and return without following it.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+fn pair(s: &str, parse: impl Fn(&str) -> anyhow::Result<u64>) -> anyhow::Result<(u64, u64)> {
+    match s.split_once(':') {
+        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
+        None => {
+            let v = parse(s)?;
+            Ok((v, v))
+        }
+    }
+}
+
+impl MigrateArgs {
+    pub fn options(&self) -> anyhow::Result<MigrateOptions> {
+        let size = |s: &str| Ok(p2c_common::units::parse_size(s)?);
+        let count =
+            |s: &str| s.trim().parse::<u64>().with_context(|| format!("{s:?} is not a number of inodes"));
+        Ok(MigrateOptions {
+            agent: self.name.clone(),
+            ctid: self.ctid,
+            assess: self.assess.options(Some(self.ctid)),
+            bwlimit: self.bwlimit.as_deref().map(p2c_common::units::parse_size).transpose()?.unwrap_or(0),
+            stop_services: self.stop_services.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            cutover: self.cutover,
+            force: self.force,
+            layout: self.layout,
+            diskspace: self
+                .diskspace
+                .as_deref()
+                .map(|s| pair(s, size))
+                .transpose()?
+                .map(|(a, b)| (a / 1024, b / 1024)),
+            diskinodes: self.diskinodes.as_deref().map(|s| pair(s, count)).transpose()?,
+            headroom_percent: self.headroom,
+            max_passes: self.max_passes,
+            converge_bytes: None,
+            pre_cutover_hook: self.pre_hook.clone(),
+            post_cutover_hook: self.post_hook.clone(),
+        })
+    }
+}
+
+fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// Runs one CLI command; the error says what went wrong and what to do.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Demo(args) = cli.command {
+        return crate::demo::run(args).await;
+    }
+    let mut c = client::connect(&cli.state_dir).await?;
+    match cli.command {
+        Command::Token(TokenCmd::Create { name, ttl, json }) => {
+            let ttl = p2c_common::units::parse_duration(&ttl)?;
+            let r = c
+                .create_token(v1::CreateTokenRequest {
+                    agent_name: name.clone(),
+                    ttl_secs: ttl.as_secs().max(1),
+                })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "agent": name, "token": r.token, "expires_unix": r.expires_unix })
+                );
+            } else {
+                println!("{}", r.token);
+                eprintln!(
+                    "one-time token for agent {name}, valid for {}; on the source run:\n  p2c-agent enroll --token <token> --state-dir /var/lib/p2c-agent",
+                    p2c_common::units::human_duration(ttl)
+                );
+            }
+        }
+        Command::Agents(json) => {
+            let r = c.list_agents(v1::ListAgentsRequest {}).await.map_err(client::status)?.into_inner();
+            if json.json {
+                print_json(&r.json)?;
+            } else {
+                print!("{}", render::agents(&serde_json::from_slice::<Vec<_>>(&r.json)?));
+            }
+        }
+        Command::Agent(AgentCmd::Revoke { name }) => {
+            c.revoke_agent(v1::AgentRef { name: name.clone() }).await.map_err(client::status)?;
+            eprintln!("agent {name} revoked: its certificate is refused from now on");
+        }
+        Command::Inventory { name, json } => {
+            let r = c.get_inventory(v1::AgentRef { name }).await.map_err(client::status)?.into_inner();
+            if json.json {
+                print_json(&r.json)?;
+            } else {
+                print!("{}", render::inventory(&serde_json::from_slice(&r.json)?));
+            }
+        }
+        Command::Assess { name, assess, json } => {
+            let options_json = serde_json::to_vec(&assess.options(None))?;
+            let r = c
+                .assess(v1::AssessRequest { agent_name: name, options_json })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            let report: p2c_common::findings::Report = serde_json::from_slice(&r.json)?;
+            if json.json {
+                print_json(&r.json)?;
+            } else {
+                print!("{}", report.render());
+            }
+            return Ok(if report.has_blockers() { 3 } else { 0 });
+        }
+        Command::Migrate(args) => {
+            let opts = args.options()?;
+            let stream = c
+                .migrate(v1::JsonRequest { json: serde_json::to_vec(&opts)? })
+                .await
+                .map_err(client::status)?;
+            if args.detach {
+                eprintln!(
+                    "migration of {} into CT {} started; follow it with `p2c status --watch`",
+                    opts.agent, opts.ctid
+                );
+                return Ok(0);
+            }
+            return follow(stream.into_inner(), args.json.json).await;
+        }
+        Command::Cutover { ctid, json } => {
+            let stream = c.cutover(v1::CtidRef { ctid }).await.map_err(client::status)?;
+            return follow(stream.into_inner(), json.json).await;
+        }
+        Command::Status { ctid, watch, json } => loop {
+            let r = c
+                .status(v1::StatusRequest { ctid: ctid.unwrap_or(0) })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            if json.json {
+                print_json(&r.json)?;
+            } else {
+                if watch {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", render::status(&serde_json::from_slice::<Vec<_>>(&r.json)?));
+            }
+            if !watch {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        },
+        Command::Discard { ctid } => {
+            c.discard(v1::CtidRef { ctid }).await.map_err(client::status)?;
+            eprintln!("CT {ctid} discarded: its private area, config and records are gone");
+        }
+        Command::Verify { ctid, json } => {
+            let r = c.verify(v1::CtidRef { ctid }).await.map_err(client::status)?.into_inner();
+            let v: p2c_common::migration::VerifySummary = serde_json::from_slice(&r.json)?;
+            if json.json {
+                print_json(&r.json)?;
+            } else {
+                print!("{}", render::verify(ctid, &v));
+            }
+            return Ok(if v.ok { 0 } else { 1 });
+        }
+        Command::Demo(_) => unreachable!("handled above"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,181 @@
+//! `p2c demo`: the whole product on one machine with no setup. A throw-away CA, a real
+//! controller and a real agent talking gRPC over mutual TLS on loopback, a source
+//! directory (or a small sample server made on the spot), the pre-flight report and a full
+//! migration with cutover, driven through the admin socket like `p2c migrate`.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use p2c_common::cli::JsonArg;
+use p2c_common::migration::MigrateOptions;
+use p2c_proto::v1;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Directory treated as the source server's root (default: a sample server made in WORKDIR/source).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Where everything goes: WORKDIR/vz/private/<CTID>, WORKDIR/etc/vz/conf/<CTID>.conf, state.
+    #[arg(long)]
+    pub workdir: PathBuf,
+    /// Container ID.
+    #[arg(long, default_value_t = 101)]
+    pub ctid: u32,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+const AGENT: &str = "demo-source";
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let w = &args.workdir;
+    std::fs::create_dir_all(w).with_context(|| format!("cannot create {}", w.display()))?;
+    let w = w.canonicalize()?;
+    if w.join("state").exists() {
+        anyhow::bail!("{} already holds a demo; remove it or choose another --workdir", w.display());
+    }
+    let source = match &args.source {
+        Some(s) => s.canonicalize().with_context(|| format!("--source {}", s.display()))?,
+        None => {
+            let s = w.join("source");
+            build_sample(&s).with_context(|| format!("cannot build the sample server in {}", s.display()))?;
+            s
+        }
+    };
+    if !args.json.json {
+        eprintln!("demo: source server root {}", source.display());
+    }
+    crate::init::init(&crate::init::InitOptions {
+        state_dir: w.join("state"),
+        listen: "127.0.0.1:0".into(),
+        advertise: Vec::new(),
+        vz_root: Some(w.join("vz")),
+        conf_dir: Some(w.join("etc/vz/conf")),
+    })?;
+    let settings = crate::config::Settings::load(&w.join("state"))?;
+    let running = crate::server::start(settings).await?;
+    let token = crate::admin::issue_token(&running.controller, AGENT, 600, vec![running.addr.to_string()])?;
+    p2c_agent::enroll::enroll(p2c_agent::enroll::EnrollOptions {
+        token: &token.encode(),
+        state_dir: &w.join("agent"),
+        controller: Vec::new(),
+        proxy: None,
+    })
+    .await?;
+    let agent_settings = p2c_agent::config::AgentSettings::load(&w.join("agent"))?;
+    let (stop_agent, stop_rx) = tokio::sync::watch::channel(false);
+    let mut opts = p2c_agent::session::RunOptions::new(&source);
+    opts.facts = p2c_agent::inventory::FactsFrom::Tree;
+    let agent = tokio::spawn(p2c_agent::session::run(agent_settings, opts, stop_rx));
+    running
+        .controller
+        .sessions
+        .wait_for(AGENT, Duration::from_secs(30))
+        .await
+        .context("the demo agent did not connect to the demo controller")?;
+    if !args.json.json {
+        eprintln!("demo: controller on {} (mTLS), agent {AGENT} enrolled and connected", running.addr);
+    }
+    let mut client = crate::cli::client::connect(&w.join("state")).await?;
+    let opts = MigrateOptions { agent: AGENT.into(), ctid: args.ctid, cutover: true, ..Default::default() };
+    let stream = client
+        .migrate(v1::JsonRequest { json: serde_json::to_vec(&opts)? })
+        .await
+        .map_err(crate::cli::client::status)?
+        .into_inner();
+    let code = crate::cli::follow(stream, args.json.json).await?;
+    let _ = stop_agent.send(true);
+    let _ = agent.await;
+    running.shutdown().await;
+    if !args.json.json && code == 0 {
+        eprintln!(
+            "demo: container tree {}/vz/private/{}\ndemo: container config {}/etc/vz/conf/{}.conf",
+            w.display(),
+            args.ctid,
+            w.display(),
+            args.ctid
+        );
+    }
+    Ok(code)
+}
+
+/// A small Debian-like server with two NICs, IPv6, several file kinds and owners.
+pub fn build_sample(root: &Path) -> std::io::Result<()> {
+    let w = |p: &str, data: &str| -> std::io::Result<()> {
+        let path = root.join(p);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(path, data)
+    };
+    std::fs::create_dir_all(root)?;
+    w(
+        "etc/os-release",
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION=\"12 (bookworm)\"\nID=debian\n",
+    )?;
+    w("etc/debian_version", "12.5\n")?;
+    w("etc/hostname", "web01\n")?;
+    w("etc/hosts", "127.0.0.1 localhost\n192.0.2.10 web01.example.com web01\n")?;
+    w("etc/resolv.conf", "search example.com\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n")?;
+    w(
+        "etc/network/interfaces",
+        "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n    address 192.0.2.10/24\n    gateway 192.0.2.1\n\niface eth0 inet6 static\n    address 2001:db8::10/64\n    gateway 2001:db8::1\n\nauto eth0:1\niface eth0:1 inet static\n    address 192.0.2.11/24\n\nauto eth1\niface eth1 inet static\n    address 198.51.100.7/24\n",
+    )?;
+    w(
+        "etc/fstab",
+        "UUID=0a1b2c3d-1111-2222-3333-444455556666 / ext4 errors=remount-ro 0 1\nUUID=0a1b2c3d-7777-8888-9999-000011112222 /home ext4 defaults,usrquota 0 2\nUUID=0a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff none swap sw 0 0\nproc /proc proc defaults 0 0\n",
+    )?;
+    w(
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n",
+    )?;
+    w("etc/group", "root:x:0:\nalice:x:1000:\nwww-data:x:33:\n")?;
+    w("etc/motd", "This server was moved into a container by p2c.\n")?;
+    w("srv/www/index.html", "<html><body><h1>web01</h1></body></html>\n")?;
+    w("var/log/app.log", &"2026-11-25 request served\n".repeat(2000))?;
+    w("home/alice/notes.txt", "remember the milk\n")?;
+    w("usr/local/bin/hello", "#!/bin/sh\necho hello from web01\n")?;
+    std::fs::set_permissions(root.join("usr/local/bin/hello"), std::fs::Permissions::from_mode(0o755))?;
+    w("usr/local/bin/suid-helper", "#!/bin/sh\nid\n")?;
+    std::fs::set_permissions(
+        root.join("usr/local/bin/suid-helper"),
+        std::fs::Permissions::from_mode(0o4755),
+    )?;
+    let mut blob = Vec::with_capacity(3 << 20);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while blob.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        blob.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::create_dir_all(root.join("opt/app"))?;
+    std::fs::write(root.join("opt/app/data.bin"), &blob)?;
+    std::fs::hard_link(root.join("opt/app/data.bin"), root.join("opt/app/data.bin.hardlink"))?;
+    let sparse = std::fs::File::create(root.join("opt/app/sparse.img"))?;
+    sparse.set_len(64 << 20)?;
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"header", 0)?;
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"trailer", (64 << 20) - 7)?;
+    symlink("../share/doc", root.join("usr/local/doc"))?;
+    std::fs::create_dir_all(root.join("usr/share/doc"))?;
+    for d in ["proc", "sys", "dev", "run", "tmp", "root", "boot"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    let _ = nix::unistd::mkfifo(&root.join("run/initctl"), nix::sys::stat::Mode::from_bits_truncate(0o600));
+    if rustix::process::geteuid().is_root() {
+        let _ = std::os::unix::fs::chown(root.join("home/alice"), Some(1000), Some(1000));
+        let _ = std::os::unix::fs::chown(root.join("home/alice/notes.txt"), Some(1000), Some(1000));
+        let _ = std::os::unix::fs::chown(root.join("srv/www/index.html"), Some(33), Some(33));
+        let _ = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("dev/null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        );
+    }
+    Ok(())
+}

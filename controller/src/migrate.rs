@@ -1,0 +1,589 @@
+//! A migration, start to finish: inventory, pre-flight report, live copy passes until the
+//! changes converge, then (now or on `p2c cutover`) stop services, final pass, finalise.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use p2c_common::findings::Report;
+use p2c_common::inventory::{INVENTORY_SCHEMA, Inventory};
+use p2c_common::migration::{MigrateOptions, MigrationState, MigrationSummary, PassSummary, VerifySummary};
+use p2c_common::paths::RelPath;
+use p2c_proto::v1;
+use tokio::sync::{Notify, broadcast};
+use tracing::{info, warn};
+
+use crate::ctconf::CtConf;
+use crate::receive::{PassJob, Progress};
+use crate::server::{Controller, TransferSlot};
+use crate::session::{AgentReply, CallError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("CTID must be a positive number")]
+    BadCtid,
+    #[error("migration of CT {0} is already running; watch it with `p2c status --watch`")]
+    Running(u32),
+    #[error("CT {ctid} is the migration of agent {other}; use another --ctid or `p2c discard {ctid}` first")]
+    OtherAgent { ctid: u32, other: String },
+    #[error("{0} already exists and is not a p2c migration; use another --ctid or remove it")]
+    Occupied(String),
+    #[error("CT {0} has no migration; start one with `p2c migrate NAME --ctid {0}`")]
+    Unknown(u32),
+    #[error("CT {0} is not waiting for a cutover (state {1})")]
+    NotSynced(u32, String),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("the agent's inventory is unusable: {0}")]
+    Inventory(String),
+    #[error("pre-flight found {0} blocker(s): {1}; fix them or pass --force to migrate anyway")]
+    Blocked(usize, String),
+    #[error("copy pass {pass} failed: {reason}")]
+    Pass { pass: u32, reason: String },
+    #[error("finalising the container failed: {0}")]
+    Finalise(String),
+    #[error("{0}")]
+    Store(#[from] crate::state::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Something worth telling whoever watches the migration.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Log(String),
+    Report(Box<Report>),
+    Summary(Box<MigrationSummary>),
+}
+
+/// A migration the controller is running or has run since it started.
+pub struct MigrationHandle {
+    pub ctid: u32,
+    pub agent: String,
+    pub options: Mutex<MigrateOptions>,
+    pub progress: Arc<Progress>,
+    pub events: broadcast::Sender<Event>,
+    pub state: Mutex<MigrationState>,
+    pub pass: AtomicU32,
+    pub summary: Mutex<MigrationSummary>,
+    pub cutover: Notify,
+    pub cutover_requested: AtomicBool,
+    pub started: Instant,
+}
+
+impl MigrationHandle {
+    pub fn state(&self) -> MigrationState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log(&self, msg: impl Into<String>) {
+        let m = msg.into();
+        info!(ctid = self.ctid, agent = %self.agent, "{m}");
+        let _ = self.events.send(Event::Log(m));
+    }
+
+    pub fn summary(&self) -> MigrationSummary {
+        self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn now() -> u64 {
+    crate::state::now()
+}
+
+fn set_state(ctl: &Controller, h: &MigrationHandle, st: MigrationState, error: Option<String>) {
+    *h.state.lock().unwrap_or_else(|p| p.into_inner()) = st;
+    let summary = {
+        let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = st;
+        if error.is_some() || st != MigrationState::Failed {
+            s.error = error;
+        }
+        s.updated_unix = now();
+        s.clone()
+    };
+    let json = serde_json::to_string(&summary).unwrap_or_default();
+    if let Err(e) = ctl.store.set_migration_state(h.ctid, st.as_str(), Some(&json)) {
+        warn!(ctid = h.ctid, "cannot record migration state: {e}");
+    }
+    if st.is_idle() {
+        let _ = h.events.send(Event::Summary(Box::new(summary)));
+    }
+}
+
+/// Marks migrations that were running when the controller stopped as failed, so that
+/// `p2c migrate` resumes them.
+pub fn recover(ctl: &Controller) {
+    let Ok(rows) = ctl.store.migrations() else { return };
+    for r in rows {
+        let st = MigrationState::parse(&r.state).unwrap_or(MigrationState::Failed);
+        if !st.is_idle() {
+            let mut s: Option<MigrationSummary> =
+                r.summary.as_deref().and_then(|j| serde_json::from_str(j).ok());
+            if let Some(s) = s.as_mut() {
+                s.state = MigrationState::Failed;
+                s.error = Some(
+                    "the controller stopped during the migration; run the same `p2c migrate` again to resume"
+                        .into(),
+                );
+            }
+            let json = s.map(|s| serde_json::to_string(&s).unwrap_or_default());
+            let _ = ctl.store.set_migration_state(r.ctid, MigrationState::Failed.as_str(), json.as_deref());
+        }
+    }
+}
+
+/// A running migration and a subscription to its events from before it started.
+pub type Started = (Arc<MigrationHandle>, broadcast::Receiver<Event>);
+
+/// Starts (or resumes) a migration in the background.
+pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateError> {
+    if opts.ctid == 0 {
+        return Err(MigrateError::BadCtid);
+    }
+    p2c_common::pki::validate_agent_name(&opts.agent).map_err(|e| MigrateError::Other(e.to_string()))?;
+    let ctid = opts.ctid;
+    let mut running = ctl.migrations.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = running.get(&ctid) {
+        if !h.state().is_idle() {
+            return Err(MigrateError::Running(ctid));
+        }
+    }
+    match ctl.store.migration(ctid)? {
+        Some(row) if row.agent != opts.agent => {
+            return Err(MigrateError::OtherAgent { ctid, other: row.agent });
+        }
+        Some(_) => {}
+        None => {
+            for p in [ctl.settings.private_dir(ctid), ctl.settings.conf_path(ctid)] {
+                if p.exists() {
+                    return Err(MigrateError::Occupied(p.display().to_string()));
+                }
+            }
+        }
+    }
+    let options_json = serde_json::to_string(&opts).map_err(|e| MigrateError::Other(e.to_string()))?;
+    ctl.store.upsert_migration(ctid, &opts.agent, MigrationState::Pending.as_str(), &options_json)?;
+    let passes: Vec<PassSummary> =
+        ctl.store.passes(ctid)?.into_iter().filter_map(|(_, _, j)| serde_json::from_str(&j).ok()).collect();
+    let (events, _) = broadcast::channel(256);
+    let summary = MigrationSummary {
+        ctid,
+        agent: opts.agent.clone(),
+        state: MigrationState::Pending,
+        private_dir: ctl.settings.private_dir(ctid).display().to_string(),
+        conf_path: ctl.settings.conf_path(ctid).display().to_string(),
+        passes,
+        error: None,
+        report: None,
+        verify: None,
+        downtime_seconds: None,
+        guest_changes: Vec::new(),
+        warnings: Vec::new(),
+        started_unix: now(),
+        updated_unix: now(),
+    };
+    let h = Arc::new(MigrationHandle {
+        ctid,
+        agent: opts.agent.clone(),
+        pass: AtomicU32::new(summary.passes.iter().map(|p| p.pass + 1).max().unwrap_or(0)),
+        options: Mutex::new(opts),
+        progress: Arc::new(Progress::default()),
+        events,
+        state: Mutex::new(MigrationState::Pending),
+        summary: Mutex::new(summary),
+        cutover: Notify::new(),
+        cutover_requested: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+    running.insert(ctid, h.clone());
+    drop(running);
+    let sub = h.events.subscribe();
+    let (ctl2, h2) = (ctl.clone(), h.clone());
+    tokio::spawn(async move {
+        let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
+        let r = match sync(&ctl2, &h2).await {
+            Ok(()) if cutover => do_cutover(&ctl2, &h2).await,
+            other => other,
+        };
+        if let Err(e) = r {
+            h2.log(format!("migration stopped: {e}"));
+            set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
+        }
+    });
+    Ok((h, sub))
+}
+
+/// Runs the cutover of a synced migration in the background.
+pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
+    let h = ctl
+        .migrations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&ctid)
+        .cloned()
+        .ok_or(MigrateError::Unknown(ctid))?;
+    let st = h.state();
+    if st != MigrationState::Synced {
+        return Err(MigrateError::NotSynced(ctid, st.as_str().to_string()));
+    }
+    let sub = h.events.subscribe();
+    let (ctl2, h2) = (ctl.clone(), h.clone());
+    tokio::spawn(async move {
+        if let Err(e) = do_cutover(&ctl2, &h2).await {
+            h2.log(format!("cutover stopped: {e}"));
+            set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
+        }
+    });
+    Ok((h, sub))
+}
+
+async fn inventory(ctl: &Controller, h: &MigrationHandle) -> Result<Inventory, MigrateError> {
+    let conn = ctl
+        .sessions
+        .wait_for(&h.agent, Duration::from_secs(30))
+        .await
+        .ok_or_else(|| CallError::NotConnected(h.agent.clone()))?;
+    fetch_inventory(ctl, &conn).await
+}
+
+/// Asks a connected agent for its inventory, checks it and stores it.
+pub async fn fetch_inventory(
+    ctl: &Controller,
+    conn: &crate::session::AgentConn,
+) -> Result<Inventory, MigrateError> {
+    let reply = conn
+        .call(v1::controller_command::Command::Inventory(v1::RequestInventory {}), Duration::from_secs(300))
+        .await?;
+    let AgentReply::Inventory(json) = reply else {
+        return Err(MigrateError::Inventory("the agent answered something else".into()));
+    };
+    if json.len() > 8 * 1024 * 1024 {
+        return Err(MigrateError::Inventory("larger than 8 MiB".into()));
+    }
+    let inv: Inventory = serde_json::from_slice(&json).map_err(|e| MigrateError::Inventory(e.to_string()))?;
+    if inv.schema != INVENTORY_SCHEMA {
+        return Err(MigrateError::Inventory(format!(
+            "schema {} (this controller reads {INVENTORY_SCHEMA}); run the same p2c release on both sides",
+            inv.schema
+        )));
+    }
+    let os = if inv.os.pretty_name.is_empty() { inv.os.id.clone() } else { inv.os.pretty_name.clone() };
+    let _ = ctl.store.set_inventory(&conn.name, &String::from_utf8_lossy(&json), &inv.hostname, &os);
+    Ok(inv)
+}
+
+fn excludes(opts: &MigrateOptions) -> Result<Vec<RelPath>, MigrateError> {
+    opts.assess
+        .excludes
+        .iter()
+        .map(|x| {
+            RelPath::from_user(&p2c_common::paths::unescape_bytes(x))
+                .map_err(|e| MigrateError::Other(format!("--exclude {x}: {e}")))
+        })
+        .collect()
+}
+
+async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
+    set_state(ctl, h, MigrationState::Copying, None);
+    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    h.log(format!("collecting the inventory of {}", h.agent));
+    let inv = inventory(ctl, h).await?;
+    let report = crate::preflight::report(ctl, &h.agent, &inv, &opts.assess).await;
+    let _ = h.events.send(Event::Report(Box::new(report.clone())));
+    h.summary.lock().unwrap_or_else(|p| p.into_inner()).report = Some(report.clone());
+    if report.has_blockers() && !opts.force {
+        let list: Vec<String> = report.blockers().map(|f| format!("{} ({})", f.code, f.title)).collect();
+        return Err(MigrateError::Blocked(list.len(), list.join("; ")));
+    }
+    let excludes = excludes(&opts)?;
+    let conv = ctl.settings.converge_bytes.max(opts.converge_bytes.unwrap_or(0));
+    let max_passes = if opts.max_passes > 0 { opts.max_passes } else { ctl.settings.max_passes };
+    for i in 0..max_passes {
+        let s = run_pass(ctl, h, &excludes, &opts).await?;
+        if i == 0 || !ctl.settings.conf_path(h.ctid).exists() {
+            write_conf(ctl, h, &inv, &opts)?;
+        }
+        let converged = s.changed_bytes <= conv && s.changed_during_read.is_empty();
+        h.log(format!(
+            "pass {} done: {} entries, {} written, {} deleted, {} on the wire, {} copied on the node{}",
+            s.pass,
+            s.entries,
+            s.written,
+            s.deleted,
+            p2c_common::units::human_bytes(s.wire_bytes),
+            p2c_common::units::human_bytes(s.local_bytes),
+            if converged { "; converged" } else { "" }
+        ));
+        if converged || h.cutover_requested.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    if !opts.cutover {
+        h.log(format!(
+            "synced; the source keeps running. Run `p2c cutover {}` to stop its services, copy the last changes and finalise",
+            h.ctid
+        ));
+        set_state(ctl, h, MigrationState::Synced, None);
+    }
+    Ok(())
+}
+
+fn write_conf(
+    ctl: &Controller,
+    h: &MigrationHandle,
+    inv: &Inventory,
+    opts: &MigrateOptions,
+) -> Result<CtConf, MigrateError> {
+    let mut c = CtConf::from_inventory(h.ctid, &h.agent, &ctl.settings.vz_root, opts.layout, inv);
+    c.created = time_string();
+    c.quota = crate::preflight::quota_keys(h, inv, opts);
+    c.write(&ctl.settings.conf_path(h.ctid))
+        .map_err(|e| MigrateError::Finalise(format!("{}: {e}", ctl.settings.conf_path(h.ctid).display())))?;
+    Ok(c)
+}
+
+fn time_string() -> String {
+    let t = now();
+    format!("unix time {t}")
+}
+
+/// Runs one copy pass, resuming on a new connection if the link breaks.
+async fn run_pass(
+    ctl: &Controller,
+    h: &Arc<MigrationHandle>,
+    excludes: &[RelPath],
+    opts: &MigrateOptions,
+) -> Result<PassSummary, MigrateError> {
+    let _slot = ctl
+        .copy_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| MigrateError::Other("shutting down".into()))?;
+    let mut attempts = 0;
+    loop {
+        let pass = h.pass.fetch_add(1, Ordering::Relaxed);
+        h.progress.reset();
+        let conn = ctl.sessions.wait_for(&h.agent, Duration::from_secs(600)).await.ok_or_else(|| {
+            MigrateError::Pass {
+                pass,
+                reason: format!("agent {} is not connected and did not come back within 10 minutes", h.agent),
+            }
+        })?;
+        let migration_id = format!("ct{}", h.ctid);
+        let job = PassJob {
+            ctid: h.ctid,
+            pass,
+            tree: ctl.settings.private_dir(h.ctid),
+            private_root: ctl.settings.vz_root.join("private"),
+            db: ctl.settings.db_path(),
+            manifest: crate::receive::manifest::pass_path(&ctl.settings.manifest_dir(h.ctid), pass),
+            excludes: excludes.to_vec(),
+            keep_xattrs: opts.assess.keep_xattrs,
+            dedup: ctl.settings.dedup_scope,
+            byte_limit: opts.diskspace.map(|(_, hard)| hard.saturating_mul(1024)),
+            inode_limit: opts.diskinodes.map(|(_, hard)| hard),
+            progress: h.progress.clone(),
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        ctl.transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(migration_id.clone(), TransferSlot { agent: h.agent.clone(), pass, job, done: done_tx });
+        let bwlimit = bandwidth(ctl, opts);
+        let cmd = v1::controller_command::Command::StartPass(v1::StartPass {
+            migration_id: migration_id.clone(),
+            pass,
+            excludes: excludes.iter().map(|e| e.as_bytes().to_vec()).collect(),
+            bwlimit,
+            chunking: Some(ctl.settings.chunking.into()),
+        });
+        h.log(format!("copy pass {pass} started"));
+        let started = conn.send(cmd).await;
+        let mut closed = conn.closed();
+        let outcome = match started {
+            Err(e) => Err(e.to_string()),
+            Ok((_, reply)) => {
+                tokio::select! {
+                    o = done_rx => o.map_err(|_| "the transfer was dropped".to_string()),
+                    r = reply => match r {
+                        // The agent reports failure before (or without) opening the transfer.
+                        Ok(AgentReply::Result(r)) if !r.ok => Err(format!("agent: {}", r.message)),
+                        _ => Err("the agent ended the pass without a transfer".into()),
+                    },
+                    _ = closed.wait_for(|c| *c) => Err("the agent disconnected".into()),
+                }
+            }
+        };
+        ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
+        let (summary, err, retry) = match outcome {
+            Ok(o) => (o.summary, o.error, o.retryable),
+            Err(e) => (PassSummary { pass, ..Default::default() }, Some(e), true),
+        };
+        let json = serde_json::to_string(&summary).unwrap_or_default();
+        let _ = ctl.store.record_pass(h.ctid, pass, err.is_none(), &json);
+        if err.is_none() {
+            let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
+            s.passes.push(summary.clone());
+        }
+        match err {
+            None => return Ok(summary),
+            Some(reason) if retry && attempts < 20 => {
+                attempts += 1;
+                h.log(format!("pass {pass} interrupted ({reason}); resuming when the agent is back"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(reason) => return Err(MigrateError::Pass { pass, reason }),
+        }
+    }
+}
+
+/// This migration's share of the node-wide cap, or its own limit if lower.
+fn bandwidth(ctl: &Controller, opts: &MigrateOptions) -> u64 {
+    let node = ctl.settings.node_bwlimit;
+    let share = if node == 0 {
+        0
+    } else {
+        let active = ctl.settings.max_concurrent - ctl.copy_slots.available_permits();
+        node / active.max(1) as u64
+    };
+    match (share, opts.bwlimit) {
+        (0, b) => b,
+        (s, 0) => s,
+        (s, b) => s.min(b),
+    }
+}
+
+async fn do_cutover(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
+    set_state(ctl, h, MigrationState::CuttingOver, None);
+    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let t0 = Instant::now();
+    let conn = ctl
+        .sessions
+        .wait_for(&h.agent, Duration::from_secs(60))
+        .await
+        .ok_or_else(|| CallError::NotConnected(h.agent.clone()))?;
+    if let Some(hook) = &opts.pre_cutover_hook {
+        h.log(format!("running the pre-cutover hook on the source: {hook}"));
+        agent_command(
+            &conn,
+            v1::controller_command::Command::RunHook(v1::RunHook {
+                command: hook.clone(),
+                timeout_secs: 600,
+            }),
+            610,
+        )
+        .await?;
+    }
+    if !opts.stop_services.is_empty() {
+        h.log(format!("stopping services on the source: {}", opts.stop_services.join(", ")));
+        agent_command(
+            &conn,
+            v1::controller_command::Command::StopServices(v1::StopServices {
+                services: opts.stop_services.clone(),
+                start: false,
+            }),
+            300,
+        )
+        .await?;
+    }
+    let inv = fetch_inventory(ctl, &conn).await?;
+    let excludes = excludes(&opts)?;
+    let s = run_pass(ctl, h, &excludes, &opts).await?;
+    h.log(format!("final pass {} done: {} written, {} deleted", s.pass, s.written, s.deleted));
+    set_state(ctl, h, MigrationState::Finalising, None);
+    finalise(ctl, h, &inv, &opts).await?;
+    let downtime = t0.elapsed().as_secs_f64();
+    h.summary.lock().unwrap_or_else(|p| p.into_inner()).downtime_seconds = Some(downtime);
+    if let Some(hook) = &opts.post_cutover_hook {
+        h.log(format!("running the post-cutover hook on the source: {hook}"));
+        if let Err(e) = agent_command(
+            &conn,
+            v1::controller_command::Command::RunHook(v1::RunHook {
+                command: hook.clone(),
+                timeout_secs: 600,
+            }),
+            610,
+        )
+        .await
+        {
+            h.summary
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .warnings
+                .push(format!("post-cutover hook: {e}"));
+        }
+    }
+    h.log(format!("container {} is ready; downtime {:.1}s", h.ctid, downtime));
+    set_state(ctl, h, MigrationState::Done, None);
+    Ok(())
+}
+
+async fn agent_command(
+    conn: &crate::session::AgentConn,
+    cmd: v1::controller_command::Command,
+    secs: u64,
+) -> Result<v1::CommandResult, MigrateError> {
+    match conn.call(cmd, Duration::from_secs(secs)).await? {
+        AgentReply::Result(r) if r.ok => Ok(r),
+        AgentReply::Result(r) => Err(MigrateError::Other(format!("agent: {}", r.message))),
+        AgentReply::Inventory(_) => Err(MigrateError::Other("agent answered with an inventory".into())),
+    }
+}
+
+/// Config, guest rewrite, quotas, then verification against the last manifest.
+async fn finalise(
+    ctl: &Controller,
+    h: &Arc<MigrationHandle>,
+    inv: &Inventory,
+    opts: &MigrateOptions,
+) -> Result<(), MigrateError> {
+    let conf = write_conf(ctl, h, inv, opts)?;
+    let private = ctl.settings.private_dir(h.ctid);
+    let changes = crate::preflight::containerise(&private, inv, &conf).map_err(MigrateError::Finalise)?;
+    h.log(format!("guest rewritten for a container: {} file(s) changed", changes.len()));
+    let rewritten = changes.iter().filter_map(|c| RelPath::from_user(c.path.as_bytes()).ok()).collect();
+    h.summary.lock().unwrap_or_else(|p| p.into_inner()).guest_changes = changes;
+    let v = verify_tree(ctl, h.ctid, rewritten, opts.assess.keep_xattrs).await?;
+    if !v.ok {
+        let first = v.mismatches.first().cloned().unwrap_or_default();
+        h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v.clone());
+        return Err(MigrateError::Finalise(format!(
+            "verification found {} difference(s) between the container and the source (first: {first}); run the migration again",
+            v.mismatches.len()
+        )));
+    }
+    h.log(format!("verified {} entries against the source manifest", v.checked));
+    h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v);
+    let private_tree =
+        crate::tree::Tree::open(&private).map_err(|e| MigrateError::Finalise(e.to_string()))?;
+    tokio::task::spawn_blocking(move || rustix::fs::syncfs(private_tree.root_fd()))
+        .await
+        .map_err(|e| MigrateError::Finalise(e.to_string()))?
+        .map_err(|e| MigrateError::Finalise(format!("sync: {e}")))?;
+    Ok(())
+}
+
+/// Verifies a container tree against its last complete manifest.
+pub async fn verify_tree(
+    ctl: &Controller,
+    ctid: u32,
+    rewritten: std::collections::HashSet<RelPath>,
+    keep_xattrs: bool,
+) -> Result<VerifySummary, MigrateError> {
+    let dir = ctl.settings.manifest_dir(ctid);
+    let (_, manifest) = crate::receive::manifest::latest(&dir)
+        .ok_or_else(|| MigrateError::Other(format!("CT {ctid} has no complete copy pass to verify")))?;
+    let tree = ctl.settings.private_dir(ctid);
+    let opts = crate::verify::VerifyOptions {
+        rewritten,
+        own_dirs: vec![crate::tree::rel("etc/p2c")],
+        keep_xattrs,
+        sweep_temps: true,
+    };
+    tokio::task::spawn_blocking(move || crate::verify::verify(&tree, &manifest, &opts))
+        .await
+        .map_err(|e| MigrateError::Other(e.to_string()))?
+        .map_err(|e| MigrateError::Other(e.to_string()))
+}

@@ -1,0 +1,174 @@
+//! Proof that a container tree matches the last source manifest: every entry's type,
+//! mode, owner, times, link target, device numbers, hard-link structure and content hash
+//! (chunk by chunk), and nothing extra — except the documented guest rewrites.
+
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use p2c_common::manifest::{EntryData, Hash32};
+use p2c_common::migration::VerifySummary;
+use p2c_common::paths::RelPath;
+use rustix::fs::FileType;
+
+use crate::receive::manifest::{ManifestError, ManifestReader};
+use crate::tree::{TEMP_PREFIX, Tree, TreeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+/// What to leave out of the comparison.
+#[derive(Debug, Default)]
+pub struct VerifyOptions {
+    /// Paths the guest rewrite changed, created or removed on purpose.
+    pub rewritten: HashSet<RelPath>,
+    /// Paths below these are the controller's own (backups of rewritten files).
+    pub own_dirs: Vec<RelPath>,
+    pub keep_xattrs: bool,
+    /// Remove temporary files a crashed run left behind.
+    pub sweep_temps: bool,
+}
+
+const MAX_REPORTED: usize = 1000;
+
+pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result<VerifySummary, VerifyError> {
+    let tree = Tree::open(tree_path)?;
+    let mut r = ManifestReader::open(manifest)?;
+    let mut sum = VerifySummary::default();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut buf = Vec::new();
+    let bad = |sum: &mut VerifySummary, msg: String| {
+        if sum.mismatches.len() < MAX_REPORTED {
+            sum.mismatches.push(msg);
+        }
+    };
+    while let Some(e) = r.next_entry()? {
+        seen.insert(e.path.as_bytes().to_vec());
+        if opts.rewritten.contains(&e.path) {
+            sum.rewritten += 1;
+            continue;
+        }
+        sum.checked += 1;
+        let p = e.path.display();
+        let Some(st) = tree.lstat(&e.path)? else {
+            bad(&mut sum, format!("{p}: missing"));
+            continue;
+        };
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if let EntryData::HardLink { target } = &e.data {
+            match tree.lstat(target)? {
+                Some(t) if t.st_ino == st.st_ino => {}
+                _ => bad(&mut sum, format!("{p}: not a hard link to {target}")),
+            }
+            continue;
+        }
+        let want_ft = match &e.data {
+            EntryData::Regular { .. } => FileType::RegularFile,
+            EntryData::Directory => FileType::Directory,
+            EntryData::Symlink { .. } => FileType::Symlink,
+            EntryData::Fifo => FileType::Fifo,
+            EntryData::CharDevice { .. } => FileType::CharacterDevice,
+            EntryData::BlockDevice { .. } => FileType::BlockDevice,
+            EntryData::HardLink { .. } => continue,
+        };
+        if ft != want_ft {
+            bad(&mut sum, format!("{p}: is a {}, expected a {}", crate::tree::type_name(ft), e.kind_name()));
+            continue;
+        }
+        if ft != FileType::Symlink && st.st_mode & 0o7777 != e.meta.mode {
+            bad(&mut sum, format!("{p}: mode {:o}, expected {:o}", st.st_mode & 0o7777, e.meta.mode));
+        }
+        if st.st_uid != e.meta.uid || st.st_gid != e.meta.gid {
+            bad(
+                &mut sum,
+                format!("{p}: owner {}:{}, expected {}:{}", st.st_uid, st.st_gid, e.meta.uid, e.meta.gid),
+            );
+        }
+        if st.st_mtime != e.meta.mtime.sec || st.st_mtime_nsec as u32 != e.meta.mtime.nsec {
+            bad(&mut sum, format!("{p}: mtime differs"));
+        }
+        match &e.data {
+            EntryData::Regular { size, chunks, .. } => {
+                if st.st_size as u64 != *size {
+                    bad(&mut sum, format!("{p}: size {}, expected {size}", st.st_size));
+                    continue;
+                }
+                let (dir, name) = tree.parent(&e.path)?;
+                let Some(f) = dir.open_read(name)? else {
+                    bad(&mut sum, format!("{p}: unreadable"));
+                    continue;
+                };
+                for c in chunks {
+                    buf.resize(c.len as usize, 0);
+                    if f.read_exact_at(&mut buf, c.offset).is_err() || Hash32::of(&buf) != c.hash {
+                        bad(&mut sum, format!("{p}: content differs at offset {}", c.offset));
+                        break;
+                    }
+                }
+            }
+            EntryData::Symlink { target } => {
+                if tree.readlink(&e.path)?.as_deref() != Some(&target[..]) {
+                    bad(&mut sum, format!("{p}: symlink target differs"));
+                }
+            }
+            EntryData::CharDevice { major, minor } | EntryData::BlockDevice { major, minor } => {
+                if rustix::fs::major(st.st_rdev) != *major || rustix::fs::minor(st.st_rdev) != *minor {
+                    bad(&mut sum, format!("{p}: device numbers differ"));
+                }
+            }
+            _ => {}
+        }
+        if opts.keep_xattrs && !e.meta.xattrs.is_empty() {
+            let want: Vec<_> = e
+                .meta
+                .xattrs
+                .iter()
+                .filter(|x| x.name != b"security.selinux")
+                .map(|x| (&x.name, &x.value))
+                .collect();
+            let mut path = tree_path.as_os_str().as_encoded_bytes().to_vec();
+            if !e.path.is_root() {
+                path.push(b'/');
+                path.extend_from_slice(e.path.as_bytes());
+            }
+            for (n, v) in want {
+                let mut val = vec![0u8; 65536];
+                match rustix::fs::lgetxattr(&path[..], &n[..], &mut val[..]) {
+                    Ok(len) if &val[..len] == v.as_slice() => {}
+                    _ => bad(
+                        &mut sum,
+                        format!("{p}: extended attribute {} differs", String::from_utf8_lossy(n)),
+                    ),
+                }
+            }
+        }
+    }
+    // Anything in the tree the manifest does not list.
+    let mut stack = vec![RelPath::ROOT];
+    while let Some(dir) = stack.pop() {
+        for (name, ft) in tree.list(&dir)? {
+            let Ok(p) = dir.join(&name) else { continue };
+            if name.starts_with(TEMP_PREFIX) && opts.sweep_temps {
+                tree.remove(&p)?;
+                continue;
+            }
+            if opts.own_dirs.iter().any(|o| p.starts_with(o)) || opts.rewritten.contains(&p) {
+                continue;
+            }
+            if !seen.contains(p.as_bytes()) {
+                bad(&mut sum, format!("{}: not in the source manifest", p.display()));
+                continue;
+            }
+            if ft == FileType::Directory {
+                stack.push(p);
+            }
+        }
+    }
+    sum.ok = sum.mismatches.is_empty();
+    Ok(sum)
+}
