@@ -1,1 +1,3 @@
 //! The p2c agent: the source-side daemon.
+
+pub mod scan;
