@@ -202,13 +202,18 @@ pub(super) fn network_mounts(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
 pub(super) fn disk_space(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     let n = need(cx);
     let node = cx.node;
-    let have_bytes = cx.node.existing_private.as_ref().map_or(0, |e| e.bytes);
+    let (have_bytes, have_files) = cx
+        .node
+        .existing_private
+        .as_ref()
+        .map_or((0, 0), |e| (e.bytes, e.files));
     let bytes = n.bytes.saturating_sub(have_bytes);
+    let inodes = n.inodes.saturating_sub(have_files);
     let margin = |need: u64| need.saturating_add(need / 10);
     let inode_limit = node.free_inodes != u64::MAX;
-    let short = node.free_bytes < bytes || (inode_limit && node.free_inodes < n.inodes);
+    let short = node.free_bytes < bytes || (inode_limit && node.free_inodes < inodes);
     let tight =
-        node.free_bytes < margin(bytes) || (inode_limit && node.free_inodes < margin(n.inodes));
+        node.free_bytes < margin(bytes) || (inode_limit && node.free_inodes < margin(inodes));
     if !short && !tight {
         return;
     }
