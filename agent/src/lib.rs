@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod enroll;
 pub mod inventory;
+pub mod scan;
 pub mod session;
 pub mod upload;
 pub mod walk;

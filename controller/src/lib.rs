@@ -1,6 +1,7 @@
 //! The p2c controller: the node-side daemon and the operator CLI.
 
 pub mod admin;
+pub mod assess;
 pub mod cli;
 pub mod config;
 pub mod ctconf;

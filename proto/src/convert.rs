@@ -9,6 +9,8 @@ use p2c_common::paths::{PathError, RelPath};
 
 use crate::v1;
 
+mod scan;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error(transparent)]
