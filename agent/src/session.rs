@@ -262,6 +262,25 @@ fn handle(
                 let _ = tx.send(result(id, true, "cancelled".into(), Vec::new())).await;
             });
         }
+        Some(v1::controller_command::Command::Scan(req)) => {
+            let root = opts.root.clone();
+            tokio::spawn(async move {
+                let ev = match p2c_common::scan::ScanOptions::try_from(req) {
+                    Err(e) => result(id, false, format!("invalid scan request: {e}"), Vec::new()),
+                    Ok(o) => {
+                        let r = tokio::task::spawn_blocking(move || crate::scan::scan(&root, &o)).await;
+                        match r {
+                            Ok(r) => match r.to_json() {
+                                Ok(j) => result(id, true, "scanned".into(), j),
+                                Err(e) => result(id, false, format!("scan result: {e}"), Vec::new()),
+                            },
+                            Err(e) => result(id, false, format!("scan failed: {e}"), Vec::new()),
+                        }
+                    }
+                };
+                let _ = tx.send(ev).await;
+            });
+        }
         Some(v1::controller_command::Command::Ping(_)) => {
             tokio::spawn(async move {
                 let _ = tx.send(result(id, true, "pong".into(), Vec::new())).await;

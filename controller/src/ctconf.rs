@@ -89,9 +89,13 @@ impl CtConf {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        // `$VEID` is the only expansion written, and only in the node's own paths.
         let mut kv = |k: &str, v: &str| {
-            let v: String =
-                v.chars().filter(|c| !matches!(c, '"' | '\\' | '$' | '`' | '\n' | '\r')).collect();
+            let keep_dollar = k == "VE_ROOT" || k == "VE_PRIVATE";
+            let v: String = v
+                .chars()
+                .filter(|c| !matches!(c, '"' | '\\' | '`' | '\n' | '\r') && (keep_dollar || *c != '$'))
+                .collect();
             out.push_str(&format!("{k}=\"{v}\"\n"));
         };
         let vz = self.vz_root.trim_end_matches('/');

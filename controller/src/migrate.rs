@@ -344,8 +344,9 @@ fn write_conf(
 }
 
 fn time_string() -> String {
-    let t = now();
-    format!("unix time {t}")
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("unix time {}", now()))
 }
 
 /// Runs one copy pass, resuming on a new connection if the link breaks.

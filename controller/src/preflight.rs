@@ -3,54 +3,44 @@
 
 use std::path::Path;
 
-use p2c_common::findings::{Finding, Report, Severity, codes};
+use std::time::Duration;
+
+use p2c_common::findings::Report;
 use p2c_common::inventory::{Inventory, MountKind};
+use p2c_common::scan::ScanResult;
+use p2c_proto::v1;
+use tracing::warn;
 use p2c_common::migration::{AssessOptions, GuestChange, MigrateOptions};
 
 use crate::ctconf::CtConf;
 use crate::migrate::MigrationHandle;
 use crate::server::Controller;
+use crate::session::AgentReply;
 
-/// The pre-flight report for an agent's inventory.
-pub async fn report(_ctl: &Controller, agent: &str, inv: &Inventory, _opts: &AssessOptions) -> Report {
-    let mut findings = Vec::new();
-    let local: Vec<String> = inv
-        .mounts
-        .iter()
-        .filter(|m| m.kind == MountKind::Local)
-        .map(|m| {
-            format!(
-                "{} ({}, {}) on {}",
-                m.device,
-                m.fs_type,
-                p2c_common::units::human_bytes(m.used_bytes),
-                m.mountpoint
-            )
-        })
-        .collect();
-    findings.push(Finding {
-        code: codes::FS_MERGE.into(),
-        severity: Severity::Info,
-        title: format!("{} local file system(s) are merged into one container tree", local.len()),
-        evidence: local,
-        action: "every local file system is copied into /vz/private/<CTID>; pseudo and network file systems are not copied".into(),
-        data: serde_json::Value::Null,
-    });
-    let addrs = crate::ctconf::source_addresses(inv);
-    findings.push(Finding {
-        code: codes::IP_VENET0.into(),
-        severity: Severity::Info,
-        title: format!("{} address(es) move onto venet0", addrs.len()),
-        evidence: addrs.iter().map(|a| a.to_string()).collect(),
-        action: "all addresses are listed in IP_ADDRESS and configured on venet0 in the guest".into(),
-        data: serde_json::Value::Null,
-    });
-    Report {
-        agent: agent.to_string(),
-        hostname: inv.hostname.clone(),
-        generated_unix: crate::state::now(),
-        findings,
+/// The pre-flight report for an agent's inventory: a scan of the source (unless quick or
+/// the agent is away), the node's facts, then the rules of [`crate::assess`].
+pub async fn report(ctl: &Controller, agent: &str, inv: &Inventory, opts: &AssessOptions) -> Report {
+    let mut scan = None;
+    if !opts.quick {
+        if let Some(conn) = ctl.sessions.get(agent) {
+            let req = v1::ScanRequest::from(&crate::assess::scan_options(inv, opts));
+            match conn.call(v1::controller_command::Command::Scan(req), Duration::from_secs(3600)).await {
+                Ok(AgentReply::Result(r)) if r.ok => match ScanResult::from_json(&r.payload_json) {
+                    Ok(s) => scan = Some(s),
+                    Err(e) => warn!(agent, "scan result refused: {e}"),
+                },
+                Ok(AgentReply::Result(r)) => warn!(agent, "scan failed: {}", r.message),
+                Ok(_) => warn!(agent, "unexpected answer to a scan"),
+                Err(e) => warn!(agent, "scan failed: {e}"),
+            }
+        }
     }
+    let private_root = ctl.settings.vz_root.join("private");
+    let ctid = opts.ctid;
+    let node = tokio::task::spawn_blocking(move || crate::assess::probe_node(&private_root, ctid))
+        .await
+        .unwrap_or_else(|_| crate::assess::probe_node(Path::new("/nonexistent"), None));
+    crate::assess::assess(agent, inv, scan.as_ref(), &node, opts)
 }
 
 /// DISKSPACE/DISKINODES and the other quota keys of the container config.

@@ -49,13 +49,13 @@ pub async fn follow(mut stream: Streaming<v1::MigrateEvent>, json: bool) -> anyh
             }
             Some(v1::migrate_event::Event::Log(l)) => {
                 if !json {
-                    bar.println(l);
+                    bar.suspend(|| eprintln!("{l}"));
                 }
             }
             Some(v1::migrate_event::Event::ReportJson(r)) => {
                 if !json {
                     if let Ok(r) = serde_json::from_slice::<Report>(&r) {
-                        bar.println(r.render());
+                        bar.suspend(|| println!("{}", r.render()));
                     }
                 }
             }
