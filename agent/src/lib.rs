@@ -1,1 +1,2 @@
 //! The p2c agent: the source-side daemon.
+pub mod inventory;
