@@ -76,12 +76,11 @@ pub fn block_devices(
             None if size_bytes > 0 => probe(&dev.join(&kname)),
             None => None,
         };
-        if kind == "part" {
-            if let Ok(real) = std::fs::canonicalize(&dir) {
-                if let Some(p) = real.parent().and_then(|p| p.file_name()) {
-                    parents.push((devs.len(), p.to_string_lossy().into_owned()));
-                }
-            }
+        if kind == "part"
+            && let Ok(real) = std::fs::canonicalize(&dir)
+            && let Some(p) = real.parent().and_then(|p| p.file_name())
+        {
+            parents.push((devs.len(), p.to_string_lossy().into_owned()));
         }
         let holders = fsread::list_dir(&dir.join("holders"))
             .unwrap_or_default()
@@ -143,20 +142,20 @@ pub fn probe_reader(f: &impl FileExt) -> Option<String> {
     if is(65600, b"_BHRfS_M") {
         return Some("btrfs".into());
     }
-    if let Some(sb) = at(1024, 0x68) {
-        if sb[0x38..0x3a] == [0x53, 0xef] {
-            let le = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
-            let (compat, incompat) = (le(0x5c), le(0x60));
-            // extents, 64bit, flex_bg, ... only ext4 sets; a journal makes ext3.
-            let t = if incompat & !0x1f != 0 {
-                "ext4"
-            } else if compat & 0x4 != 0 {
-                "ext3"
-            } else {
-                "ext2"
-            };
-            return Some(t.into());
-        }
+    if let Some(sb) = at(1024, 0x68)
+        && sb[0x38..0x3a] == [0x53, 0xef]
+    {
+        let le = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+        let (compat, incompat) = (le(0x5c), le(0x60));
+        // extents, 64bit, flex_bg, ... only ext4 sets; a journal makes ext3.
+        let t = if incompat & !0x1f != 0 {
+            "ext4"
+        } else if compat & 0x4 != 0 {
+            "ext3"
+        } else {
+            "ext2"
+        };
+        return Some(t.into());
     }
     for page in [4096u64, 8192, 16384, 65536] {
         if is(page - 10, b"SWAPSPACE2") || is(page - 10, b"SWAP-SPACE") {
@@ -198,7 +197,8 @@ mod tests {
 
     #[test]
     fn signatures() {
-        let cases: Vec<(Vec<(u64, &[u8])>, Option<&str>)> = vec![
+        type Case = (Vec<(u64, &'static [u8])>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
             (vec![(4086, b"SWAPSPACE2")], Some("swap")),
             (vec![(65526, b"SWAPSPACE2")], Some("swap")),
             (

@@ -34,12 +34,12 @@ pub fn parse_modules_script(text: &str) -> Vec<String> {
             .filter(|w| !w.is_empty())
             .collect();
         for (i, w) in words.iter().enumerate() {
-            if *w == "modprobe" || w.ends_with("/modprobe") || *w == "insmod" {
-                if let Some(n) = words[i + 1..].iter().find(|a| !a.starts_with('-')) {
-                    let n = n.rsplit('/').next().unwrap_or(n).trim_end_matches(".ko");
-                    if is_module_name(n) {
-                        out.push(n.to_string());
-                    }
+            if (*w == "modprobe" || w.ends_with("/modprobe") || *w == "insmod")
+                && let Some(n) = words[i + 1..].iter().find(|a| !a.starts_with('-'))
+            {
+                let n = n.rsplit('/').next().unwrap_or(n).trim_end_matches(".ko");
+                if is_module_name(n) {
+                    out.push(n.to_string());
                 }
             }
         }

@@ -54,10 +54,10 @@ pub fn live_interfaces(sys: &Path, conf: &NetConfig) -> Result<Vec<Interface>, N
                 .map(|m| prefix_of(u128::from(m.ip())))
                 .unwrap_or(128);
             push_addr(iface, IpAddr::V6(sin6.ip()), prefix);
-        } else if let Some(link) = addr.as_link_addr() {
-            if let Some(mac) = link.addr().filter(|m| m.iter().any(|b| *b != 0)) {
-                iface.mac = Some(format_mac(&mac));
-            }
+        } else if let Some(link) = addr.as_link_addr()
+            && let Some(mac) = link.addr().filter(|m| m.iter().any(|b| *b != 0))
+        {
+            iface.mac = Some(format_mac(&mac));
         }
     }
     for iface in &mut out {
@@ -198,10 +198,10 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
         let mut w = line.split_whitespace();
         match w.next() {
             Some("nameserver") => {
-                if let Some(n) = w.next().filter(|n| super::netconf::parse_ip(n).is_some()) {
-                    if !dns.nameservers.iter().any(|x| x == n) {
-                        dns.nameservers.push(n.to_string());
-                    }
+                if let Some(n) = w.next().filter(|n| super::netconf::parse_ip(n).is_some())
+                    && !dns.nameservers.iter().any(|x| x == n)
+                {
+                    dns.nameservers.push(n.to_string());
                 }
             }
             // The last of `search`/`domain` wins, as in the resolver.

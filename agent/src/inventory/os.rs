@@ -175,10 +175,10 @@ pub fn tree_kernel(root: &Path) -> Result<KernelInfo, ReadError> {
     let mut releases = Vec::new();
     for name in fsread::list_dir(&fsread::below(root, "/boot"))? {
         let name = name.to_string_lossy();
-        if let Some(r) = name.strip_prefix("vmlinuz-") {
-            if !r.contains("rescue") {
-                releases.push(r.to_string());
-            }
+        if let Some(r) = name.strip_prefix("vmlinuz-")
+            && !r.contains("rescue")
+        {
+            releases.push(r.to_string());
         }
     }
     for dir in ["/lib/modules", "/usr/lib/modules"] {

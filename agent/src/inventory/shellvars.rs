@@ -50,12 +50,12 @@ fn unquote(s: &str) -> String {
                     match c {
                         '"' => break,
                         '\\' => {
-                            if let Some(&n) = chars.peek() {
-                                if matches!(n, '"' | '\\' | '$' | '`') {
-                                    out.push(n);
-                                    chars.next();
-                                    continue;
-                                }
+                            if let Some(&n) = chars.peek()
+                                && matches!(n, '"' | '\\' | '$' | '`')
+                            {
+                                out.push(n);
+                                chars.next();
+                                continue;
                             }
                             out.push('\\');
                         }

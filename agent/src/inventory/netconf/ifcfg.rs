@@ -37,10 +37,10 @@ fn new_iface(name: &str, source: &str) -> IfaceConfig {
 
 fn add_dns(cfg: &mut NetConfig, vars: &[(String, String)], search_key: &str) {
     for k in ["DNS1", "DNS2", "DNS3"] {
-        if let Some(d) = shellvars::get(vars, k).filter(|d| parse_ip(d).is_some()) {
-            if !cfg.nameservers.iter().any(|n| n == d) {
-                cfg.nameservers.push(d.to_string());
-            }
+        if let Some(d) = shellvars::get(vars, k).filter(|d| parse_ip(d).is_some())
+            && !cfg.nameservers.iter().any(|n| n == d)
+        {
+            cfg.nameservers.push(d.to_string());
         }
     }
     if let Some(s) = shellvars::get(vars, search_key) {

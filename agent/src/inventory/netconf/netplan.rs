@@ -226,15 +226,15 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
                     r.1 = Some(value);
                 }
             }
-            ["nameservers", "addresses"] if !value.is_empty() => {
-                if parse_ip(&value).is_some() && !cfg.nameservers.contains(&value) {
-                    cfg.nameservers.push(value);
-                }
+            ["nameservers", "addresses"]
+                if !value.is_empty()
+                    && parse_ip(&value).is_some()
+                    && !cfg.nameservers.contains(&value) =>
+            {
+                cfg.nameservers.push(value);
             }
-            ["nameservers", "search"] if !value.is_empty() => {
-                if !cfg.search.contains(&value) {
-                    cfg.search.push(value);
-                }
+            ["nameservers", "search"] if !value.is_empty() && !cfg.search.contains(&value) => {
+                cfg.search.push(value);
             }
             ["macaddress"] | ["match", "macaddress"] => {
                 if let Some(m) = normalize_mac(&value) {
@@ -252,10 +252,10 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
             to.as_deref(),
             Some("default" | "0.0.0.0/0" | "::/0" | "0/0")
         );
-        if let (true, Some(g)) = (default, via.as_deref().and_then(parse_ip)) {
-            if let Some(d) = devices.get_mut(&id) {
-                d.cfg.add_gateway(g);
-            }
+        if let (true, Some(g)) = (default, via.as_deref().and_then(parse_ip))
+            && let Some(d) = devices.get_mut(&id)
+        {
+            d.cfg.add_gateway(g);
         }
     }
     for (_, mut d) in devices {

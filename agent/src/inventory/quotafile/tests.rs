@@ -147,7 +147,12 @@ fn v1_keeps_64_bit_limits() {
         cur_space: 1 << 50,
         ..Default::default()
     };
-    let bytes = build(QuotaFormat::VfsV1, QuotaType::User, &[big.clone()], (0, 0));
+    let bytes = build(
+        QuotaFormat::VfsV1,
+        QuotaType::User,
+        std::slice::from_ref(&big),
+        (0, 0),
+    );
     assert_eq!(
         parse_bytes(&bytes, QuotaType::User).unwrap().entries,
         vec![big]
