@@ -238,3 +238,133 @@ fn quotas_of_a_file_system_beneath_the_tree() {
     assert!(inv.quotas[0].users.iter().all(|u| u.name.is_none()));
     assert!(inv.block_devices.iter().any(|b| b.mountpoint.is_some()));
 }
+
+/// A network namespace made for one test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root to create a network namespace");
+            return None;
+        }
+        let name = format!("p2c-inv-{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot create network namespace {name}");
+            return None;
+        }
+        Some(Netns(name))
+    }
+
+    fn ip(&self, args: &str) {
+        let mut a = vec!["-n", self.0.as_str()];
+        a.extend(args.split_whitespace());
+        let out = std::process::Command::new("ip").args(&a).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+const CHILD_ROOT_ENV: &str = "P2C_INVENTORY_TEST_CHILD_ROOT";
+const CHILD_MARK: &str = "P2C-INVENTORY-JSON:";
+
+/// Runs inside the namespace, started by `live_facts_in_a_network_namespace`; does nothing
+/// in a normal test run.
+#[test]
+fn netns_child() {
+    let Some(root) = std::env::var_os(CHILD_ROOT_ENV) else {
+        return;
+    };
+    let _listener = std::net::TcpListener::bind("192.0.2.10:8080").unwrap();
+    let inv = collect(&CollectOptions {
+        root: root.into(),
+        facts: FactsFrom::Live,
+    });
+    println!("{CHILD_MARK}{}", serde_json::to_string(&inv).unwrap());
+}
+
+#[test]
+fn live_facts_in_a_network_namespace() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.ip("link set lo up");
+    ns.ip("link add eth0 type veth peer name eth1");
+    ns.ip("link set eth0 address 52:54:00:AA:BB:CC mtu 1400 up");
+    ns.ip("addr add 192.0.2.10/24 dev eth0");
+    ns.ip("addr add 192.0.2.11/24 dev eth0 label eth0:1");
+    ns.ip("-6 addr add 2001:db8::10/64 dev eth0 nodad");
+    ns.ip("route add default via 192.0.2.1");
+    ns.ip("-6 route add default via 2001:db8::1 dev eth0");
+    let t = tempfile::tempdir().unwrap();
+    debian_tree(t.path());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "inventory::tests::netns_child", "--nocapture"])
+        .env(CHILD_ROOT_ENV, t.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .find_map(|l| l.split_once(CHILD_MARK).map(|(_, j)| j.to_string()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no inventory from the child: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let inv: p2c_common::inventory::Inventory = serde_json::from_str(&json).unwrap();
+    let eth0 = inv.interfaces.iter().find(|i| i.name == "eth0").unwrap();
+    assert_eq!(eth0.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+    assert_eq!(eth0.mtu, 1400);
+    assert!(eth0.up && !eth0.loopback && !eth0.dhcp);
+    let addrs: Vec<String> = eth0
+        .addresses
+        .iter()
+        .map(|a| format!("{}/{}", a.address, a.prefix))
+        .collect();
+    for want in ["192.0.2.10/24", "192.0.2.11/24", "2001:db8::10/64"] {
+        assert!(addrs.iter().any(|a| a == want), "{want} not in {addrs:?}");
+    }
+    // The tree's configuration brings eth1 up with DHCP.
+    let eth1 = inv.interfaces.iter().find(|i| i.name == "eth1").unwrap();
+    assert!(eth1.dhcp && !eth1.up);
+    assert_eq!(inv.interfaces.len(), 3, "{:?}", inv.interfaces);
+    let defaults: Vec<String> = inv
+        .routes
+        .iter()
+        .filter(|r| r.destination == "default")
+        .map(|r| format!("{:?} {}", r.gateway, r.interface))
+        .collect();
+    assert_eq!(
+        defaults,
+        vec!["Some(192.0.2.1) eth0", "Some(2001:db8::1) eth0"]
+    );
+    let l = inv
+        .listeners
+        .iter()
+        .find(|l| l.port == 8080)
+        .unwrap_or_else(|| panic!("{:?}", inv.listeners));
+    assert_eq!(
+        (l.proto.as_str(), l.address.as_str()),
+        ("tcp", "192.0.2.10")
+    );
+    assert!(l.process.is_some());
+}
