@@ -11,11 +11,13 @@ use p2c_common::inventory::BlockDevice;
 use super::fsread::{self, ReadError};
 use super::mounts::MountInfo;
 
-/// The block devices of the running kernel. `sys` and `dev` are normally `/sys` and `/dev`.
+/// The block devices of the running kernel, or only those numbered in `only`. `sys` and
+/// `dev` are normally `/sys` and `/dev`.
 pub fn block_devices(
     sys: &Path,
     dev: &Path,
     mounts: &[MountInfo],
+    only: Option<&[(u32, u32)]>,
 ) -> Result<Vec<BlockDevice>, ReadError> {
     let class = sys.join("class/block");
     let mut devs: Vec<BlockDevice> = Vec::new();
@@ -42,7 +44,10 @@ pub fn block_devices(
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0)
             .saturating_mul(512);
-        if kname.starts_with("ram") || (kname.starts_with("loop") && size_bytes == 0) {
+        if kname.starts_with("ram")
+            || (kname.starts_with("loop") && size_bytes == 0)
+            || only.is_some_and(|o| !o.contains(&(major, minor)))
+        {
             continue;
         }
         let kind = if dir.join("partition").exists() {
@@ -294,7 +299,9 @@ mod tests {
             ..Default::default()
         }];
         let dev = t.path().join("dev");
-        let d = block_devices(&sys, &dev, &mounts).unwrap();
+        let d = block_devices(&sys, &dev, &mounts, None).unwrap();
+        let only = block_devices(&sys, &dev, &mounts, Some(&[(8, 1)])).unwrap();
+        assert_eq!(only.len(), 1);
         let by = |n: &str| d.iter().find(|b| b.name == n).unwrap();
         assert_eq!(by("sda").kind, "disk");
         assert_eq!(by("sda").size_bytes, 2048 * 512);

@@ -2,6 +2,8 @@
 //! from `/proc/net/{tcp,tcp6,udp,udp6}`, with the owning process where `/proc/*/fd` says.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -23,36 +25,55 @@ pub struct Socket {
     pub inode: u64,
 }
 
-/// Parses one of /proc/net/{tcp,tcp6,udp,udp6}; `proto` is the file name.
-pub fn parse_proc_net(text: &str, proto: &str) -> Vec<Socket> {
+/// Most listening sockets kept from one table.
+const MAX_SOCKETS: usize = 65_536;
+
+/// One table line, if it is a listening socket of `proto`.
+fn parse_socket(line: &str, proto: &str) -> Option<Socket> {
     let want = if proto.starts_with("tcp") {
         TCP_LISTEN
     } else {
         UDP_UNCONNECTED
     };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 10 || f[3] != want {
+        return None;
+    }
+    let (addr, port) = f[1].split_once(':')?;
+    Some(Socket {
+        listener: Listener {
+            proto: proto.to_string(),
+            address: decode_addr(addr)?,
+            port: u16::from_str_radix(port, 16).ok()?,
+            process: None,
+        },
+        inode: f[9].parse().unwrap_or(0),
+    })
+}
+
+/// Parses one of /proc/net/{tcp,tcp6,udp,udp6} (`proto` is the file name) line by line:
+/// a busy server's established connections may fill many megabytes, of which only the
+/// listening sockets are kept.
+pub fn parse_proc_net(table: impl BufRead, proto: &str) -> io::Result<Vec<Socket>> {
     let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 || f[3] != want {
+    for (i, line) in table.split(b'\n').enumerate() {
+        let line = line?;
+        if i == 0 {
             continue;
         }
-        let Some((addr, port)) = f[1].split_once(':') else {
-            continue;
-        };
-        let (Some(address), Ok(port)) = (decode_addr(addr), u16::from_str_radix(port, 16)) else {
-            continue;
-        };
-        out.push(Socket {
-            listener: Listener {
-                proto: proto.to_string(),
-                address,
-                port,
-                process: None,
-            },
-            inode: f[9].parse().unwrap_or(0),
-        });
+        if let Some(s) = parse_socket(&String::from_utf8_lossy(&line), proto) {
+            out.push(s);
+            if out.len() >= MAX_SOCKETS {
+                break;
+            }
+        }
     }
-    out
+    Ok(out)
+}
+
+fn read_proc_net(path: &Path, proto: &str) -> Result<Vec<Socket>, fsread::ReadError> {
+    let file = File::open(path).map_err(|e| fsread::ReadError::io(path, e))?;
+    parse_proc_net(BufReader::new(file), proto).map_err(|e| fsread::ReadError::io(path, e))
 }
 
 /// The kernel prints addresses as native-endian 32-bit words.
@@ -127,8 +148,8 @@ pub fn live_listeners(proc: &Path) -> (Vec<Listener>, Vec<String>) {
     let mut sockets = Vec::new();
     let mut gaps = Vec::new();
     for proto in ["tcp", "tcp6", "udp", "udp6"] {
-        match fsread::read_text(&proc.join("net").join(proto), fsread::TABLE_CAP) {
-            Ok(t) => sockets.extend(parse_proc_net(&t, proto)),
+        match read_proc_net(&proc.join("net").join(proto), proto) {
+            Ok(s) => sockets.extend(s),
             Err(e) if e.is_not_found() => {}
             Err(e) => gaps.push(format!("listeners: {e}")),
         }
@@ -165,17 +186,22 @@ mod tests {
    0: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n\
    1: 0100007F:0CEA 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0 100 0 0 10 0\n\
    2: garbage\n";
-        let s = parse_proc_net(tcp, "tcp");
+        let s = parse_proc_net(tcp.as_bytes(), "tcp").unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].listener.address, "127.0.0.1");
         assert_eq!(s[0].listener.port, 3306);
         assert_eq!(s[0].inode, 12345);
         let tcp6 = "header\n   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 999 1\n";
-        let s = parse_proc_net(tcp6, "tcp6");
+        let s = parse_proc_net(tcp6.as_bytes(), "tcp6").unwrap();
         assert_eq!(s[0].listener.address, "::1");
         assert_eq!(s[0].listener.port, 22);
         let udp = "header\n  1: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   0   0 77 2\n";
-        assert_eq!(parse_proc_net(udp, "udp")[0].listener.port, 53);
+        assert_eq!(
+            parse_proc_net(udp.as_bytes(), "udp").unwrap()[0]
+                .listener
+                .port,
+            53
+        );
     }
 
     #[test]

@@ -262,16 +262,11 @@ fn storage(
         Err(e) => gaps.push(format!("swaps: {e}")),
     }
 
-    match blockdev::block_devices(&host.sys, &host.dev, &mountinfo) {
+    // For a tree, the host's other disks are not the tree's: only those behind its mounts.
+    let numbers: Vec<(u32, u32)> = located.iter().map(|m| (m.major, m.minor)).collect();
+    let only = (!live).then_some(numbers.as_slice());
+    match blockdev::block_devices(&host.sys, &host.dev, &mountinfo, only) {
         Ok(mut d) => {
-            if !live {
-                // The host's other disks are not the tree's.
-                d.retain(|b| {
-                    located
-                        .iter()
-                        .any(|m| (m.major, m.minor) == (b.major, b.minor))
-                });
-            }
             // Mount points as the source sees them (relative to root).
             for b in &mut d {
                 if let Some(m) = located
