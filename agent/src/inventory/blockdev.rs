@@ -2,8 +2,7 @@
 //! superblock bytes), so that the assessment can list devices used without a file system.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use p2c_common::inventory::BlockDevice;
@@ -78,7 +77,10 @@ pub fn block_devices(
         let mount = mounts.iter().find(|m| m.major == major && m.minor == minor);
         let fs_type = match mount {
             Some(m) => Some(m.fs_type.clone()),
-            None if size_bytes > 0 => probe(&dev.join(&kname)),
+            // Removable drives are not opened: a floppy or CD drive may stall the agent.
+            None if size_bytes > 0 && kind != "rom" && !kname.starts_with("fd") => {
+                probe(&dev.join(&kname))
+            }
             None => None,
         };
         if kind == "part"
@@ -129,7 +131,11 @@ pub fn block_devices(
 
 /// Identifies the content of a device or image from its first 68 KiB.
 pub fn probe(path: &Path) -> Option<String> {
-    let f = File::open(path).ok()?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
     probe_reader(&f)
 }
 

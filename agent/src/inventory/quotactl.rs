@@ -126,35 +126,52 @@ fn qtype(kind: QuotaType) -> libc::c_int {
     }
 }
 
-/// Calls quotactl(2) with `cmd` for `kind` on `device`, the kernel writing into `out`.
-///
-/// `out` must be the structure the kernel writes for `cmd`: `u32` for Q_GETFMT,
-/// [`IfDqinfo`] for Q_GETINFO, [`IfDqblk`] for Q_GETQUOTA, [`IfNextDqblk`] for
-/// Q_GETNEXTQUOTA. The callers below pair them so.
-fn quotactl<T>(
-    cmd: libc::c_int,
-    kind: QuotaType,
-    device: &Path,
-    id: u32,
-    out: &mut T,
-) -> Result<(), Errno> {
+/// A structure the kernel fills for one quotactl command. Private, and implemented only
+/// for the `repr(C)` layouts of `include/uapi/linux/quota.h` paired with their command,
+/// which is what makes [`quotactl`] sound.
+trait Answer: Default {
+    const CMD: libc::c_int;
+}
+
+/// The `__u32` Q_GETFMT writes.
+#[repr(transparent)]
+#[derive(Default)]
+struct Fmt(u32);
+
+impl Answer for Fmt {
+    const CMD: libc::c_int = Q_GETFMT;
+}
+impl Answer for IfDqinfo {
+    const CMD: libc::c_int = Q_GETINFO;
+}
+impl Answer for IfDqblk {
+    const CMD: libc::c_int = Q_GETQUOTA;
+}
+impl Answer for IfNextDqblk {
+    const CMD: libc::c_int = Q_GETNEXTQUOTA;
+}
+
+/// Calls quotactl(2) with `T`'s command for `kind` on `device` and returns what the
+/// kernel wrote.
+fn quotactl<T: Answer>(kind: QuotaType, device: &Path, id: u32) -> Result<T, Errno> {
     let dev = CString::new(device.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let qcmd = (cmd << 8) | (qtype(kind) & 0xff);
+    let qcmd = (T::CMD << 8) | (qtype(kind) & 0xff);
     // The kernel takes the id as an int and reinterprets it as qid_t (u32).
     let id = id as libc::c_int;
-    // SAFETY: `dev` is a NUL-terminated string that outlives the call; `out` is an
-    // exclusive reference to a live, writable `T`, and every caller passes the repr(C)
-    // structure whose size and layout the kernel writes for `cmd` (see the doc comment),
-    // so the kernel writes only inside it. No pointer is kept after the call.
+    let mut out = T::default();
+    // SAFETY: `dev` is a NUL-terminated string that outlives the call. `out` is a live,
+    // writable `T`, and `T` is one of the `Answer` types above, each the repr(C) layout
+    // the kernel writes for `T::CMD` (sizes checked in the tests), so the kernel writes
+    // only inside it. No pointer is kept after the call.
     let rc = unsafe {
         libc::quotactl(
             qcmd,
             dev.as_ptr(),
             id,
-            (out as *mut T).cast::<libc::c_char>(),
+            (&mut out as *mut T).cast::<libc::c_char>(),
         )
     };
-    if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+    if rc == 0 { Ok(out) } else { Err(Errno::last()) }
 }
 
 fn map_err(e: Errno, device: &Path, kind: QuotaType, op: &'static str) -> QuotactlError {
@@ -177,9 +194,8 @@ fn map_err(e: Errno, device: &Path, kind: QuotaType, op: &'static str) -> Quotac
 
 impl QuotaCtl for LinuxQuotactl {
     fn info(&self, device: &Path, kind: QuotaType) -> Result<KernelInfo, QuotactlError> {
-        let mut i = IfDqinfo::default();
-        quotactl(Q_GETINFO, kind, device, 0, &mut i)
-            .map_err(|e| map_err(e, device, kind, "Q_GETINFO"))?;
+        let i: IfDqinfo =
+            quotactl(kind, device, 0).map_err(|e| map_err(e, device, kind, "Q_GETINFO"))?;
         Ok(KernelInfo {
             block_grace: i.bgrace,
             inode_grace: i.igrace,
@@ -187,10 +203,8 @@ impl QuotaCtl for LinuxQuotactl {
     }
 
     fn format(&self, device: &Path, kind: QuotaType) -> Result<u32, QuotactlError> {
-        let mut f: u32 = 0;
-        quotactl(Q_GETFMT, kind, device, 0, &mut f)
-            .map_err(|e| map_err(e, device, kind, "Q_GETFMT"))?;
-        Ok(f)
+        let f: Fmt = quotactl(kind, device, 0).map_err(|e| map_err(e, device, kind, "Q_GETFMT"))?;
+        Ok(f.0)
     }
 
     fn next(
@@ -199,9 +213,8 @@ impl QuotaCtl for LinuxQuotactl {
         kind: QuotaType,
         id: u32,
     ) -> Result<Option<DiskQuota>, QuotactlError> {
-        let mut d = IfNextDqblk::default();
-        match quotactl(Q_GETNEXTQUOTA, kind, device, id, &mut d) {
-            Ok(()) => Ok(Some(DiskQuota {
+        match quotactl::<IfNextDqblk>(kind, device, id) {
+            Ok(d) => Ok(Some(DiskQuota {
                 id: d.id,
                 block_hard: d.bhardlimit,
                 block_soft: d.bsoftlimit,
@@ -218,9 +231,8 @@ impl QuotaCtl for LinuxQuotactl {
     }
 
     fn get(&self, device: &Path, kind: QuotaType, id: u32) -> Result<DiskQuota, QuotactlError> {
-        let mut d = IfDqblk::default();
-        quotactl(Q_GETQUOTA, kind, device, id, &mut d)
-            .map_err(|e| map_err(e, device, kind, "Q_GETQUOTA"))?;
+        let d: IfDqblk =
+            quotactl(kind, device, id).map_err(|e| map_err(e, device, kind, "Q_GETQUOTA"))?;
         Ok(DiskQuota {
             id,
             block_hard: d.bhardlimit,
@@ -244,6 +256,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<IfDqblk>(), 72);
         assert_eq!(std::mem::size_of::<IfNextDqblk>(), 72);
         assert_eq!(std::mem::size_of::<IfDqinfo>(), 24);
+        assert_eq!(std::mem::size_of::<Fmt>(), 4);
         assert_eq!(format_name(4), "vfsv1");
         assert_eq!(format_name(99), "unknown");
     }
