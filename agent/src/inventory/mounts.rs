@@ -34,6 +34,8 @@ pub struct LocatedMount {
     /// False when `root` is a plain directory and this entry stands for the file system
     /// holding it: its quota files and kernel quotas are not the tree's.
     pub is_mount_point: bool,
+    /// The directory of the file system shown here (`/` unless a bind mount or subvolume).
+    pub fs_root: Vec<u8>,
 }
 
 /// Parses /proc/self/mountinfo; malformed lines are skipped.
@@ -139,6 +141,7 @@ pub fn mounts_below(entries: &[MountInfo], root: &Path) -> Vec<LocatedMount> {
         }
     }
     out.sort_by(|a, b| a.mount.mountpoint.cmp(&b.mount.mountpoint));
+    mark_binds(&mut out);
     out
 }
 
@@ -177,7 +180,39 @@ fn located(e: &MountInfo, rel: &[u8], is_mount_point: bool) -> LocatedMount {
         major: e.major,
         minor: e.minor,
         is_mount_point,
+        fs_root: e.fs_root.clone(),
     }
+}
+
+/// Marks bind mounts: a mount whose file system another listed mount shows from a
+/// directory at or above its own (ties go to the mount point that sorts first).
+fn mark_binds(mounts: &mut [LocatedMount]) {
+    let key = |m: &LocatedMount| (m.fs_root.len(), m.mount.mountpoint.clone());
+    let found: Vec<Option<String>> = mounts
+        .iter()
+        .map(|m| {
+            if m.mount.kind != MountKind::Local {
+                return None;
+            }
+            mounts
+                .iter()
+                .filter(|n| {
+                    (n.major, n.minor) == (m.major, m.minor)
+                        && key(n) < key(m)
+                        && is_dir_prefix(&n.fs_root, &m.fs_root)
+                })
+                .min_by_key(|n| key(n))
+                .map(|n| n.mount.mountpoint.clone())
+        })
+        .collect();
+    for (m, b) in mounts.iter_mut().zip(found) {
+        m.mount.bind_of = b;
+    }
+}
+
+/// Whether directory `a` is `b` or one of its ancestors.
+fn is_dir_prefix(a: &[u8], b: &[u8]) -> bool {
+    a == b"/" || b == a || (b.starts_with(a) && b.get(a.len()) == Some(&b'/'))
 }
 
 fn fill_sizes(m: &mut Mount, path: &Path) {
@@ -268,6 +303,34 @@ garbage line
         assert_eq!(m[0].mount.device, "/dev/sda1");
         assert_eq!(m[0].live_path, PathBuf::from("/var/tmp/src"));
         assert!(!m[0].is_mount_point);
+    }
+
+    #[test]
+    fn bind_mounts_and_subvolumes() {
+        let info = b"\
+1 0 8:1 / / rw - ext4 /dev/sda1 rw
+2 1 8:1 /srv/data /data rw - ext4 /dev/sda1 rw
+3 1 0:40 /@home /home rw - btrfs /dev/sdb1 rw
+4 1 0:40 /@home/alice /alice rw - btrfs /dev/sdb1 rw
+5 1 0:40 /@var /var rw - btrfs /dev/sdb1 rw
+6 1 8:1 / /again rw - ext4 /dev/sda1 rw
+";
+        let m = mounts_below(&parse_mountinfo(info), Path::new("/"));
+        let binds: Vec<(&str, Option<&str>)> = m
+            .iter()
+            .map(|m| (m.mount.mountpoint.as_str(), m.mount.bind_of.as_deref()))
+            .collect();
+        assert_eq!(
+            binds,
+            vec![
+                ("/", None),
+                ("/again", Some("/")),
+                ("/alice", Some("/home")),
+                ("/data", Some("/")),
+                ("/home", None),
+                ("/var", None),
+            ]
+        );
     }
 
     #[test]

@@ -127,6 +127,7 @@ fn mount(dir: &Path, mountpoint: &str, options: &[&str], is_mount_point: bool) -
         major: 8,
         minor: 1,
         is_mount_point,
+        fs_root: b"/".to_vec(),
     }
 }
 
