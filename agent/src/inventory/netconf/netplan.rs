@@ -23,6 +23,9 @@ const SECTIONS: &[&str] = &[
     "virtual-ethernets",
 ];
 
+/// Deepest nesting followed (netplan's deepest keys are about 6 levels down).
+const MAX_NESTING: usize = 32;
+
 struct Node {
     indent: usize,
     key: String,
@@ -40,6 +43,11 @@ fn scalars(text: &str) -> Vec<(Vec<String>, String)> {
         let line = strip_comment(raw);
         let content = line.trim();
         if content.is_empty() || content == "---" || content == "..." {
+            continue;
+        }
+        // Deeper than any netplan key: skipped, so that odd input stays linear.
+        if stack.len() >= MAX_NESTING {
+            stack.truncate(MAX_NESTING - 1);
             continue;
         }
         let indent = line.len() - line.trim_start().len();
@@ -273,6 +281,15 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let deep: String = (0..5000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let s = scalars(&deep);
+        assert!(s.iter().all(|(p, _)| p.len() <= MAX_NESTING));
+    }
 
     #[test]
     fn scalar_paths() {
