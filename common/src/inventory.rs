@@ -143,6 +143,10 @@ pub struct Mount {
     pub used_bytes: u64,
     pub inodes_total: u64,
     pub inodes_used: u64,
+    /// Set for a bind mount: the mount point of another mount in this list that shows the
+    /// same file system at or above the bound directory, i.e. whose files already hold
+    /// these (a btrfs subvolume is not a bind mount of its parent volume).
+    pub bind_of: Option<String>,
 }
 
 impl Mount {
