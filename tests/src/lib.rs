@@ -4,5 +4,6 @@
 pub mod fixtures;
 pub mod loopfs;
 pub mod netns;
+pub mod node;
 pub mod util;
 pub use util::{is_root, trace_init, unique_name, wait_for, wait_for_sync};

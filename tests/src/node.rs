@@ -1,0 +1,185 @@
+//! A real controller and real agents for tests: the node's state in a temp dir, the
+//! agent endpoint on 127.0.0.1 with mTLS, the admin API on its Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use p2c_common::migration::{MigrateOptions, MigrationSummary};
+use p2c_controller::config::Settings;
+use p2c_controller::server::{Running, start};
+use p2c_proto::v1;
+use p2c_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+/// A controller running in this process.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Node {
+    /// `p2c-controller init` into a temp dir, then serve on an ephemeral port.
+    pub async fn start() -> anyhow::Result<Node> {
+        let dir = tempfile::Builder::new().prefix("p2c-node").tempdir()?;
+        Self::init_in(dir.path(), "127.0.0.1:0")?;
+        let running = start(Settings::load(&dir.path().join("state"))?).await?;
+        let addr = running.addr;
+        Ok(Node { dir, running: Some(running), addr })
+    }
+
+    pub fn init_in(dir: &Path, listen: &str) -> anyhow::Result<()> {
+        p2c_controller::init::init(&p2c_controller::init::InitOptions {
+            state_dir: dir.join("state"),
+            listen: listen.into(),
+            advertise: Vec::new(),
+            vz_root: Some(dir.join("vz")),
+            conf_dir: Some(dir.join("etc/vz/conf")),
+        })?;
+        Ok(())
+    }
+
+    pub fn controller(&self) -> &p2c_controller::server::Controller {
+        &self.running.as_ref().expect("controller running").controller
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn private(&self, ctid: u32) -> PathBuf {
+        self.dir.path().join("vz/private").join(ctid.to_string())
+    }
+
+    pub fn conf(&self, ctid: u32) -> PathBuf {
+        self.dir.path().join("etc/vz/conf").join(format!("{ctid}.conf"))
+    }
+
+    /// A one-time token for `name` naming this node's real address.
+    pub fn token(&self, name: &str, ttl_secs: u64) -> String {
+        p2c_controller::admin::issue_token(self.controller(), name, ttl_secs, vec![self.addr.to_string()])
+            .expect("token")
+            .encode()
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        p2c_controller::cli::client::connect(&self.state_dir()).await
+    }
+
+    /// Kills the controller as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.abort();
+        }
+    }
+
+    /// Starts the controller again from the same state dir on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let mut settings = Settings::load(&self.state_dir())?;
+        settings.listen = self.addr;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match start(settings.clone()).await {
+                Ok(r) => {
+                    self.running = Some(r);
+                    return Ok(());
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("restart: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until agent `name` has a session.
+    pub async fn wait_connected(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.controller()
+            .sessions
+            .wait_for(name, timeout)
+            .await
+            .map(|_| ())
+            .with_context(|| format!("agent {name} did not connect within {timeout:?}"))
+    }
+
+    /// Runs `p2c migrate` through the admin socket and returns the final summary.
+    pub async fn migrate(&self, opts: &MigrateOptions) -> anyhow::Result<MigrationSummary> {
+        let mut c = self.admin().await?;
+        let mut s = c
+            .migrate(v1::JsonRequest { json: serde_json::to_vec(opts)? })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        summary_of(&mut s).await
+    }
+}
+
+/// Reads a migration event stream to its summary.
+pub async fn summary_of(s: &mut tonic::Streaming<v1::MigrateEvent>) -> anyhow::Result<MigrationSummary> {
+    while let Some(ev) = s.message().await? {
+        if let Some(v1::migrate_event::Event::SummaryJson(j)) = ev.event {
+            return Ok(serde_json::from_slice(&j)?);
+        }
+    }
+    anyhow::bail!("the migration stream ended without a summary")
+}
+
+/// An agent running in this process.
+pub struct Agent {
+    pub state: tempfile::TempDir,
+    pub name: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    /// Enrols with a fresh token and starts the session, treating `root` as the server.
+    pub async fn start(node: &Node, name: &str, root: &Path) -> anyhow::Result<Agent> {
+        let state = tempfile::Builder::new().prefix("p2c-agent").tempdir()?;
+        let token = node.token(name, 600);
+        p2c_agent::enroll::enroll(p2c_agent::enroll::EnrollOptions {
+            token: &token,
+            state_dir: state.path(),
+            controller: Vec::new(),
+            proxy: None,
+        })
+        .await?;
+        let agent = Self::run(state, name, root, p2c_agent::inventory::FactsFrom::Tree)?;
+        node.wait_connected(name, Duration::from_secs(20)).await?;
+        Ok(agent)
+    }
+
+    /// Starts the session of an already enrolled agent.
+    pub fn run(
+        state: tempfile::TempDir,
+        name: &str,
+        root: &Path,
+        facts: p2c_agent::inventory::FactsFrom,
+    ) -> anyhow::Result<Agent> {
+        let settings = p2c_agent::config::AgentSettings::load(state.path())?;
+        let mut opts = p2c_agent::session::RunOptions::new(root);
+        opts.facts = facts;
+        opts.max_backoff = Duration::from_secs(1);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(p2c_agent::session::run(settings, opts, rx));
+        Ok(Agent { state, name: name.to_string(), stop, task })
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.state
+    }
+}
+
+/// Options for a one-shot migration with cutover of `agent` into `ctid`.
+pub fn migrate_opts(agent: &str, ctid: u32) -> MigrateOptions {
+    MigrateOptions { agent: agent.into(), ctid, cutover: true, ..Default::default() }
+}
+
+/// Paths (relative to the container root) the guest rewrite changed or created.
+pub fn rewritten(s: &MigrationSummary) -> Vec<PathBuf> {
+    s.guest_changes.iter().map(|c| PathBuf::from(c.path.trim_start_matches('/'))).collect()
+}
