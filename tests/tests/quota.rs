@@ -84,6 +84,34 @@ fn btrfs_qgroup_limits_the_container() {
     // Under the limit still works after freeing space.
     std::fs::remove_file(private.join("big")).unwrap();
     std::fs::write(private.join("small"), vec![1u8; 1 << 20]).unwrap();
+
+    // A resumed migration's plain directory becomes a subvolume, contents kept.
+    let resumed = private_root.join("102");
+    std::fs::create_dir_all(resumed.join("etc")).unwrap();
+    std::fs::write(resumed.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::hard_link(resumed.join("etc/passwd"), resumed.join("etc/passwd.link")).unwrap();
+    std::os::unix::fs::symlink("passwd", resumed.join("etc/pw")).unwrap();
+    sel.backend.prepare(102, &resumed, &plan).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&resumed).unwrap().ino(),
+        256,
+        "102 is a subvolume"
+    );
+    let a = std::fs::metadata(resumed.join("etc/passwd")).unwrap();
+    let b = std::fs::metadata(resumed.join("etc/passwd.link")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard link kept");
+    assert_eq!(
+        std::fs::read_link(resumed.join("etc/pw")).unwrap(),
+        Path::new("passwd")
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&private_root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// The in-image user quota of a ploop container stops uid 1001 at its block hard limit
@@ -278,7 +306,7 @@ poweroff -f
         &initrd,
         &disk,
         Accel::Kvm,
-        Duration::from_secs(45),
+        Duration::from_secs(30),
     ) {
         Ok(c) if c.contains("P2C-DONE") => {
             eprintln!("guest ran under KVM");

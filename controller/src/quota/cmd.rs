@@ -159,12 +159,12 @@ impl CommandRunner for SystemRunner {
                 program: cmd.program.clone(),
                 source,
             })?;
-        if let Some(data) = &cmd.stdin {
-            if let Some(mut stdin) = child.stdin.take() {
-                // A program that exits without reading all of its input is judged by its
-                // exit code below, so a broken pipe here is not an error of its own.
-                let _ = stdin.write_all(data);
-            }
+        if let Some(data) = &cmd.stdin
+            && let Some(mut stdin) = child.stdin.take()
+        {
+            // A program that exits without reading all of its input is judged by its
+            // exit code below, so a broken pipe here is not an error of its own.
+            let _ = stdin.write_all(data);
         }
         let out = child
             .wait_with_output()

@@ -84,11 +84,17 @@ pub fn chs(size: u64) -> Chs {
         heads: 1,
         sectors: 1,
     };
-    let Some(sectors) = [SECTORS, 32, 16, 8].into_iter().find(|d| size % d == 0) else {
+    let Some(sectors) = [SECTORS, 32, 16, 8]
+        .into_iter()
+        .find(|d| size.is_multiple_of(*d))
+    else {
         return lba;
     };
     let rest = size / sectors;
-    let Some(heads) = [HEADS, 8, 4, 2].into_iter().find(|d| rest % d == 0) else {
+    let Some(heads) = [HEADS, 8, 4, 2]
+        .into_iter()
+        .find(|d| rest.is_multiple_of(*d))
+    else {
         return lba;
     };
     Chs {
@@ -315,10 +321,10 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = self.runner.run(&Cmd::new("umount").arg(&self.target)) {
-                tracing::warn!(mountpoint = %self.target.display(), error = %e, "cannot unmount container image");
-            }
+        if self.mounted
+            && let Err(e) = self.runner.run(&Cmd::new("umount").arg(&self.target))
+        {
+            tracing::warn!(mountpoint = %self.target.display(), error = %e, "cannot unmount container image");
         }
     }
 }

@@ -99,12 +99,12 @@ pub fn detect(node: &Node, private_root: &Path) -> std::result::Result<Support, 
     };
     let mount = node.probe.mount_of(&at);
     if let Some(fs) = fs {
-        if why.is_empty() {
-            if let Some(lack) = config.as_ref().and_then(|(cfg, from)| {
+        if why.is_empty()
+            && let Some(lack) = config.as_ref().and_then(|(cfg, from)| {
                 kernel_lacks(cfg, fs).map(|l| format!("kernel {release} ({from}): {l}"))
-            }) {
-                why.push(lack);
-            }
+            })
+        {
+            why.push(lack);
         }
         match &mount {
             Some(m) if m.has_option("prjquota") || m.has_option("pquota") => {}
