@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod init;
 pub mod migrate;
 pub mod preflight;
+pub mod quota;
 pub mod receive;
 pub mod server;
 pub mod session;

@@ -1,9 +1,11 @@
 //! Harness for p2c's integration tests: root checks, tracing, bounded waits, network-namespace
-//! hosts, loop-mounted file systems and source-tree fixtures with a tree comparator.
+//! hosts, loop-mounted file systems, source-tree fixtures with a tree comparator, real
+//! controllers and agents, and a quota-capable kernel under qemu.
 
 pub mod fixtures;
 pub mod loopfs;
 pub mod netns;
 pub mod node;
+pub mod quota;
 pub mod util;
 pub use util::{is_root, trace_init, unique_name, wait_for, wait_for_sync};

@@ -1,1 +1,4 @@
+//! The one integration-test binary: every module is a group of tests.
+
 mod harness;
+mod quota;
