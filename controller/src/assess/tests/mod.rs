@@ -39,6 +39,7 @@ pub(super) fn mount(device: &str, mp: &str, fs: &str, used_gib: u64) -> Mount {
         used_bytes: used_gib * GIB,
         inodes_total: 1_000_000 * used_gib,
         inodes_used: 40_000 * used_gib,
+        bind_of: None,
     }
 }
 
