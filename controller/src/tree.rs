@@ -685,7 +685,7 @@ mod tests {
         assert_eq!(tree.resolve(&rel("sbin/up/x")).unwrap(), None);
         symlink(outside.path(), t.path().join("out")).unwrap();
         assert_eq!(tree.resolve(&rel("out/secret")).unwrap(), None);
-        assert!(tree.read(&rel("out/secret"), 100).is_err());
+        assert!(!matches!(tree.read(&rel("out/secret"), 100), Ok(Some(_))));
         // Missing last component: its path; missing directory: none.
         assert_eq!(
             tree.resolve(&rel("lib/nope")).unwrap().unwrap(),
