@@ -1,1 +1,4 @@
+//! Harness for p2c's integration tests.
 
+pub mod ctstart;
+pub mod debian;

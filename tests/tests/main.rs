@@ -1,1 +1,3 @@
+//! p2c's integration tests: one binary, one module per area.
 
+mod guest_start;
