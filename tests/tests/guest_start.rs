@@ -259,3 +259,67 @@ fn debian_guest_starts_with_every_address_on_venet0() {
     eprintln!("{shown}");
     drop(ct);
 }
+
+/// The same server configured with systemd-networkd instead of ifupdown.
+#[test]
+fn networkd_guest_starts_with_every_address_on_venet0() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root (network namespaces, mknod, chroot)");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("p2c-guest-start-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = dir.path().join("root");
+    debootstrap_tree(&root).unwrap();
+    let w = |rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    std::fs::remove_file(root.join("etc/network/interfaces")).unwrap();
+    w(
+        "etc/systemd/network/10-eth0.network",
+        "[Match]\nName=eth0\n\n[Network]\nAddress=198.51.100.10/24\nAddress=198.51.100.11/24\nGateway=198.51.100.1\n",
+    );
+    w(
+        "etc/systemd/network/20-eth1.network",
+        "[Match]\nMACAddress=52:54:00:0a:00:11\n\n[Network]\nDHCP=ipv4\nAddress=fd00:51::20/64\n",
+    );
+    let tree = Tree::open(&root).unwrap();
+    let opts = GuestOptions {
+        addresses: addresses(),
+        ..GuestOptions::default()
+    };
+    let changes = containerise(&tree, &inventory(), &opts).unwrap();
+    let actions: Vec<(&str, &str)> = changes
+        .iter()
+        .filter(|c| c.path.starts_with("/etc/systemd/network/"))
+        .map(|c| (c.path.as_str(), c.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("/etc/systemd/network/10-eth0.network", "removed"),
+            ("/etc/systemd/network/20-eth1.network", "removed"),
+            ("/etc/systemd/network/10-p2c-venet0.network", "created"),
+        ]
+    );
+
+    let ct = start_container(&root, &addresses()).unwrap();
+    let shown = format!(
+        "bring-up:\n{}\ncontainer addresses:\n{}\ncontainer routes:\n{}{}",
+        ct.bringup_log,
+        ct.ct_ip(&["addr"]),
+        ct.ct_ip(&["route"]),
+        ct.ct_ip(&["-6", "route"])
+    );
+    for a in addresses() {
+        assert!(
+            ct.ping_from_node(a),
+            "{a} does not answer from the node\n{shown}"
+        );
+    }
+    eprintln!("{shown}");
+}

@@ -14,7 +14,7 @@ use rustix::fs::FileType;
 
 use super::GuestError;
 use super::distro::{Distro, InitSystem};
-use super::edit::{Action, Editor, MARKER};
+use super::edit::{Action, Editor, MARKER, join};
 use crate::tree::rel;
 
 const UNIT_DIRS: [&str; 2] = ["usr/lib/systemd/system", "lib/systemd/system"];
@@ -63,7 +63,7 @@ fn systemd(ed: &mut Editor) -> Result<(), GuestError> {
     serial.dedup();
     for unit in serial {
         ed.symlink(
-            &rel(&format!("etc/systemd/system/{unit}")),
+            &join(&rel("etc/systemd/system"), unit.as_bytes())?,
             "/dev/null",
             Action::Disabled,
             "serial line the container does not have; masked",
@@ -165,7 +165,7 @@ fn upstart(ed: &mut Editor) -> Result<(), GuestError> {
             continue;
         }
         ed.write_as(
-            &rel(&format!("etc/init/{job}.override")),
+            &join(&rel("etc/init"), format!("{job}.override").as_bytes())?,
             "manual\n",
             0o644,
             Some(Action::Disabled),

@@ -15,7 +15,7 @@ use rustix::fs::FileType;
 use super::GuestError;
 use super::console::unit_path;
 use super::distro::{Distro, InitSystem};
-use super::edit::{Action, Editor};
+use super::edit::{Action, Editor, join};
 use crate::tree::rel;
 
 /// A group of services and why a container does without them.
@@ -207,7 +207,8 @@ fn sysv(ed: &mut Editor) -> Result<(), GuestError> {
                 continue;
             };
             let stop = chkconfig_stop(ed, name)?.unwrap_or(100 - seq.min(99));
-            let to = rel(&format!("{dir}/K{stop:02}{name}"));
+            // Names come from the guest's tree: joined, never parsed as paths.
+            let to = join(&rel(&dir), format!("K{stop:02}{name}").as_bytes())?;
             ed.rename(
                 &e.path,
                 &to,
@@ -231,7 +232,7 @@ fn start_link(name: &str) -> Option<(u32, &str)> {
 /// The stop priority of a RHEL init script's `# chkconfig: 2345 55 25` header.
 fn chkconfig_stop(ed: &Editor, name: &str) -> Result<Option<u32>, GuestError> {
     for d in ["etc/rc.d/init.d", "etc/init.d"] {
-        if let Some(text) = ed.read(&rel(&format!("{d}/{name}")))? {
+        if let Some(text) = ed.read(&join(&rel(d), name.as_bytes())?)? {
             return Ok(text.lines().find_map(|l| {
                 let rest = l
                     .trim_start_matches('#')
