@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctconf;
 pub mod demo;
 pub mod enroll;
+pub mod guest;
 pub mod init;
 pub mod migrate;
 pub mod preflight;

@@ -201,7 +201,65 @@ impl Tree {
             Err(e) => Err(e),
         }
     }
+
+    /// Resolves the symlinks in `rel` the way the guest will see them once the tree is its
+    /// root: an absolute target starts again at the tree root and `..` stops there. Links
+    /// are only read (`readlinkat`), never followed by the kernel, so the result is a
+    /// symlink-free path inside the tree that the other methods can open.
+    ///
+    /// `None` when a directory on the way is missing; the last component may be missing
+    /// (the path it would have is returned). More than [`MAX_LINK_HOPS`] links is an error.
+    pub fn resolve(&self, rel: &RelPath) -> Result<Option<RelPath>> {
+        let mut done: Vec<Vec<u8>> = Vec::new();
+        let mut todo: std::collections::VecDeque<Vec<u8>> =
+            rel.components().map(<[u8]>::to_vec).collect();
+        let mut hops = 0;
+        while let Some(c) = todo.pop_front() {
+            if c.is_empty() || c == b"." {
+                continue;
+            }
+            if c == b".." {
+                done.pop();
+                continue;
+            }
+            done.push(c);
+            let here = RelPath::new(done.join(&b'/')).map_err(|e| TreeError::Io {
+                path: rel.display(),
+                op: "resolve",
+                source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+            })?;
+            match self.lstat(&here)? {
+                None if todo.is_empty() => return Ok(Some(here)),
+                None => return Ok(None),
+                Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                    hops += 1;
+                    if hops > MAX_LINK_HOPS {
+                        return Err(io_err(rel, "resolve", rustix::io::Errno::LOOP));
+                    }
+                    let target = self.readlink(&here)?.unwrap_or_default();
+                    done.pop();
+                    if target.first() == Some(&b'/') {
+                        done.clear();
+                    }
+                    for part in target.split(|b| *b == b'/').rev() {
+                        todo.push_front(part.to_vec());
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        RelPath::new(done.join(&b'/'))
+            .map(Some)
+            .map_err(|e| TreeError::Io {
+                path: rel.display(),
+                op: "resolve",
+                source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+            })
+    }
 }
+
+/// Symlinks [`Tree::resolve`] follows before giving up (the kernel's limit).
+pub const MAX_LINK_HOPS: usize = 40;
 
 fn is_missing(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error())
@@ -558,6 +616,36 @@ mod tests {
         assert!(tree.read(&rel("nope/x"), 10).unwrap().is_none());
         tree.remove(&rel("a")).unwrap();
         assert!(!t.path().join("a").exists());
+    }
+
+    #[test]
+    fn resolve_stays_inside_the_tree() {
+        let (outside, t, tree) = setup();
+        std::fs::create_dir_all(t.path().join("usr/lib/systemd")).unwrap();
+        std::fs::write(t.path().join("usr/lib/systemd/systemd"), b"bin").unwrap();
+        symlink("usr/lib", t.path().join("lib")).unwrap();
+        std::fs::create_dir(t.path().join("sbin")).unwrap();
+        symlink("/lib/systemd/systemd", t.path().join("sbin/init")).unwrap();
+        assert_eq!(
+            tree.resolve(&rel("sbin/init")).unwrap().unwrap(),
+            rel("usr/lib/systemd/systemd")
+        );
+        // `..` stops at the root and absolute targets restart there, never on the node.
+        symlink("../../../../etc", t.path().join("sbin/up")).unwrap();
+        assert_eq!(tree.resolve(&rel("sbin/up/x")).unwrap(), None);
+        symlink(outside.path(), t.path().join("out")).unwrap();
+        assert_eq!(tree.resolve(&rel("out/secret")).unwrap(), None);
+        assert!(!matches!(tree.read(&rel("out/secret"), 100), Ok(Some(_))));
+        // Missing last component: its path; missing directory: none.
+        assert_eq!(
+            tree.resolve(&rel("lib/nope")).unwrap().unwrap(),
+            rel("usr/lib/nope")
+        );
+        assert_eq!(tree.resolve(&rel("nope/x")).unwrap(), None);
+        // Loops are an error.
+        symlink("loop2", t.path().join("loop1")).unwrap();
+        symlink("loop1", t.path().join("loop2")).unwrap();
+        assert!(tree.resolve(&rel("loop1")).is_err());
     }
 
     #[test]

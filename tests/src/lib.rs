@@ -1,7 +1,10 @@
 //! Harness for p2c's integration tests: root checks, tracing, bounded waits, network-namespace
 //! hosts, loop-mounted file systems, source-tree fixtures with a tree comparator, real
-//! controllers and agents, and a quota-capable kernel under qemu.
+//! controllers and agents, Debian trees from debootstrap, a container start harness and a
+//! quota-capable kernel under qemu.
 
+pub mod ctstart;
+pub mod debian;
 pub mod fixtures;
 pub mod loopfs;
 pub mod netns;

@@ -1,4 +1,5 @@
 //! The one integration-test binary: every module is a group of tests.
 
+mod guest_start;
 mod harness;
 mod quota;
