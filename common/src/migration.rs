@@ -181,6 +181,9 @@ pub struct MigrationSummary {
     pub downtime_seconds: Option<f64>,
     /// Files rewritten or removed in the guest, with their backups.
     pub guest_changes: Vec<GuestChange>,
+    /// How the quotas were applied (method, what is enforced, commands run).
+    #[serde(default)]
+    pub quota: Option<serde_json::Value>,
     pub warnings: Vec<String>,
     pub started_unix: u64,
     pub updated_unix: u64,

@@ -39,10 +39,7 @@ pub fn parse(text: &[u8]) -> Vec<MountInfo> {
 
 fn parse_line(line: &[u8]) -> Option<MountInfo> {
     // 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-    let fields: Vec<&[u8]> = line
-        .split(|b| *b == b' ')
-        .filter(|f| !f.is_empty())
-        .collect();
+    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|f| !f.is_empty()).collect();
     let dash = fields.iter().position(|f| *f == b"-")?;
     if dash < 6 || fields.len() < dash + 3 {
         return None;
@@ -63,13 +60,8 @@ fn unescape_octal(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'\\'
-            && i + 3 < s.len()
-            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = s[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = s[i + 1..i + 4].iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
             if let Ok(b) = u8::try_from(v) {
                 out.push(b);
                 i += 4;
@@ -86,8 +78,7 @@ fn unescape_octal(s: &[u8]) -> Vec<u8> {
 pub fn is_beneath(path: &[u8], dir: &[u8]) -> bool {
     let dir = trim_slashes(dir);
     let path = trim_slashes(path);
-    dir.is_empty()
-        || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
+    dir.is_empty() || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
 }
 
 fn trim_slashes(p: &[u8]) -> &[u8] {
@@ -104,9 +95,7 @@ pub fn containing<'a>(mounts: &'a [MountInfo], path: &[u8]) -> Option<&'a MountI
     let mut best: Option<&MountInfo> = None;
     for m in mounts {
         if is_beneath(path, &m.mount_point)
-            && best.is_none_or(|b| {
-                trim_slashes(&m.mount_point).len() >= trim_slashes(&b.mount_point).len()
-            })
+            && best.is_none_or(|b| trim_slashes(&m.mount_point).len() >= trim_slashes(&b.mount_point).len())
         {
             best = Some(m);
         }

@@ -81,10 +81,7 @@ impl Default for ScanOptions {
     fn default() -> Self {
         ScanOptions {
             mac_addresses: Vec::new(),
-            mac_scan_roots: DEFAULT_MAC_SCAN_ROOTS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            mac_scan_roots: DEFAULT_MAC_SCAN_ROOTS.iter().map(|s| s.to_string()).collect(),
             excludes: Vec::new(),
         }
     }
@@ -110,10 +107,7 @@ impl ScanOptions {
 
     /// The MAC addresses as bytes.
     pub fn macs(&self) -> Result<Vec<[u8; 6]>, ScanError> {
-        self.mac_addresses
-            .iter()
-            .map(|m| parse_mac(m).ok_or_else(|| ScanError::BadMac(m.clone())))
-            .collect()
+        self.mac_addresses.iter().map(|m| parse_mac(m).ok_or_else(|| ScanError::BadMac(m.clone()))).collect()
     }
 
     /// The MAC scan roots relative to the source root.
@@ -131,10 +125,8 @@ fn rel_of(p: &str) -> Result<RelPath, ScanError> {
     if !p.starts_with('/') {
         return Err(ScanError::NotAbsolute(p.to_string()));
     }
-    RelPath::from_user(&crate::paths::unescape_bytes(p)).map_err(|source| ScanError::BadPath {
-        path: p.to_string(),
-        source,
-    })
+    RelPath::from_user(&crate::paths::unescape_bytes(p))
+        .map_err(|source| ScanError::BadPath { path: p.to_string(), source })
 }
 
 /// Parses a MAC address in any of the spellings the scan searches for:
@@ -176,10 +168,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// The canonical spelling, `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// A list that counts every item and keeps the first [`limits::MAX_EXAMPLES`].
@@ -194,10 +183,7 @@ pub struct Capped<T> {
 
 impl<T> Default for Capped<T> {
     fn default() -> Self {
-        Capped {
-            total: 0,
-            examples: Vec::new(),
-        }
+        Capped { total: 0, examples: Vec::new() }
     }
 }
 
@@ -351,10 +337,7 @@ pub struct ScanResult {
 
 impl ScanResult {
     pub fn new() -> Self {
-        ScanResult {
-            schema: SCAN_SCHEMA,
-            ..Default::default()
-        }
+        ScanResult { schema: SCAN_SCHEMA, ..Default::default() }
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>, ScanError> {
@@ -397,12 +380,7 @@ impl ScanResult {
         for m in &mut self.skipped_mounts {
             clip(&mut m.fs_type);
         }
-        for p in self
-            .mac_skipped
-            .examples
-            .iter_mut()
-            .chain(self.errors.examples.iter_mut())
-        {
+        for p in self.mac_skipped.examples.iter_mut().chain(self.errors.examples.iter_mut()) {
             clip(&mut p.reason);
         }
         self.truncated |= cut;

@@ -240,7 +240,7 @@ impl v1::admin_server::Admin for AdminService {
             ))
         })?;
         let inv = migrate::fetch_inventory(&self.ctl, &conn).await?;
-        let report: Report = crate::preflight::report(&self.ctl, &r.agent_name, &inv, &opts).await;
+        let (report, _): (Report, _) = crate::preflight::report(&self.ctl, &r.agent_name, &inv, &opts).await;
         json(&report)
     }
 
@@ -371,8 +371,20 @@ impl v1::admin_server::Admin for AdminService {
                     .collect()
             })
             .unwrap_or_default();
-        let v = migrate::verify_tree(&self.ctl, ctid, rewritten, opts.is_some_and(|o| o.assess.keep_xattrs))
-            .await?;
+        let ploop = opts.as_ref().is_some_and(|o| o.layout == p2c_common::migration::Layout::Ploop);
+        let keep = opts.is_some_and(|o| o.assess.keep_xattrs);
+        let private = self.ctl.settings.private_dir(ctid);
+        let v = if ploop {
+            let mp = self.ctl.settings.root_dir(ctid);
+            let guard = crate::quota::ploop::Ploop::new(crate::quota::Node::linux())
+                .mount(&private, &mp)
+                .map_err(|e| Status::failed_precondition(format!("cannot mount the container image: {e}")))?;
+            let v = migrate::verify_tree(&self.ctl, ctid, &mp, rewritten, keep).await;
+            let _ = guard.unmount();
+            v?
+        } else {
+            migrate::verify_tree(&self.ctl, ctid, &private, rewritten, keep).await?
+        };
         json(&v)
     }
 }

@@ -13,7 +13,10 @@ use p2c_proto::v1;
 use tokio::sync::{Notify, broadcast};
 use tracing::{info, warn};
 
+use std::path::PathBuf;
+
 use crate::ctconf::CtConf;
+use crate::quota::{self, QuotaPlan};
 use crate::receive::{PassJob, Progress};
 use crate::server::{Controller, TransferSlot};
 use crate::session::{AgentReply, CallError};
@@ -42,6 +45,8 @@ pub enum MigrateError {
     Pass { pass: u32, reason: String },
     #[error("finalising the container failed: {0}")]
     Finalise(String),
+    #[error("quota: {0}")]
+    Quota(String),
     #[error("{0}")]
     Store(#[from] crate::state::StoreError),
     #[error("{0}")]
@@ -69,6 +74,17 @@ pub struct MigrationHandle {
     pub cutover: Notify,
     pub cutover_requested: AtomicBool,
     pub started: Instant,
+    /// The quota plan, how it is applied, and the mounted image of a ploop container.
+    pub quota: Mutex<Option<QuotaState>>,
+}
+
+/// A migration's quota plan and the node method applying it.
+pub struct QuotaState {
+    pub plan: QuotaPlan,
+    pub selection: quota::Selection,
+    /// Where the container's files are written: the private area (simfs) or the mounted image.
+    pub root: PathBuf,
+    pub mount: Option<quota::ploop::MountGuard>,
 }
 
 impl MigrationHandle {
@@ -179,6 +195,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
         verify: None,
         downtime_seconds: None,
         guest_changes: Vec::new(),
+        quota: None,
         warnings: Vec::new(),
         started_unix: now(),
         updated_unix: now(),
@@ -195,6 +212,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
         cutover: Notify::new(),
         cutover_requested: AtomicBool::new(false),
         started: Instant::now(),
+        quota: Mutex::new(None),
     });
     running.insert(ctid, h.clone());
     drop(running);
@@ -289,13 +307,14 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
     let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
     h.log(format!("collecting the inventory of {}", h.agent));
     let inv = inventory(ctl, h).await?;
-    let report = crate::preflight::report(ctl, &h.agent, &inv, &opts.assess).await;
+    let (report, scan) = crate::preflight::report(ctl, &h.agent, &inv, &opts.assess).await;
     let _ = h.events.send(Event::Report(Box::new(report.clone())));
     h.summary.lock().unwrap_or_else(|p| p.into_inner()).report = Some(report.clone());
     if report.has_blockers() && !opts.force {
         let list: Vec<String> = report.blockers().map(|f| format!("{} ({})", f.code, f.title)).collect();
         return Err(MigrateError::Blocked(list.len(), list.join("; ")));
     }
+    prepare_storage(ctl, h, &inv, scan.as_ref(), &opts)?;
     let excludes = excludes(&opts)?;
     let conv = ctl.settings.converge_bytes.max(opts.converge_bytes.unwrap_or(0));
     let max_passes = if opts.max_passes > 0 { opts.max_passes } else { ctl.settings.max_passes };
@@ -329,6 +348,63 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
     Ok(())
 }
 
+/// Plans the quotas, picks how the node applies them and prepares the private area (a btrfs
+/// subvolume, a ploop image mounted at the container's root...) before any file arrives.
+fn prepare_storage(
+    ctl: &Controller,
+    h: &MigrationHandle,
+    inv: &Inventory,
+    scan: Option<&p2c_common::scan::ScanResult>,
+    opts: &MigrateOptions,
+) -> Result<(), MigrateError> {
+    let mut guard = h.quota.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_some() {
+        return Ok(());
+    }
+    // A directory source says nothing true about its usage through its mounts (they are the
+    // node's): use what the scan counted instead.
+    let mut sized = inv.clone();
+    if let (true, Some(scan)) = (inv.facts_from == "tree", scan) {
+        let mut first = true;
+        for m in sized.mounts.iter_mut().filter(|m| m.kind == p2c_common::inventory::MountKind::Local) {
+            m.used_bytes = if first { scan.used_bytes } else { 0 };
+            m.inodes_used = if first { scan.inodes } else { 0 };
+            first = false;
+        }
+    }
+    let plan = QuotaPlan::compute(&sized, opts).map_err(|e| MigrateError::Quota(e.to_string()))?;
+    let private_root = ctl.settings.vz_root.join("private");
+    std::fs::create_dir_all(&private_root)
+        .map_err(|e| MigrateError::Quota(format!("{}: {e}", private_root.display())))?;
+    let selection = quota::select(&quota::Node::linux(), opts.layout, &private_root);
+    let private = ctl.settings.private_dir(h.ctid);
+    selection.backend.prepare(h.ctid, &private, &plan).map_err(|e| MigrateError::Quota(e.to_string()))?;
+    h.log(format!("quotas will be applied by {}", selection.backend.name()));
+    let (root, mount) = if opts.layout == p2c_common::migration::Layout::Ploop {
+        let mp = ctl.settings.root_dir(h.ctid);
+        // A crashed run may have left the image mounted there.
+        let _ = std::process::Command::new("umount").arg(&mp).stderr(std::process::Stdio::null()).status();
+        let g = quota::ploop::Ploop::new(quota::Node::linux())
+            .mount(&private, &mp)
+            .map_err(|e| MigrateError::Quota(e.to_string()))?;
+        (mp, Some(g))
+    } else {
+        (private, None)
+    };
+    *guard = Some(QuotaState { plan, selection, root, mount });
+    Ok(())
+}
+
+/// Where the container's files are (the private area, or its mounted image).
+fn ct_root(ctl: &Controller, h: &MigrationHandle) -> PathBuf {
+    h.quota
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|q| q.root.clone())
+        .unwrap_or_else(|| ctl.settings.private_dir(h.ctid))
+}
+
 fn write_conf(
     ctl: &Controller,
     h: &MigrationHandle,
@@ -337,7 +413,13 @@ fn write_conf(
 ) -> Result<CtConf, MigrateError> {
     let mut c = CtConf::from_inventory(h.ctid, &h.agent, &ctl.settings.vz_root, opts.layout, inv);
     c.created = time_string();
-    c.quota = crate::preflight::quota_keys(h, inv, opts);
+    c.quota = h
+        .quota
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|q| q.plan.conf_keys())
+        .unwrap_or_default();
     c.write(&ctl.settings.conf_path(h.ctid))
         .map_err(|e| MigrateError::Finalise(format!("{}: {e}", ctl.settings.conf_path(h.ctid).display())))?;
     Ok(c)
@@ -373,18 +455,24 @@ async fn run_pass(
             }
         })?;
         let migration_id = format!("ct{}", h.ctid);
+        let limits = h
+            .quota
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|q| (q.plan.diskspace.1.saturating_mul(1024), q.plan.diskinodes.1));
         let job = PassJob {
             ctid: h.ctid,
             pass,
-            tree: ctl.settings.private_dir(h.ctid),
+            tree: ct_root(ctl, h),
             private_root: ctl.settings.vz_root.join("private"),
             db: ctl.settings.db_path(),
             manifest: crate::receive::manifest::pass_path(&ctl.settings.manifest_dir(h.ctid), pass),
             excludes: excludes.to_vec(),
             keep_xattrs: opts.assess.keep_xattrs,
             dedup: ctl.settings.dedup_scope,
-            byte_limit: opts.diskspace.map(|(_, hard)| hard.saturating_mul(1024)),
-            inode_limit: opts.diskinodes.map(|(_, hard)| hard),
+            byte_limit: limits.map(|(b, _)| b),
+            inode_limit: limits.map(|(_, i)| i),
             progress: h.progress.clone(),
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -490,6 +578,7 @@ async fn do_cutover(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), Mi
         .await?;
     }
     let inv = fetch_inventory(ctl, &conn).await?;
+    prepare_storage(ctl, h, &inv, None, &opts)?;
     let excludes = excludes(&opts)?;
     let s = run_pass(ctl, h, &excludes, &opts).await?;
     h.log(format!("final pass {} done: {} written, {} deleted", s.pass, s.written, s.deleted));
@@ -533,7 +622,7 @@ async fn agent_command(
     }
 }
 
-/// Config, guest rewrite, quotas, then verification against the last manifest.
+/// Config, guest rewrite, verification against the last manifest, then quotas.
 async fn finalise(
     ctl: &Controller,
     h: &Arc<MigrationHandle>,
@@ -541,12 +630,15 @@ async fn finalise(
     opts: &MigrateOptions,
 ) -> Result<(), MigrateError> {
     let conf = write_conf(ctl, h, inv, opts)?;
-    let private = ctl.settings.private_dir(h.ctid);
-    let changes = crate::preflight::containerise(&private, inv, &conf).map_err(MigrateError::Finalise)?;
-    h.log(format!("guest rewritten for a container: {} file(s) changed", changes.len()));
+    let root = ct_root(ctl, h);
+    let changes = crate::preflight::containerise(&root, inv, &conf).map_err(MigrateError::Finalise)?;
+    h.log(format!(
+        "guest rewritten for a container: {} file(s) changed, backups in /etc/p2c/backup",
+        changes.len()
+    ));
     let rewritten = changes.iter().filter_map(|c| RelPath::from_user(c.path.as_bytes()).ok()).collect();
     h.summary.lock().unwrap_or_else(|p| p.into_inner()).guest_changes = changes;
-    let v = verify_tree(ctl, h.ctid, rewritten, opts.assess.keep_xattrs).await?;
+    let v = verify_tree(ctl, h.ctid, &root, rewritten, opts.assess.keep_xattrs).await?;
     if !v.ok {
         let first = v.mismatches.first().cloned().unwrap_or_default();
         h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v.clone());
@@ -557,12 +649,45 @@ async fn finalise(
     }
     h.log(format!("verified {} entries against the source manifest", v.checked));
     h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v);
-    let private_tree =
-        crate::tree::Tree::open(&private).map_err(|e| MigrateError::Finalise(e.to_string()))?;
-    tokio::task::spawn_blocking(move || rustix::fs::syncfs(private_tree.root_fd()))
+    let tree = crate::tree::Tree::open(&root).map_err(|e| MigrateError::Finalise(e.to_string()))?;
+    tokio::task::spawn_blocking(move || rustix::fs::syncfs(tree.root_fd()))
         .await
         .map_err(|e| MigrateError::Finalise(e.to_string()))?
         .map_err(|e| MigrateError::Finalise(format!("sync: {e}")))?;
+    apply_quota(ctl, h).await
+}
+
+/// Applies the quota plan with the selected method (after unmounting a ploop image).
+async fn apply_quota(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
+    let Some(mut q) = h.quota.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Ok(()) };
+    if let Some(m) = q.mount.take() {
+        m.unmount().map_err(|e| MigrateError::Quota(e.to_string()))?;
+    }
+    let private = ctl.settings.private_dir(h.ctid);
+    let ctid = h.ctid;
+    let (outcome, q) = tokio::task::spawn_blocking(move || {
+        let o = q.selection.backend.apply(ctid, &private, &q.plan);
+        (o, q)
+    })
+    .await
+    .map_err(|e| MigrateError::Quota(e.to_string()))?;
+    let outcome = outcome.map_err(|e| MigrateError::Quota(e.to_string()))?;
+    if outcome.applied {
+        h.log(format!("quotas applied by {}", outcome.method.as_str()));
+    } else {
+        let why = outcome.details.first().cloned().unwrap_or_default();
+        h.log(format!("quotas recorded, not enforced: {why}"));
+        h.summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .warnings
+            .push(format!("quotas not enforced on this node: {why}"));
+    }
+    {
+        let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
+        s.quota = serde_json::to_value(&outcome).ok();
+        s.warnings.extend(q.plan.warnings.iter().cloned());
+    }
     Ok(())
 }
 
@@ -570,13 +695,14 @@ async fn finalise(
 pub async fn verify_tree(
     ctl: &Controller,
     ctid: u32,
+    root: &std::path::Path,
     rewritten: std::collections::HashSet<RelPath>,
     keep_xattrs: bool,
 ) -> Result<VerifySummary, MigrateError> {
     let dir = ctl.settings.manifest_dir(ctid);
     let (_, manifest) = crate::receive::manifest::latest(&dir)
         .ok_or_else(|| MigrateError::Other(format!("CT {ctid} has no complete copy pass to verify")))?;
-    let tree = ctl.settings.private_dir(ctid);
+    let tree = root.to_path_buf();
     let opts = crate::verify::VerifyOptions {
         rewritten,
         own_dirs: vec![crate::tree::rel("etc/p2c")],

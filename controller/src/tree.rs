@@ -211,8 +211,7 @@ impl Tree {
     /// (the path it would have is returned). More than [`MAX_LINK_HOPS`] links is an error.
     pub fn resolve(&self, rel: &RelPath) -> Result<Option<RelPath>> {
         let mut done: Vec<Vec<u8>> = Vec::new();
-        let mut todo: std::collections::VecDeque<Vec<u8>> =
-            rel.components().map(<[u8]>::to_vec).collect();
+        let mut todo: std::collections::VecDeque<Vec<u8>> = rel.components().map(<[u8]>::to_vec).collect();
         let mut hops = 0;
         while let Some(c) = todo.pop_front() {
             if c.is_empty() || c == b"." {
@@ -248,13 +247,11 @@ impl Tree {
                 Some(_) => {}
             }
         }
-        RelPath::new(done.join(&b'/'))
-            .map(Some)
-            .map_err(|e| TreeError::Io {
-                path: rel.display(),
-                op: "resolve",
-                source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-            })
+        RelPath::new(done.join(&b'/')).map(Some).map_err(|e| TreeError::Io {
+            path: rel.display(),
+            op: "resolve",
+            source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+        })
     }
 }
 
@@ -626,10 +623,7 @@ mod tests {
         symlink("usr/lib", t.path().join("lib")).unwrap();
         std::fs::create_dir(t.path().join("sbin")).unwrap();
         symlink("/lib/systemd/systemd", t.path().join("sbin/init")).unwrap();
-        assert_eq!(
-            tree.resolve(&rel("sbin/init")).unwrap().unwrap(),
-            rel("usr/lib/systemd/systemd")
-        );
+        assert_eq!(tree.resolve(&rel("sbin/init")).unwrap().unwrap(), rel("usr/lib/systemd/systemd"));
         // `..` stops at the root and absolute targets restart there, never on the node.
         symlink("../../../../etc", t.path().join("sbin/up")).unwrap();
         assert_eq!(tree.resolve(&rel("sbin/up/x")).unwrap(), None);
@@ -637,10 +631,7 @@ mod tests {
         assert_eq!(tree.resolve(&rel("out/secret")).unwrap(), None);
         assert!(!matches!(tree.read(&rel("out/secret"), 100), Ok(Some(_))));
         // Missing last component: its path; missing directory: none.
-        assert_eq!(
-            tree.resolve(&rel("lib/nope")).unwrap().unwrap(),
-            rel("usr/lib/nope")
-        );
+        assert_eq!(tree.resolve(&rel("lib/nope")).unwrap().unwrap(), rel("usr/lib/nope"));
         assert_eq!(tree.resolve(&rel("nope/x")).unwrap(), None);
         // Loops are an error.
         symlink("loop2", t.path().join("loop1")).unwrap();

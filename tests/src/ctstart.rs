@@ -52,11 +52,7 @@ pub struct RunningCt {
 /// the guest's network bring-up.
 pub fn start_container(root: &Path, addresses: &[IpAddr]) -> anyhow::Result<RunningCt> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let id = format!(
-        "{}x{}",
-        std::process::id() % 100_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = format!("{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
     let node_v4 = ["203.0.113.254", "198.51.100.254", "192.0.2.254"]
         .iter()
         .filter_map(|a| a.parse::<Ipv4Addr>().ok())
@@ -72,9 +68,7 @@ pub fn start_container(root: &Path, addresses: &[IpAddr]) -> anyhow::Result<Runn
         node_ns: format!("p2c-node-{id}"),
         ct_ns: format!("p2c-ct-{id}"),
         id,
-        root: root
-            .canonicalize()
-            .with_context(|| format!("container root {}", root.display()))?,
+        root: root.canonicalize().with_context(|| format!("container root {}", root.display()))?,
         holder: None,
         init_pid: None,
         node_v4,
@@ -97,65 +91,19 @@ impl RunningCt {
         let (node, ct, vz) = (self.node_ns.as_str(), self.ct_ns.as_str(), self.node_if());
         ip(&["netns", "add", node])?;
         ip(&["netns", "add", ct])?;
-        ip(&[
-            "-n", node, "link", "add", &vz, "type", "veth", "peer", "name", "venet0", "netns", ct,
-        ])?;
+        ip(&["-n", node, "link", "add", &vz, "type", "veth", "peer", "name", "venet0", "netns", ct])?;
         ip(&["-n", ct, "link", "set", "venet0", "addrgenmode", "none"])?;
-        ip(&[
-            "-n",
-            ct,
-            "link",
-            "set",
-            "venet0",
-            "address",
-            VENET_MAC,
-            "arp",
-            "off",
-            "multicast",
-            "off",
-        ])?;
-        ip(&[
-            "-n",
-            node,
-            "link",
-            "set",
-            &vz,
-            "address",
-            VENET_MAC,
-            "arp",
-            "off",
-            "multicast",
-            "off",
-            "up",
-        ])?;
+        ip(&["-n", ct, "link", "set", "venet0", "address", VENET_MAC, "arp", "off", "multicast", "off"])?;
+        ip(&["-n", node, "link", "set", &vz, "address", VENET_MAC, "arp", "off", "multicast", "off", "up"])?;
         ip(&["-n", node, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("{}/32", self.node_v4),
-            "dev",
-            "lo",
-        ])?;
-        ip(&[
-            "-n",
-            node,
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/128", self.node_v6),
-            "dev",
-            "lo",
-        ])?;
+        ip(&["-n", node, "addr", "add", &format!("{}/32", self.node_v4), "dev", "lo"])?;
+        ip(&["-n", node, "-6", "addr", "add", &format!("{}/128", self.node_v6), "dev", "lo"])?;
         for a in addresses {
             let (fam, host, src) = match a {
                 IpAddr::V4(a) => ("-4", format!("{a}/32"), self.node_v4.to_string()),
                 IpAddr::V6(a) => ("-6", format!("{a}/128"), self.node_v6.to_string()),
             };
-            ip(&[
-                "-n", node, fam, "route", "add", &host, "dev", &vz, "src", &src,
-            ])?;
+            ip(&["-n", node, fam, "route", "add", &host, "dev", &vz, "src", &src])?;
         }
         Ok(())
     }
@@ -169,15 +117,7 @@ impl RunningCt {
         mount_proc.push(&proc_dir);
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ct_ns))
-            .args([
-                "--",
-                "unshare",
-                "--mount",
-                "--uts",
-                "--pid",
-                "--fork",
-                "--kill-child",
-            ])
+            .args(["--", "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child"])
             .arg(mount_proc)
             .arg("chroot")
             .arg(&self.root)
@@ -194,8 +134,8 @@ impl RunningCt {
         // unshare forks the namespace's PID 1; wait until it runs the guest's sleep.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let kids = std::fs::read_to_string(format!("/proc/{holder}/task/{holder}/children"))
-                .unwrap_or_default();
+            let kids =
+                std::fs::read_to_string(format!("/proc/{holder}/task/{holder}/children")).unwrap_or_default();
             if let Some(pid) = kids.split_whitespace().next().and_then(|p| p.parse().ok()) {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 if comm.trim() == "sleep" {
@@ -229,10 +169,7 @@ impl RunningCt {
             .args(["--mount", "--uts", "--net", "--pid", "--root", "--wd", "--"])
             .args(["/bin/sh", "-c", script])
             .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LANG", "C");
         run_bounded(&mut cmd, BRINGUP_TIMEOUT)
     }
@@ -245,10 +182,7 @@ impl RunningCt {
             mkdir -p /run/network /run/lock /run/systemd/netif\n\
             hostname p2c-ct\n";
         let networkd_files = std::fs::read_dir(self.root.join("etc/systemd/network"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".network"))
-            })
+            .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".network")))
             .unwrap_or(false);
         if self.root.join("etc/network/interfaces").is_file() {
             return self.exec(&format!("{prepare}ifup -a 2>&1\nip addr show dev venet0\n"));
@@ -266,27 +200,14 @@ impl RunningCt {
             );
             return self.exec(&script);
         }
-        bail!(
-            "{}: no ifupdown or systemd-networkd configuration to bring up",
-            self.root.display()
-        )
+        bail!("{}: no ifupdown or systemd-networkd configuration to bring up", self.root.display())
     }
 
     /// Whether `addr` answers a ping sent from the node (three tries).
     pub fn ping_from_node(&self, addr: IpAddr) -> bool {
         (0..3).any(|_| {
             Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.node_ns,
-                    "ping",
-                    "-n",
-                    "-c",
-                    "1",
-                    "-W",
-                    "2",
-                ])
+                .args(["netns", "exec", &self.node_ns, "ping", "-n", "-c", "1", "-W", "2"])
                 .arg(addr.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -348,18 +269,8 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<String> {
             buf
         })
     };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait()? {

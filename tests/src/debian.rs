@@ -46,19 +46,15 @@ fn cached_tree(src: &AptSource) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(cache).with_context(|| format!("creating {CACHE_DIR}"))?;
     let lock_path = cache.join(format!("debootstrap-{}.lock", src.suite));
-    let lock = File::create(&lock_path)
-        .with_context(|| format!("creating lock file {}", lock_path.display()))?;
+    let lock =
+        File::create(&lock_path).with_context(|| format!("creating lock file {}", lock_path.display()))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .with_context(|| format!("locking {}", lock_path.display()))?;
     if tree.is_dir() {
         // Another run built it while this one waited.
         return Ok(tree);
     }
-    let tmp = cache.join(format!(
-        "debootstrap-{}.tmp-{}",
-        src.suite,
-        std::process::id()
-    ));
+    let tmp = cache.join(format!("debootstrap-{}.tmp-{}", src.suite, std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
@@ -125,8 +121,7 @@ pub fn parse_deb822(text: &str) -> Option<AptSource> {
         let field = |name: &str| {
             stanza.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                (k.trim().eq_ignore_ascii_case(name) && !l.starts_with('#'))
-                    .then(|| v.trim().to_string())
+                (k.trim().eq_ignore_ascii_case(name) && !l.starts_with('#')).then(|| v.trim().to_string())
             })
         };
         let enabled = field("Enabled").is_none_or(|v| v != "no");
@@ -134,17 +129,13 @@ pub fn parse_deb822(text: &str) -> Option<AptSource> {
         let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else {
             continue;
         };
-        let (Some(uri), Some(suite)) = (
-            uris.split_whitespace().next(),
-            suites.split_whitespace().find(|s| base_suite(s)),
-        ) else {
+        let (Some(uri), Some(suite)) =
+            (uris.split_whitespace().next(), suites.split_whitespace().find(|s| base_suite(s)))
+        else {
             continue;
         };
         if enabled && deb {
-            return Some(AptSource {
-                mirror: uri.to_string(),
-                suite: suite.to_string(),
-            });
+            return Some(AptSource { mirror: uri.to_string(), suite: suite.to_string() });
         }
     }
     None
@@ -166,21 +157,14 @@ pub fn parse_one_line(text: &str) -> Option<AptSource> {
         }
         let uri = words.next()?;
         let suite = words.next()?;
-        base_suite(suite).then(|| AptSource {
-            mirror: uri.to_string(),
-            suite: suite.to_string(),
-        })
+        base_suite(suite).then(|| AptSource { mirror: uri.to_string(), suite: suite.to_string() })
     })
 }
 
 /// Runs a command, failing with its output if it fails.
 pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("{cmd:?} failed ({}):\n{text}", out.status);
     }
@@ -197,22 +181,13 @@ mod tests {
                       Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\n";
         assert_eq!(
             parse_deb822(deb822),
-            Some(AptSource {
-                mirror: "http://mirror.invalid/debian".into(),
-                suite: "bookworm".into()
-            })
+            Some(AptSource { mirror: "http://mirror.invalid/debian".into(), suite: "bookworm".into() })
         );
-        assert_eq!(
-            parse_deb822("Types: deb-src\nURIs: u\nSuites: trixie\n"),
-            None
-        );
+        assert_eq!(parse_deb822("Types: deb-src\nURIs: u\nSuites: trixie\n"), None);
         let one = "# x\ndeb-src http://m.invalid/debian trixie main\ndeb [arch=amd64 signed-by=/k] http://m.invalid/debian trixie main\n";
         assert_eq!(
             parse_one_line(one),
-            Some(AptSource {
-                mirror: "http://m.invalid/debian".into(),
-                suite: "trixie".into()
-            })
+            Some(AptSource { mirror: "http://m.invalid/debian".into(), suite: "trixie".into() })
         );
     }
 }

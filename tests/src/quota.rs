@@ -54,12 +54,7 @@ pub struct LoopMount {
 impl LoopMount {
     /// Makes a `size_mib` image at `image` with `mkfs` (e.g. `["mkfs.btrfs", "-q"]`) and
     /// mounts it at `mountpoint`.
-    pub fn new(
-        image: &Path,
-        size_mib: u64,
-        mkfs: &[&str],
-        mountpoint: &Path,
-    ) -> Result<LoopMount, String> {
+    pub fn new(image: &Path, size_mib: u64, mkfs: &[&str], mountpoint: &Path) -> Result<LoopMount, String> {
         let f = std::fs::File::create(image).map_err(|e| format!("{}: {e}", image.display()))?;
         f.set_len(size_mib << 20).map_err(|e| e.to_string())?;
         drop(f);
@@ -68,13 +63,8 @@ impl LoopMount {
         args.push(&img);
         sh(mkfs[0], &args)?;
         std::fs::create_dir_all(mountpoint).map_err(|e| e.to_string())?;
-        sh(
-            "mount",
-            &["-o", "loop", &img, &mountpoint.to_string_lossy()],
-        )?;
-        Ok(LoopMount {
-            mountpoint: mountpoint.to_path_buf(),
-        })
+        sh("mount", &["-o", "loop", &img, &mountpoint.to_string_lossy()])?;
+        Ok(LoopMount { mountpoint: mountpoint.to_path_buf() })
     }
 }
 
@@ -99,21 +89,7 @@ impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
         self.ino += 1;
         let name = name.trim_start_matches('/');
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            0,
-            0,
-            name.len() as u32 + 1,
-            0,
-        ];
+        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
         self.buf.extend_from_slice(b"070701");
         for f in fields {
             self.buf.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -166,11 +142,7 @@ impl Cpio {
     /// Copies a host file to the same path in the archive.
     pub fn host_file(&mut self, path: &Path) -> Result<(), String> {
         let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| e.to_string())?
-            .permissions()
-            .mode()
-            & 0o7777;
+        let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode() & 0o7777;
         self.file(&path.to_string_lossy(), mode, &data);
         Ok(())
     }
@@ -213,23 +185,13 @@ fn find_kernel(root: &Path) -> Option<DebianKernel> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })?;
-    let release = vmlinuz
-        .file_name()?
-        .to_string_lossy()
-        .trim_start_matches("vmlinuz-")
-        .to_string();
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))?;
+    let release = vmlinuz.file_name()?.to_string_lossy().trim_start_matches("vmlinuz-").to_string();
     let modules = root.join("lib/modules").join(&release);
     modules.is_dir().then(|| DebianKernel {
         vmlinuz,
         modules,
-        package: root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        package: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     })
 }
 
@@ -272,27 +234,18 @@ pub fn debian_kernel() -> Result<DebianKernel, String> {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            find_deb(&cache, &package)
-                .ok_or_else(|| format!("apt-get download left no {package} package"))?
+            find_deb(&cache, &package).ok_or_else(|| format!("apt-get download left no {package} package"))?
         }
     };
-    sh(
-        "dpkg-deb",
-        &["-x", &deb.to_string_lossy(), &root.to_string_lossy()],
-    )?;
+    sh("dpkg-deb", &["-x", &deb.to_string_lossy(), &root.to_string_lossy()])?;
     find_kernel(&root).ok_or_else(|| format!("no kernel in {}", deb.display()))
 }
 
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.extension().is_some_and(|x| x == "deb")
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-        })
+    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.extension().is_some_and(|x| x == "deb")
+            && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+    })
 }
 
 /// Kernel modules `wanted` and what they depend on, dependencies first, as
@@ -301,10 +254,7 @@ pub fn module_closure(modules: &Path, wanted: &[&str]) -> Result<Vec<(String, Pa
     let mut index = BTreeMap::new();
     let mut stack = vec![modules.join("kernel")];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)
-            .map_err(|e| format!("{}: {e}", d.display()))?
-            .flatten()
-        {
+        for e in std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
@@ -320,10 +270,7 @@ pub fn module_closure(modules: &Path, wanted: &[&str]) -> Result<Vec<(String, Pa
     let builtin = std::fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
     let is_builtin = |m: &str| {
         builtin.lines().any(|l| {
-            l.rsplit('/')
-                .next()
-                .and_then(|f| f.strip_suffix(".ko"))
-                .map(|f| f.replace('-', "_"))
+            l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|f| f.replace('-', "_"))
                 == Some(m.to_string())
         })
     };
@@ -341,11 +288,7 @@ pub fn module_closure(modules: &Path, wanted: &[&str]) -> Result<Vec<(String, Pa
             return Ok(());
         }
         let Some(path) = index.get(&m) else {
-            return if is_builtin(&m) {
-                Ok(())
-            } else {
-                Err(format!("module {m} not found"))
-            };
+            return if is_builtin(&m) { Ok(()) } else { Err(format!("module {m} not found")) };
         };
         let deps = sh("modinfo", &["-F", "depends", &path.to_string_lossy()])?;
         for d in deps.trim().split(',').filter(|d| !d.is_empty()) {
@@ -373,15 +316,8 @@ pub fn module_bytes(path: &Path) -> Result<Vec<u8>, String> {
     match tool {
         None => std::fs::read(path).map_err(|e| e.to_string()),
         Some(t) => {
-            let out = Command::new(t)
-                .args(["-dc", &name])
-                .output()
-                .map_err(|e| format!("{t}: {e}"))?;
-            if out.status.success() {
-                Ok(out.stdout)
-            } else {
-                Err(format!("{t} -dc {name} failed"))
-            }
+            let out = Command::new(t).args(["-dc", &name]).output().map_err(|e| format!("{t}: {e}"))?;
+            if out.status.success() { Ok(out.stdout) } else { Err(format!("{t} -dc {name} failed")) }
         }
     }
 }
@@ -416,10 +352,7 @@ pub fn run_qemu(
         .arg(initrd)
         .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
         .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,cache=unsafe",
-            disk.display()
-        ))
+        .arg(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -439,9 +372,7 @@ pub fn run_qemu(
                 let _ = child.kill();
                 let _ = child.wait();
                 let out = reader.join().unwrap_or_default();
-                return Err(format!(
-                    "the VM did not power off within {timeout:?}; console:\n{out}"
-                ));
+                return Err(format!("the VM did not power off within {timeout:?}; console:\n{out}"));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => return Err(e.to_string()),
@@ -451,14 +382,9 @@ pub fn run_qemu(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let out = reader
-        .join()
-        .map_err(|_| "console reader panicked".to_string())?;
+    let out = reader.join().map_err(|_| "console reader panicked".to_string())?;
     if !status.success() {
-        return Err(format!(
-            "qemu failed ({status}): {}\nconsole:\n{out}",
-            err.trim()
-        ));
+        return Err(format!("qemu failed ({status}): {}\nconsole:\n{out}", err.trim()));
     }
     if !err.trim().is_empty() {
         eprintln!("qemu stderr: {}", err.trim());

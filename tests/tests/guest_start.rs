@@ -103,22 +103,14 @@ SUBSYSTEM==\"net\", ACTION==\"add\", ATTR{address}==\"52:54:00:0a:00:11\", NAME=
 ";
 
 fn addresses() -> Vec<IpAddr> {
-    [
-        "198.51.100.10",
-        "198.51.100.11",
-        "203.0.113.20",
-        "fd00:51::20",
-    ]
-    .iter()
-    .map(|a| a.parse().unwrap())
-    .collect()
+    ["198.51.100.10", "198.51.100.11", "203.0.113.20", "fd00:51::20"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
 }
 
 fn inventory() -> Inventory {
-    let a = |s: &str, prefix: u8| IfAddr {
-        address: s.parse().unwrap(),
-        prefix,
-    };
+    let a = |s: &str, prefix: u8| IfAddr { address: s.parse().unwrap(), prefix };
     Inventory {
         hostname: "web1".into(),
         interfaces: vec![
@@ -157,10 +149,7 @@ fn debian_guest_starts_with_every_address_on_venet0() {
         eprintln!("skipping: needs root (network namespaces, mknod, chroot)");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("p2c-guest-start-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("p2c-guest-start-").tempdir_in("/var/tmp").unwrap();
     let root = dir.path().join("root");
     debootstrap_tree(&root).unwrap();
 
@@ -173,10 +162,7 @@ fn debian_guest_starts_with_every_address_on_venet0() {
     w("etc/network/interfaces", INTERFACES);
     w("etc/fstab", FSTAB);
     w("etc/udev/rules.d/70-persistent-net.rules", PERSISTENT_NET);
-    w(
-        "etc/selinux/config",
-        "SELINUX=enforcing\nSELINUXTYPE=default\n",
-    );
+    w("etc/selinux/config", "SELINUX=enforcing\nSELINUXTYPE=default\n");
 
     let tree = Tree::open(&root).unwrap();
     let opts = GuestOptions {
@@ -193,28 +179,12 @@ fn debian_guest_starts_with_every_address_on_venet0() {
     assert_eq!(read("etc/p2c/backup/etc/network/interfaces"), INTERFACES);
     assert_eq!(read("etc/fstab"), FSTAB_AFTER);
     assert_eq!(read("etc/p2c/backup/etc/fstab"), FSTAB);
-    assert_eq!(
-        read("etc/selinux/config"),
-        "SELINUX=disabled\nSELINUXTYPE=default\n"
-    );
-    assert!(
-        !root
-            .join("etc/udev/rules.d/70-persistent-net.rules")
-            .exists()
-    );
-    assert_eq!(
-        read("etc/p2c/backup/etc/udev/rules.d/70-persistent-net.rules"),
-        PERSISTENT_NET
-    );
+    assert_eq!(read("etc/selinux/config"), "SELINUX=disabled\nSELINUXTYPE=default\n");
+    assert!(!root.join("etc/udev/rules.d/70-persistent-net.rules").exists());
+    assert_eq!(read("etc/p2c/backup/etc/udev/rules.d/70-persistent-net.rules"), PERSISTENT_NET);
     let link = |rel: &str| std::fs::read_link(root.join(rel)).unwrap();
-    assert_eq!(
-        link("etc/systemd/system/getty@tty1.service").to_str(),
-        Some("/dev/null")
-    );
-    assert_eq!(
-        link("etc/systemd/system/systemd-udevd.service").to_str(),
-        Some("/dev/null")
-    );
+    assert_eq!(link("etc/systemd/system/getty@tty1.service").to_str(), Some("/dev/null"));
+    assert_eq!(link("etc/systemd/system/systemd-udevd.service").to_str(), Some("/dev/null"));
     let record = |path: &str| {
         changes
             .iter()
@@ -223,16 +193,9 @@ fn debian_guest_starts_with_every_address_on_venet0() {
     };
     let ifaces = record("/etc/network/interfaces");
     assert_eq!(ifaces.action, "rewritten");
-    assert!(
-        ifaces.reason.contains("eth1 used DHCP"),
-        "{}",
-        ifaces.reason
-    );
+    assert!(ifaces.reason.contains("eth1 used DHCP"), "{}", ifaces.reason);
     assert_eq!(record("/etc/fstab").action, "rewritten");
-    assert_eq!(
-        record("/etc/udev/rules.d/70-persistent-net.rules").action,
-        "removed"
-    );
+    assert_eq!(record("/etc/udev/rules.d/70-persistent-net.rules").action, "removed");
 
     let ct = start_container(&root, &addresses()).unwrap();
     let shown = format!(
@@ -243,19 +206,13 @@ fn debian_guest_starts_with_every_address_on_venet0() {
         ct.ct_ip(&["-6", "route"])
     );
     for a in addresses() {
-        assert!(
-            ct.ping_from_node(a),
-            "{a} does not answer from the node\n{shown}"
-        );
+        assert!(ct.ping_from_node(a), "{a} does not answer from the node\n{shown}");
     }
     // Sanity: an address the container does not have stays silent.
     assert!(!ct.ping_from_node("198.51.100.99".parse().unwrap()));
     let v = ct.ct_ip(&["-o", "addr", "show", "dev", "venet0"]);
     assert!(v.contains("inet 127.0.0.1/32"), "{v}");
-    assert!(
-        v.contains("inet 198.51.100.11/32") && v.contains("venet0:1"),
-        "{v}"
-    );
+    assert!(v.contains("inet 198.51.100.11/32") && v.contains("venet0:1"), "{v}");
     eprintln!("{shown}");
     drop(ct);
 }
@@ -267,10 +224,7 @@ fn networkd_guest_starts_with_every_address_on_venet0() {
         eprintln!("skipping: needs root (network namespaces, mknod, chroot)");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("p2c-guest-start-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("p2c-guest-start-").tempdir_in("/var/tmp").unwrap();
     let root = dir.path().join("root");
     debootstrap_tree(&root).unwrap();
     let w = |rel: &str, text: &str| {
@@ -288,10 +242,7 @@ fn networkd_guest_starts_with_every_address_on_venet0() {
         "[Match]\nMACAddress=52:54:00:0a:00:11\n\n[Network]\nDHCP=ipv4\nAddress=fd00:51::20/64\n",
     );
     let tree = Tree::open(&root).unwrap();
-    let opts = GuestOptions {
-        addresses: addresses(),
-        ..GuestOptions::default()
-    };
+    let opts = GuestOptions { addresses: addresses(), ..GuestOptions::default() };
     let changes = containerise(&tree, &inventory(), &opts).unwrap();
     let actions: Vec<(&str, &str)> = changes
         .iter()
@@ -316,10 +267,7 @@ fn networkd_guest_starts_with_every_address_on_venet0() {
         ct.ct_ip(&["-6", "route"])
     );
     for a in addresses() {
-        assert!(
-            ct.ping_from_node(a),
-            "{a} does not answer from the node\n{shown}"
-        );
+        assert!(ct.ping_from_node(a), "{a} does not answer from the node\n{shown}");
     }
     eprintln!("{shown}");
 }

@@ -30,13 +30,9 @@ fn btrfs_qgroup_limits_the_container() {
     }
     assert_eq!(rustix::io::Errno::DQUOT.raw_os_error(), EDQUOT);
     let dir = tempfile::tempdir().unwrap();
-    let node_fs = LoopMount::new(
-        &dir.path().join("node.img"),
-        512,
-        &["mkfs.btrfs", "-q"],
-        &dir.path().join("node"),
-    )
-    .unwrap();
+    let node_fs =
+        LoopMount::new(&dir.path().join("node.img"), 512, &["mkfs.btrfs", "-q"], &dir.path().join("node"))
+            .unwrap();
     let private_root = node_fs.mountpoint.join("vz/private");
     let private = private_root.join("101");
 
@@ -44,21 +40,14 @@ fn btrfs_qgroup_limits_the_container() {
     let sel = quota::select(&node, Layout::Simfs, &private_root);
     assert_eq!(sel.method(), Method::BtrfsQgroup, "{:?}", sel.considered);
 
-    let opts = MigrateOptions {
-        diskspace: Some((15 * 1024, 20 * 1024)),
-        ..Default::default()
-    };
+    let opts = MigrateOptions { diskspace: Some((15 * 1024, 20 * 1024)), ..Default::default() };
     let plan = QuotaPlan::compute(&Inventory::default(), &opts).unwrap();
     sel.backend.prepare(101, &private, &plan).unwrap();
     // "Received" files land in the subvolume; the quota follows them.
     std::fs::write(private.join("etc-hostname"), b"web1\n").unwrap();
     let out = sel.backend.apply(101, &private, &plan).unwrap();
     assert!(out.applied, "{out:?}");
-    assert!(
-        out.commands
-            .iter()
-            .any(|c| c.contains("qgroup limit 20971520"))
-    );
+    assert!(out.commands.iter().any(|c| c.contains("qgroup limit 20971520")));
 
     // 30 MiB into a 20 MiB container fails with EDQUOT.
     let mut f = std::fs::File::create(private.join("big")).unwrap();
@@ -75,10 +64,7 @@ fn btrfs_qgroup_limits_the_container() {
     };
     let err = err.expect("writing 30 MiB into a 20 MiB qgroup succeeded");
     assert_eq!(err.raw_os_error(), Some(EDQUOT), "{err}");
-    assert!(
-        written <= 20 << 20,
-        "{written} bytes written past the limit"
-    );
+    assert!(written <= 20 << 20, "{written} bytes written past the limit");
     eprintln!("btrfs: write stopped after {} MiB: {err}", written >> 20);
     drop(f);
     // Under the limit still works after freeing space.
@@ -93,18 +79,11 @@ fn btrfs_qgroup_limits_the_container() {
     std::os::unix::fs::symlink("passwd", resumed.join("etc/pw")).unwrap();
     sel.backend.prepare(102, &resumed, &plan).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(
-        std::fs::metadata(&resumed).unwrap().ino(),
-        256,
-        "102 is a subvolume"
-    );
+    assert_eq!(std::fs::metadata(&resumed).unwrap().ino(), 256, "102 is a subvolume");
     let a = std::fs::metadata(resumed.join("etc/passwd")).unwrap();
     let b = std::fs::metadata(resumed.join("etc/passwd.link")).unwrap();
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard link kept");
-    assert_eq!(
-        std::fs::read_link(resumed.join("etc/pw")).unwrap(),
-        Path::new("passwd")
-    );
+    assert_eq!(std::fs::read_link(resumed.join("etc/pw")).unwrap(), Path::new("passwd"));
     let leftovers: Vec<_> = std::fs::read_dir(&private_root)
         .unwrap()
         .flatten()
@@ -125,16 +104,9 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     if !Path::new("/dev/kvm").exists() {
         return skip(T, "/dev/kvm is not available");
     }
-    for p in [
-        "qemu-system-x86_64",
-        "mkfs.ext4",
-        "quotacheck",
-        "setquota",
-        "quotaon",
-        "setpriv",
-        "modinfo",
-        "ldd",
-    ] {
+    for p in
+        ["qemu-system-x86_64", "mkfs.ext4", "quotacheck", "setquota", "quotaon", "setpriv", "modinfo", "ldd"]
+    {
         if !have(p) {
             return skip(T, &format!("{p} is not installed"));
         }
@@ -144,20 +116,13 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
         .map(Path::new)
         .find(|p| p.exists() && p2c_tests::quota::sh("ldd", &[&p.to_string_lossy()]).is_err());
     let Some(busybox) = busybox else {
-        return skip(
-            T,
-            "a static busybox (package busybox-static) is not installed",
-        );
+        return skip(T, "a static busybox (package busybox-static) is not installed");
     };
     let kernel = match debian_kernel() {
         Ok(k) => k,
         Err(e) => return skip(T, &format!("Debian's kernel package is unavailable: {e}")),
     };
-    eprintln!(
-        "booting {} from {}",
-        kernel.vmlinuz.display(),
-        kernel.package
-    );
+    eprintln!("booting {} from {}", kernel.vmlinuz.display(), kernel.package);
 
     // The container's plan: /home kept uid 1001's limits (3 MiB soft, 4 MiB hard).
     let inv = Inventory {
@@ -172,12 +137,7 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
         quotas: vec![FsQuota {
             mountpoint: "/home".into(),
             format: "vfsv1".into(),
-            users: vec![QuotaLimit {
-                id: 1001,
-                block_soft: 3072,
-                block_hard: 4096,
-                ..Default::default()
-            }],
+            users: vec![QuotaLimit { id: 1001, block_soft: 3072, block_hard: 4096, ..Default::default() }],
             block_grace_secs: 7 * 86400,
             inode_grace_secs: 7 * 86400,
             ..Default::default()
@@ -204,9 +164,7 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     // Receive a few files owned by uid/gid 1001 into the mounted image.
     {
         let mnt = dir.path().join("root");
-        let guard = ploop::Ploop::new(node.clone())
-            .mount(&private, &mnt)
-            .unwrap();
+        let guard = ploop::Ploop::new(node.clone()).mount(&private, &mnt).unwrap();
         let home = guard.path().join("home/u1001");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::write(home.join("notes.txt"), vec![b'n'; 64 * 1024]).unwrap();
@@ -220,17 +178,9 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     assert!(out.applied && out.second_level_applied, "{out:?}");
 
     // An initramfs: busybox, quotaon and setpriv with their libraries, the modules.
-    let modules = module_closure(
-        &kernel.modules,
-        &[
-            "virtio_pci",
-            "virtio_blk",
-            "crc32c_generic",
-            "ext4",
-            "quota_v2",
-        ],
-    )
-    .unwrap();
+    let modules =
+        module_closure(&kernel.modules, &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "quota_v2"])
+            .unwrap();
     let mut cpio = Cpio::default();
     cpio.file("bin/busybox", 0o755, &std::fs::read(busybox).unwrap());
     for d in ["proc", "sys", "dev", "mnt", "tmp", "etc"] {
@@ -238,36 +188,21 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     }
     cpio.symlink("etc/mtab", "/proc/mounts");
     cpio.host_program(Path::new(
-        &p2c_tests::quota::sh("sh", &["-c", "command -v quotaon"])
-            .unwrap()
-            .trim()
-            .to_string(),
+        &p2c_tests::quota::sh("sh", &["-c", "command -v quotaon"]).unwrap().trim().to_string(),
     ))
     .unwrap();
     cpio.host_program(Path::new(
-        &p2c_tests::quota::sh("sh", &["-c", "command -v setpriv"])
-            .unwrap()
-            .trim()
-            .to_string(),
+        &p2c_tests::quota::sh("sh", &["-c", "command -v setpriv"]).unwrap().trim().to_string(),
     ))
     .unwrap();
     let mut insmods = String::new();
     for (name, path) in &modules {
-        cpio.file(
-            &format!("modules/{name}.ko"),
-            0o644,
-            &module_bytes(path).unwrap(),
-        );
-        insmods.push_str(&format!(
-            "insmod /modules/{name}.ko || echo P2C-INSMOD-FAILED {name}\n"
-        ));
+        cpio.file(&format!("modules/{name}.ko"), 0o644, &module_bytes(path).unwrap());
+        insmods.push_str(&format!("insmod /modules/{name}.ko || echo P2C-INSMOD-FAILED {name}\n"));
     }
     let quotaon = p2c_tests::quota::sh("sh", &["-c", "command -v quotaon"]).unwrap();
     let setpriv = p2c_tests::quota::sh("sh", &["-c", "command -v setpriv"]).unwrap();
-    let as_user = format!(
-        "{} --reuid=1001 --regid=1001 --clear-groups",
-        setpriv.trim()
-    );
+    let as_user = format!("{} --reuid=1001 --regid=1001 --clear-groups", setpriv.trim());
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -301,13 +236,7 @@ poweroff -f
     // KVM first; where a nested KVM guest hangs before its kernel prints anything (seen
     // on hosts that are themselves VMs), the same guest runs under TCG emulation.
     let disk = ploop::image_path(&private);
-    let console = match run_qemu(
-        &kernel.vmlinuz,
-        &initrd,
-        &disk,
-        Accel::Kvm,
-        Duration::from_secs(30),
-    ) {
+    let console = match run_qemu(&kernel.vmlinuz, &initrd, &disk, Accel::Kvm, Duration::from_secs(30)) {
         Ok(c) if c.contains("P2C-DONE") => {
             eprintln!("guest ran under KVM");
             c
@@ -317,33 +246,16 @@ poweroff -f
                 Ok(c) => format!("the guest stopped early:\n{c}"),
                 Err(e) => e,
             };
-            eprintln!(
-                "KVM guest failed ({}); running it under TCG",
-                why.lines().next().unwrap_or("")
-            );
-            let c = run_qemu(
-                &kernel.vmlinuz,
-                &initrd,
-                &disk,
-                Accel::Tcg,
-                Duration::from_secs(300),
-            )
-            .unwrap();
+            eprintln!("KVM guest failed ({}); running it under TCG", why.lines().next().unwrap_or(""));
+            let c = run_qemu(&kernel.vmlinuz, &initrd, &disk, Accel::Tcg, Duration::from_secs(300)).unwrap();
             eprintln!("guest ran under TCG");
             c
         }
     };
-    let p2c_lines: Vec<&str> = console
-        .lines()
-        .filter(|l| l.contains("P2C-") || l.contains("dd:") || l.contains("quota"))
-        .collect();
+    let p2c_lines: Vec<&str> =
+        console.lines().filter(|l| l.contains("P2C-") || l.contains("dd:") || l.contains("quota")).collect();
     eprintln!("console (filtered):\n{}", p2c_lines.join("\n"));
-    let line = |tag: &str| {
-        console
-            .lines()
-            .find_map(|l| l.find(tag).map(|at| l[at..].trim()))
-            .unwrap_or("")
-    };
+    let line = |tag: &str| console.lines().find_map(|l| l.find(tag).map(|at| l[at..].trim())).unwrap_or("");
     assert!(!console.contains("P2C-INSMOD-FAILED"), "{console}");
     assert_eq!(line("P2C-MOUNT"), "P2C-MOUNT rc=0", "{console}");
     assert_eq!(line("P2C-QUOTAON"), "P2C-QUOTAON rc=0", "{console}");

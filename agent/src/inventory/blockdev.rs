@@ -28,21 +28,14 @@ pub fn block_devices(
             continue;
         };
         let dir = class.join(&kname);
-        let read = |f: &str| {
-            fsread::read_text(&dir.join(f), 4096)
-                .map(|t| t.trim().to_string())
-                .ok()
-        };
+        let read = |f: &str| fsread::read_text(&dir.join(f), 4096).map(|t| t.trim().to_string()).ok();
         let Some((major, minor)) = read("dev").and_then(|d| {
             let (a, b) = d.split_once(':')?;
             Some((a.parse().ok()?, b.parse().ok()?))
         }) else {
             continue;
         };
-        let size_bytes = read("size")
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-            .saturating_mul(512);
+        let size_bytes = read("size").and_then(|s| s.parse::<u64>().ok()).unwrap_or(0).saturating_mul(512);
         if kname.starts_with("ram")
             || (kname.starts_with("loop") && size_bytes == 0)
             || only.is_some_and(|o| !o.contains(&(major, minor)))
@@ -68,9 +61,7 @@ pub fn block_devices(
             "disk"
         };
         let display = if kname.starts_with("dm-") {
-            read("dm/name")
-                .filter(|n| !n.is_empty())
-                .unwrap_or(kname.clone())
+            read("dm/name").filter(|n| !n.is_empty()).unwrap_or(kname.clone())
         } else {
             kname.clone()
         };
@@ -78,9 +69,7 @@ pub fn block_devices(
         let fs_type = match mount {
             Some(m) => Some(m.fs_type.clone()),
             // Removable drives are not opened: a floppy or CD drive may stall the agent.
-            None if size_bytes > 0 && kind != "rom" && !kname.starts_with("fd") => {
-                probe(&dev.join(&kname))
-            }
+            None if size_bytes > 0 && kind != "rom" && !kname.starts_with("fd") => probe(&dev.join(&kname)),
             None => None,
         };
         if kind == "part"
@@ -113,10 +102,8 @@ pub fn block_devices(
         }
     }
     // Holders were read as kernel names (`dm-0`); report the names the devices go by.
-    let names: HashMap<String, String> = index
-        .iter()
-        .map(|(k, &i)| (k.clone(), devs[i].name.clone()))
-        .collect();
+    let names: HashMap<String, String> =
+        index.iter().map(|(k, &i)| (k.clone(), devs[i].name.clone())).collect();
     for d in &mut devs {
         for h in &mut d.holders {
             if let Some(n) = names.get(h.as_str()) {
@@ -131,11 +118,7 @@ pub fn block_devices(
 
 /// Identifies the content of a device or image from its first 68 KiB.
 pub fn probe(path: &Path) -> Option<String> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path).ok()?;
     probe_reader(&f)
 }
 

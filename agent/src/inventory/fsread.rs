@@ -32,10 +32,7 @@ pub enum ReadError {
 
 impl ReadError {
     pub fn io(path: &Path, source: io::Error) -> ReadError {
-        ReadError::Io {
-            path: path.display().to_string(),
-            source,
-        }
+        ReadError::Io { path: path.display().to_string(), source }
     }
 
     /// True when the file simply is not there.
@@ -48,14 +45,9 @@ impl ReadError {
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
     let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
     let mut buf = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| ReadError::io(path, e))?;
+    file.take(cap + 1).read_to_end(&mut buf).map_err(|e| ReadError::io(path, e))?;
     if buf.len() as u64 > cap {
-        return Err(ReadError::TooLarge {
-            path: path.display().to_string(),
-            cap,
-        });
+        return Err(ReadError::TooLarge { path: path.display().to_string(), cap });
     }
     Ok(buf)
 }
@@ -85,10 +77,7 @@ pub fn list_dir(dir: &Path) -> Result<Vec<OsString>, ReadError> {
     for entry in rd {
         let entry = entry.map_err(|e| ReadError::io(dir, e))?;
         if names.len() >= DIR_CAP {
-            return Err(ReadError::TooManyEntries {
-                path: dir.display().to_string(),
-                cap: DIR_CAP,
-            });
+            return Err(ReadError::TooManyEntries { path: dir.display().to_string(), cap: DIR_CAP });
         }
         names.push(entry.file_name());
     }
@@ -192,18 +181,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("big");
         std::fs::write(&f, vec![b'a'; 100]).unwrap();
-        assert!(matches!(
-            read_capped(&f, 99),
-            Err(ReadError::TooLarge { cap: 99, .. })
-        ));
+        assert!(matches!(read_capped(&f, 99), Err(ReadError::TooLarge { cap: 99, .. })));
         assert_eq!(read_capped(&f, 100).unwrap().len(), 100);
         assert_eq!(read_text_opt(&t.path().join("none"), 10).unwrap(), None);
         assert!(list_dir(&t.path().join("none")).unwrap().is_empty());
         std::fs::write(t.path().join("bad"), b"a\xff\xfeb").unwrap();
-        assert_eq!(
-            read_text(&t.path().join("bad"), 10).unwrap(),
-            "a\u{fffd}\u{fffd}b"
-        );
+        assert_eq!(read_text(&t.path().join("bad"), 10).unwrap(), "a\u{fffd}\u{fffd}b");
     }
 
     #[test]

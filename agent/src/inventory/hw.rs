@@ -37,13 +37,7 @@ pub fn parse_meminfo(text: &str) -> MemInfo {
 
 /// Counts the `processor` entries of /proc/cpuinfo.
 pub fn parse_cpuinfo(text: &str) -> u32 {
-    let n = text
-        .lines()
-        .filter(|l| {
-            l.split_once(':')
-                .is_some_and(|(k, _)| k.trim() == "processor")
-        })
-        .count();
+    let n = text.lines().filter(|l| l.split_once(':').is_some_and(|(k, _)| k.trim() == "processor")).count();
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -54,15 +48,12 @@ pub fn memory(proc: &Path) -> Result<MemInfo, ReadError> {
 
 /// CPUs of the running kernel: /proc/cpuinfo, else what the scheduler lets us use.
 pub fn cpus(proc: &Path) -> u32 {
-    let from_proc = fsread::read_text(&proc.join("cpuinfo"), fsread::TABLE_CAP)
-        .map(|t| parse_cpuinfo(&t))
-        .unwrap_or(0);
+    let from_proc =
+        fsread::read_text(&proc.join("cpuinfo"), fsread::TABLE_CAP).map(|t| parse_cpuinfo(&t)).unwrap_or(0);
     if from_proc > 0 {
         return from_proc;
     }
-    std::thread::available_parallelism()
-        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -30,11 +30,7 @@ const MAX_SOCKETS: usize = 65_536;
 
 /// One table line, if it is a listening socket of `proto`.
 fn parse_socket(line: &str, proto: &str) -> Option<Socket> {
-    let want = if proto.starts_with("tcp") {
-        TCP_LISTEN
-    } else {
-        UDP_UNCONNECTED
-    };
+    let want = if proto.starts_with("tcp") { TCP_LISTEN } else { UDP_UNCONNECTED };
     let f: Vec<&str> = line.split_whitespace().collect();
     if f.len() < 10 || f[3] != want {
         return None;
@@ -131,9 +127,7 @@ fn socket_owners(proc: &Path, wanted: &HashSet<u64>) -> HashMap<u64, String> {
                 continue;
             }
             let n = name.get_or_insert_with(|| {
-                fsread::read_text(&dir.join("comm"), 256)
-                    .map(|c| c.trim().to_string())
-                    .unwrap_or_default()
+                fsread::read_text(&dir.join("comm"), 256).map(|c| c.trim().to_string()).unwrap_or_default()
             });
             if !n.is_empty() {
                 owners.insert(ino, n.clone());
@@ -154,16 +148,8 @@ pub fn live_listeners(proc: &Path) -> (Vec<Listener>, Vec<String>) {
             Err(e) => gaps.push(format!("listeners: {e}")),
         }
     }
-    let inodes: HashSet<u64> = sockets
-        .iter()
-        .map(|s| s.inode)
-        .filter(|i| *i != 0)
-        .collect();
-    let owners = if inodes.is_empty() {
-        HashMap::new()
-    } else {
-        socket_owners(proc, &inodes)
-    };
+    let inodes: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
+    let owners = if inodes.is_empty() { HashMap::new() } else { socket_owners(proc, &inodes) };
     let mut out: Vec<Listener> = Vec::new();
     for mut s in sockets {
         s.listener.process = owners.get(&s.inode).cloned();
@@ -196,12 +182,7 @@ mod tests {
         assert_eq!(s[0].listener.address, "::1");
         assert_eq!(s[0].listener.port, 22);
         let udp = "header\n  1: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   0   0 77 2\n";
-        assert_eq!(
-            parse_proc_net(udp.as_bytes(), "udp").unwrap()[0]
-                .listener
-                .port,
-            53
-        );
+        assert_eq!(parse_proc_net(udp.as_bytes(), "udp").unwrap()[0].listener.port, 53);
     }
 
     #[test]
@@ -211,10 +192,7 @@ mod tests {
         let (l, gaps) = live_listeners(Path::new("/proc"));
         assert!(gaps.is_empty(), "{gaps:?}");
         let port = tcp.local_addr().unwrap().port();
-        let me = l
-            .iter()
-            .find(|l| l.proto == "tcp" && l.port == port)
-            .unwrap();
+        let me = l.iter().find(|l| l.proto == "tcp" && l.port == port).unwrap();
         assert_eq!(me.address, "127.0.0.1");
         assert!(me.process.is_some());
         let uport = udp.local_addr().unwrap().port();

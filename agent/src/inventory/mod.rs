@@ -75,11 +75,7 @@ struct Host {
 
 impl Default for Host {
     fn default() -> Self {
-        Host {
-            proc: PathBuf::from("/proc"),
-            sys: PathBuf::from("/sys"),
-            dev: PathBuf::from("/dev"),
-        }
+        Host { proc: PathBuf::from("/proc"), sys: PathBuf::from("/sys"), dev: PathBuf::from("/dev") }
     }
 }
 
@@ -94,10 +90,7 @@ fn collect_with(opts: &CollectOptions, host: &Host, ctl: &dyn QuotaCtl) -> Inven
     let mut inv = Inventory {
         schema: INVENTORY_SCHEMA,
         facts_from: if live { "live" } else { "tree" }.to_string(),
-        collected_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        collected_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         ..Default::default()
     };
     let mut gaps = Vec::new();
@@ -144,23 +137,18 @@ fn collect_with(opts: &CollectOptions, host: &Host, ctl: &dyn QuotaCtl) -> Inven
 fn system(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool, host: &Host) {
     match os::read_os(root) {
         Ok(Some(o)) => inv.os = o,
-        Ok(None) => gaps.push(format!(
-            "os: no os-release or distribution release file below {}",
-            root.display()
-        )),
+        Ok(None) => {
+            gaps.push(format!("os: no os-release or distribution release file below {}", root.display()))
+        }
         Err(e) => gaps.push(format!("os: {e}")),
     }
     match os::read_hostname(root) {
         Ok(Some(h)) => inv.hostname = h,
         Ok(None) if live => {
-            inv.hostname = nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            inv.hostname =
+                nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         }
-        Ok(None) => gaps.push(format!(
-            "hostname: no /etc/hostname below {}",
-            root.display()
-        )),
+        Ok(None) => gaps.push(format!("hostname: no /etc/hostname below {}", root.display())),
         Err(e) => gaps.push(format!("hostname: {e}")),
     }
     if live {
@@ -187,11 +175,7 @@ fn system(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool, 
         }
         Err(e) => gaps.push(format!("memory: {e}")),
     }
-    let enforce = if live {
-        selinux::live_enforce(&host.sys)
-    } else {
-        None
-    };
+    let enforce = if live { selinux::live_enforce(&host.sys) } else { None };
     match selinux::selinux(root, live, enforce.as_deref()) {
         Ok(s) => inv.selinux = s,
         Err(e) => gaps.push(format!("selinux: {e}")),
@@ -213,10 +197,7 @@ fn network(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool,
     } else {
         let (ifs, routes) = net::tree_interfaces(&conf);
         if ifs.is_empty() {
-            gaps.push(format!(
-                "interfaces: no network configuration found below {}",
-                root.display()
-            ));
+            gaps.push(format!("interfaces: no network configuration found below {}", root.display()));
         }
         inv.interfaces = ifs;
         inv.routes = routes;
@@ -235,8 +216,7 @@ fn storage(
     host: &Host,
     ctl: &dyn QuotaCtl,
 ) {
-    let mountinfo = match fsread::read_capped(&host.proc.join("self/mountinfo"), fsread::TABLE_CAP)
-    {
+    let mountinfo = match fsread::read_capped(&host.proc.join("self/mountinfo"), fsread::TABLE_CAP) {
         Ok(b) => mounts::parse_mountinfo(&b),
         Err(e) => {
             gaps.push(format!("mounts: {e}"));
@@ -269,9 +249,8 @@ fn storage(
         Ok(mut d) => {
             // Mount points as the source sees them (relative to root).
             for b in &mut d {
-                if let Some(m) = located
-                    .iter()
-                    .find(|m| m.is_mount_point && (m.major, m.minor) == (b.major, b.minor))
+                if let Some(m) =
+                    located.iter().find(|m| m.is_mount_point && (m.major, m.minor) == (b.major, b.minor))
                 {
                     b.mountpoint = Some(m.mount.mountpoint.clone());
                 }

@@ -6,10 +6,7 @@ use super::fsread::{self, CONFIG_CAP, ReadError};
 
 /// Module names of /proc/modules.
 pub fn parse_proc_modules(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 /// Module names of `/etc/modules` or a modules-load.d(5) file (`#` and `;` comments,
@@ -48,9 +45,7 @@ pub fn parse_modules_script(text: &str) -> Vec<String> {
 }
 
 fn is_module_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// The loaded modules of the running kernel, from `proc` (normally `/proc`).
@@ -67,19 +62,9 @@ pub fn live_modules(proc: &Path) -> Result<Vec<String>, ReadError> {
 pub fn tree_modules(root: &Path) -> (Vec<String>, Vec<String>) {
     let mut out = Vec::new();
     let mut gaps = Vec::new();
-    read_list(
-        root,
-        "/etc/modules",
-        parse_modules_list,
-        &mut out,
-        &mut gaps,
-    );
+    read_list(root, "/etc/modules", parse_modules_list, &mut out, &mut gaps);
     for (dir, ext, parse) in [
-        (
-            "/etc/modules-load.d",
-            ".conf",
-            parse_modules_list as fn(&str) -> Vec<String>,
-        ),
+        ("/etc/modules-load.d", ".conf", parse_modules_list as fn(&str) -> Vec<String>),
         ("/etc/sysconfig/modules", ".modules", parse_modules_script),
     ] {
         match fsread::list_dir(&fsread::below(root, dir)) {
@@ -145,11 +130,7 @@ mod tests {
         std::fs::write(r.join("etc/modules"), "loop\n").unwrap();
         std::fs::write(r.join("etc/modules-load.d/a.conf"), "br_netfilter\nloop\n").unwrap();
         std::fs::write(r.join("etc/modules-load.d/b.txt"), "ignored\n").unwrap();
-        std::fs::write(
-            r.join("etc/sysconfig/modules/raw.modules"),
-            "modprobe raw\n",
-        )
-        .unwrap();
+        std::fs::write(r.join("etc/sysconfig/modules/raw.modules"), "modprobe raw\n").unwrap();
         let (m, gaps) = tree_modules(r);
         assert!(gaps.is_empty());
         assert_eq!(m, vec!["br_netfilter", "loop", "raw"]);

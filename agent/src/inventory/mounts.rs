@@ -40,17 +40,11 @@ pub struct LocatedMount {
 
 /// Parses /proc/self/mountinfo; malformed lines are skipped.
 pub fn parse_mountinfo(bytes: &[u8]) -> Vec<MountInfo> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter_map(parse_line)
-        .collect()
+    bytes.split(|b| *b == b'\n').filter_map(parse_line).collect()
 }
 
 fn parse_line(line: &[u8]) -> Option<MountInfo> {
-    let fields: Vec<&[u8]> = line
-        .split(|b| *b == b' ')
-        .filter(|f| !f.is_empty())
-        .collect();
+    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|f| !f.is_empty()).collect();
     let sep = fields.iter().position(|f| *f == b"-")?;
     if sep < 6 || fields.len() < sep + 3 {
         return None;
@@ -58,11 +52,7 @@ fn parse_line(line: &[u8]) -> Option<MountInfo> {
     let num = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u32>().ok();
     let text = |f: &[u8]| String::from_utf8_lossy(&unescape(f)).into_owned();
     let opts = |f: &[u8]| -> Vec<String> {
-        text(f)
-            .split(',')
-            .filter(|o| !o.is_empty())
-            .map(str::to_string)
-            .collect()
+        text(f).split(',').filter(|o| !o.is_empty()).map(str::to_string).collect()
     };
     let (maj, min) = std::str::from_utf8(fields[2]).ok()?.split_once(':')?;
     Some(MountInfo {
@@ -109,11 +99,7 @@ fn is_octal3(d: &[u8]) -> bool {
 /// on a dead network mount would hang the agent.
 pub fn mounts_below(entries: &[MountInfo], root: &Path) -> Vec<LocatedMount> {
     let root_b = root.as_os_str().as_bytes();
-    let root_b = if root_b.len() > 1 {
-        root_b.strip_suffix(b"/").unwrap_or(root_b)
-    } else {
-        root_b
-    };
+    let root_b = if root_b.len() > 1 { root_b.strip_suffix(b"/").unwrap_or(root_b) } else { root_b };
     let mut out: Vec<LocatedMount> = Vec::new();
     for e in entries {
         let Some(rel) = relative_to(&e.mount_point, root_b) else {
@@ -219,11 +205,7 @@ fn fill_sizes(m: &mut Mount, path: &Path) {
     let Ok(s) = rustix::fs::statvfs(path) else {
         return;
     };
-    let frsize = if s.f_frsize > 0 {
-        s.f_frsize
-    } else {
-        s.f_bsize
-    };
+    let frsize = if s.f_frsize > 0 { s.f_frsize } else { s.f_bsize };
     m.size_bytes = s.f_blocks.saturating_mul(frsize);
     m.used_bytes = s.f_blocks.saturating_sub(s.f_bfree).saturating_mul(frsize);
     m.inodes_total = s.f_files;
@@ -285,10 +267,8 @@ garbage line
     #[test]
     fn tree_root_is_a_mount() {
         let m = mounts_below(&parse_mountinfo(SAMPLE), Path::new("/srv/tree/"));
-        let points: Vec<(&str, &str)> = m
-            .iter()
-            .map(|m| (m.mount.mountpoint.as_str(), m.mount.device.as_str()))
-            .collect();
+        let points: Vec<(&str, &str)> =
+            m.iter().map(|m| (m.mount.mountpoint.as_str(), m.mount.device.as_str())).collect();
         // The over-mount of /home hides the first one; /srv/treeX is not beneath root.
         assert_eq!(points, vec![("/", "/dev/sdc1"), ("/home", "/dev/sdc3")]);
         assert!(m.iter().all(|m| m.is_mount_point));
@@ -316,10 +296,8 @@ garbage line
 6 1 8:1 / /again rw - ext4 /dev/sda1 rw
 ";
         let m = mounts_below(&parse_mountinfo(info), Path::new("/"));
-        let binds: Vec<(&str, Option<&str>)> = m
-            .iter()
-            .map(|m| (m.mount.mountpoint.as_str(), m.mount.bind_of.as_deref()))
-            .collect();
+        let binds: Vec<(&str, Option<&str>)> =
+            m.iter().map(|m| (m.mount.mountpoint.as_str(), m.mount.bind_of.as_deref())).collect();
         assert_eq!(
             binds,
             vec![

@@ -25,10 +25,7 @@ pub fn live_interfaces(sys: &Path, conf: &NetConfig) -> Result<Vec<Interface>, N
         let i = match out.iter().position(|i| i.name == name) {
             Some(i) => i,
             None => {
-                out.push(Interface {
-                    name: name.clone(),
-                    ..Default::default()
-                });
+                out.push(Interface { name: name.clone(), ..Default::default() });
                 out.len() - 1
             }
         };
@@ -62,10 +59,7 @@ pub fn live_interfaces(sys: &Path, conf: &NetConfig) -> Result<Vec<Interface>, N
     }
     for iface in &mut out {
         let mtu = sys.join("class/net").join(&iface.name).join("mtu");
-        iface.mtu = fsread::read_text(&mtu, 64)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
+        iface.mtu = fsread::read_text(&mtu, 64).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
         iface.dhcp = conf.dhcp_for(&iface.name);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -85,10 +79,7 @@ fn prefix_of(mask: u128) -> u8 {
 }
 
 fn format_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 const RTF_UP: u32 = 0x1;
@@ -104,8 +95,7 @@ pub fn parse_proc_route(text: &str) -> Vec<Route> {
             continue;
         }
         let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-        let (Some(dest), Some(gw), Some(flags), Some(mask)) =
-            (hex(f[1]), hex(f[2]), hex(f[3]), hex(f[7]))
+        let (Some(dest), Some(gw), Some(flags), Some(mask)) = (hex(f[1]), hex(f[2]), hex(f[3]), hex(f[7]))
         else {
             continue;
         };
@@ -120,11 +110,7 @@ pub fn parse_proc_route(text: &str) -> Vec<Route> {
         }
         let prefix = u32::from_be_bytes(mask.to_ne_bytes()).leading_ones();
         out.push(Route {
-            destination: if default {
-                "default".into()
-            } else {
-                format!("{}/{prefix}", ip(dest))
-            },
+            destination: if default { "default".into() } else { format!("{}/{prefix}", ip(dest)) },
             gateway: (gw != 0).then(|| IpAddr::V4(ip(gw))),
             interface: f[0].to_string(),
         });
@@ -156,11 +142,7 @@ pub fn parse_ipv6_route(text: &str) -> Vec<Route> {
             continue;
         }
         out.push(Route {
-            destination: if default {
-                "default".into()
-            } else {
-                format!("{}/{plen}", Ipv6Addr::from(dest))
-            },
+            destination: if default { "default".into() } else { format!("{}/{plen}", Ipv6Addr::from(dest)) },
             gateway: (gw != 0).then(|| IpAddr::V6(Ipv6Addr::from(gw))),
             interface: f[9].to_string(),
         });
@@ -176,10 +158,9 @@ fn hex128(s: &str) -> Option<u128> {
 pub fn live_routes(proc: &Path) -> (Vec<Route>, Vec<String>) {
     let mut routes = Vec::new();
     let mut gaps = Vec::new();
-    for (file, parse) in [
-        ("net/route", parse_proc_route as fn(&str) -> Vec<Route>),
-        ("net/ipv6_route", parse_ipv6_route),
-    ] {
+    for (file, parse) in
+        [("net/route", parse_proc_route as fn(&str) -> Vec<Route>), ("net/ipv6_route", parse_ipv6_route)]
+    {
         match fsread::read_text(&proc.join(file), fsread::TABLE_CAP) {
             Ok(t) => routes.extend(parse(&t)),
             // No IPv6 in this kernel: no IPv6 routes, not a gap.
@@ -216,18 +197,14 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
 /// (systemd-resolved's 127.0.0.53) or is missing, the servers of the network configuration.
 pub fn read_dns(root: &Path, conf: &NetConfig) -> (Dns, Vec<String>) {
     let mut gaps = Vec::new();
-    let mut dns = match fsread::read_text_opt(&fsread::below(root, "/etc/resolv.conf"), CONFIG_CAP)
-    {
+    let mut dns = match fsread::read_text_opt(&fsread::below(root, "/etc/resolv.conf"), CONFIG_CAP) {
         Ok(t) => t.map(|t| parse_resolv_conf(&t)).unwrap_or_default(),
         Err(e) => {
             gaps.push(format!("dns: {e}"));
             Dns::default()
         }
     };
-    let stub_only = dns
-        .nameservers
-        .iter()
-        .all(|n| n.starts_with("127.0.0.5") || n == "::1");
+    let stub_only = dns.nameservers.iter().all(|n| n.starts_with("127.0.0.5") || n == "::1");
     if stub_only && !conf.nameservers.is_empty() {
         dns.nameservers = conf.nameservers.clone();
         if dns.search.is_empty() {
@@ -248,11 +225,7 @@ pub fn tree_interfaces(conf: &NetConfig) -> (Vec<Interface>, Vec<Route>) {
         let i = match out.iter().position(|i| i.name == name) {
             Some(i) => i,
             None => {
-                out.push(Interface {
-                    name: name.clone(),
-                    up: true,
-                    ..Default::default()
-                });
+                out.push(Interface { name: name.clone(), up: true, ..Default::default() });
                 out.len() - 1
             }
         };
@@ -284,11 +257,7 @@ pub fn tree_interfaces(conf: &NetConfig) -> (Vec<Interface>, Vec<Route>) {
 }
 
 fn push_route(routes: &mut Vec<Route>, g: IpAddr, dev: &str) {
-    let r = Route {
-        destination: "default".into(),
-        gateway: Some(g),
-        interface: dev.to_string(),
-    };
+    let r = Route { destination: "default".into(), gateway: Some(g), interface: dev.to_string() };
     if !routes.contains(&r) {
         routes.push(r);
     }
@@ -297,11 +266,9 @@ fn push_route(routes: &mut Vec<Route>, g: IpAddr, dev: &str) {
 /// Whether `ip` lies in the subnet of `a`.
 pub fn in_subnet(a: &IfAddr, ip: &IpAddr) -> bool {
     let (net, host, bits) = match (a.address, ip) {
-        (IpAddr::V4(n), IpAddr::V4(h)) => (
-            u128::from(u32::from(n)) << 96,
-            u128::from(u32::from(*h)) << 96,
-            32u32,
-        ),
+        (IpAddr::V4(n), IpAddr::V4(h)) => {
+            (u128::from(u32::from(n)) << 96, u128::from(u32::from(*h)) << 96, 32u32)
+        }
         (IpAddr::V6(n), IpAddr::V6(h)) => (u128::from(n), u128::from(*h), 128u32),
         _ => return false,
     };

@@ -19,10 +19,7 @@ pub fn parse_os_release(text: &str) -> OsInfo {
     let vars = shellvars::parse(text);
     let get = |k: &str| shellvars::get(&vars, k).unwrap_or("").to_string();
     let id = get("ID").to_ascii_lowercase();
-    let id_like: Vec<String> = get("ID_LIKE")
-        .split_whitespace()
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let id_like: Vec<String> = get("ID_LIKE").split_whitespace().map(str::to_ascii_lowercase).collect();
     OsInfo {
         family: OsFamily::classify(&id, &id_like),
         id,
@@ -60,16 +57,9 @@ pub fn parse_legacy_release(file: &str, text: &str) -> Option<OsInfo> {
         }
         "SuSE-release" => {
             let lower = first.to_ascii_lowercase();
-            let id = if lower.contains("opensuse") {
-                "opensuse"
-            } else {
-                "sles"
-            };
+            let id = if lower.contains("opensuse") { "opensuse" } else { "sles" };
             let vars = shellvars::parse(&text.replace(" = ", "="));
-            let version = match (
-                shellvars::get(&vars, "VERSION"),
-                shellvars::get(&vars, "PATCHLEVEL"),
-            ) {
+            let version = match (shellvars::get(&vars, "VERSION"), shellvars::get(&vars, "PATCHLEVEL")) {
                 (Some(v), Some(p)) if p != "0" => format!("{v}.{p}"),
                 (Some(v), _) => v.to_string(),
                 _ => version.clone(),
@@ -186,10 +176,7 @@ pub fn tree_kernel(root: &Path) -> Result<KernelInfo, ReadError> {
             releases.push(name.to_string_lossy().into_owned());
         }
     }
-    let release = releases
-        .into_iter()
-        .max_by(|a, b| version_cmp(a, b))
-        .unwrap_or_default();
+    let release = releases.into_iter().max_by(|a, b| version_cmp(a, b)).unwrap_or_default();
     Ok(KernelInfo {
         release,
         version: String::new(),
@@ -241,11 +228,8 @@ pub fn elf_machine(path: &Path) -> Option<String> {
         return None;
     }
     let le = head[5] == 1;
-    let m = if le {
-        u16::from_le_bytes([head[18], head[19]])
-    } else {
-        u16::from_be_bytes([head[18], head[19]])
-    };
+    let m =
+        if le { u16::from_le_bytes([head[18], head[19]]) } else { u16::from_be_bytes([head[18], head[19]]) };
     let name = match (m, head[4]) {
         (3, _) => "i686",
         (62, _) => "x86_64",

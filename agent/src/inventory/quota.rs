@@ -35,12 +35,7 @@ pub fn collect_quotas(
         if m.mount.kind != p2c_common::inventory::MountKind::Local {
             continue;
         }
-        let opts: Vec<String> = m
-            .mount
-            .quota_options()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let opts: Vec<String> = m.mount.quota_options().into_iter().map(str::to_string).collect();
         let files: Vec<(QuotaType, Option<PathBuf>)> = [QuotaType::User, QuotaType::Group]
             .into_iter()
             .map(|k| (k, quota_file(&m.live_path, &opts, k)))
@@ -57,13 +52,9 @@ pub fn collect_quotas(
                 let ids = || file_ids(file.as_deref(), kind);
                 match kernel_quota(ctl, Path::new(&m.mount.device), kind, &m.mount.fs_type, ids) {
                     Ok(q) => Some(q),
-                    Err(QuotactlError::NotActive { .. } | QuotactlError::Unsupported { .. }) => {
-                        None
-                    }
+                    Err(QuotactlError::NotActive { .. } | QuotactlError::Unsupported { .. }) => None,
                     Err(e) => {
-                        gaps.push(format!(
-                            "quotas of {mp}: {e}; reading the quota files instead"
-                        ));
+                        gaps.push(format!("quotas of {mp}: {e}; reading the quota files instead"));
                         None
                     }
                 }
@@ -111,10 +102,7 @@ fn no_quota_reason(m: &LocatedMount, opts: &[String], live: bool) -> String {
     } else {
         "no aquota.user/aquota.group files are at its root (ext4's internal quota feature keeps them in hidden inodes, readable only while active)"
     };
-    format!(
-        "quotas of {mp}: mounted with {} but none could be read: {why}",
-        opts.join(",")
-    )
+    format!("quotas of {mp}: mounted with {} but none could be read: {why}", opts.join(","))
 }
 
 /// The quota file of `kind` at the root of the mount at `dir`: the one a `usrjquota=` /
@@ -129,10 +117,7 @@ fn quota_file(dir: &Path, opts: &[String], kind: QuotaType) -> Option<PathBuf> {
         .filter_map(|o| o.strip_prefix(opt))
         .map(|n| n.trim_start_matches('/'))
         .filter(|n| !n.is_empty() && !n.contains(".."));
-    named
-        .chain(kind.file_names())
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    named.chain(kind.file_names()).map(|n| dir.join(n)).find(|p| p.is_file())
 }
 
 /// The ids a quota file holds, for kernels without Q_GETNEXTQUOTA.
@@ -146,10 +131,7 @@ fn from_file(q: QuotaFile) -> TypeQuota {
     TypeQuota {
         source: QuotaSource::Files,
         format: q.format.name().to_string(),
-        grace: KernelInfo {
-            block_grace: q.block_grace,
-            inode_grace: q.inode_grace,
-        },
+        grace: KernelInfo { block_grace: q.block_grace, inode_grace: q.inode_grace },
         entries: q.entries,
         truncated: q.truncated,
     }
@@ -202,13 +184,7 @@ fn kernel_quota(
             Err(e) => return Err(e),
         }
     }
-    Ok(TypeQuota {
-        source: QuotaSource::Kernel,
-        format,
-        grace,
-        entries,
-        truncated,
-    })
+    Ok(TypeQuota { source: QuotaSource::Kernel, format, grace, entries, truncated })
 }
 
 fn limit(q: &DiskQuota, name: Option<&String>) -> QuotaLimit {
@@ -247,18 +223,10 @@ fn fs_quota(m: &LocatedMount, per_type: Vec<(QuotaType, TypeQuota)>, names: &Nam
         }
         match kind {
             QuotaType::User => {
-                fq.users = q
-                    .entries
-                    .iter()
-                    .map(|e| limit(e, names.users.get(&e.id)))
-                    .collect();
+                fq.users = q.entries.iter().map(|e| limit(e, names.users.get(&e.id))).collect();
             }
             QuotaType::Group => {
-                fq.groups = q
-                    .entries
-                    .iter()
-                    .map(|e| limit(e, names.groups.get(&e.id)))
-                    .collect();
+                fq.groups = q.entries.iter().map(|e| limit(e, names.groups.get(&e.id))).collect();
             }
         }
     }

@@ -33,11 +33,7 @@ pub enum QuotactlError {
     #[error("quotactl {op} is not supported for {device}")]
     Unsupported { device: String, op: &'static str },
     #[error("quotactl {op} on {device}: {source}")]
-    Sys {
-        device: String,
-        op: &'static str,
-        source: io::Error,
-    },
+    Sys { device: String, op: &'static str, source: io::Error },
 }
 
 /// The quota queries the inventory makes. `device` is the block device of the mount.
@@ -48,12 +44,7 @@ pub trait QuotaCtl {
     fn format(&self, device: &Path, kind: QuotaType) -> Result<u32, QuotactlError>;
     /// Q_GETNEXTQUOTA: the entry with the smallest id ≥ `id`; `None` past the last one.
     /// [`QuotactlError::Unsupported`] on kernels before 4.6.
-    fn next(
-        &self,
-        device: &Path,
-        kind: QuotaType,
-        id: u32,
-    ) -> Result<Option<DiskQuota>, QuotactlError>;
+    fn next(&self, device: &Path, kind: QuotaType, id: u32) -> Result<Option<DiskQuota>, QuotactlError>;
     /// Q_GETQUOTA: the entry of `id`.
     fn get(&self, device: &Path, kind: QuotaType, id: u32) -> Result<DiskQuota, QuotactlError>;
 }
@@ -163,43 +154,23 @@ fn quotactl<T: Answer>(kind: QuotaType, device: &Path, id: u32) -> Result<T, Err
     // writable `T`, and `T` is one of the `Answer` types above, each the repr(C) layout
     // the kernel writes for `T::CMD` (sizes checked in the tests), so the kernel writes
     // only inside it. No pointer is kept after the call.
-    let rc = unsafe {
-        libc::quotactl(
-            qcmd,
-            dev.as_ptr(),
-            id,
-            (&mut out as *mut T).cast::<libc::c_char>(),
-        )
-    };
+    let rc = unsafe { libc::quotactl(qcmd, dev.as_ptr(), id, (&mut out as *mut T).cast::<libc::c_char>()) };
     if rc == 0 { Ok(out) } else { Err(Errno::last()) }
 }
 
 fn map_err(e: Errno, device: &Path, kind: QuotaType, op: &'static str) -> QuotactlError {
     let device = device.display().to_string();
     match e {
-        Errno::ESRCH => QuotactlError::NotActive {
-            device,
-            kind: kind.name(),
-        },
-        Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL => {
-            QuotactlError::Unsupported { device, op }
-        }
-        e => QuotactlError::Sys {
-            device,
-            op,
-            source: io::Error::from(e),
-        },
+        Errno::ESRCH => QuotactlError::NotActive { device, kind: kind.name() },
+        Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL => QuotactlError::Unsupported { device, op },
+        e => QuotactlError::Sys { device, op, source: io::Error::from(e) },
     }
 }
 
 impl QuotaCtl for LinuxQuotactl {
     fn info(&self, device: &Path, kind: QuotaType) -> Result<KernelInfo, QuotactlError> {
-        let i: IfDqinfo =
-            quotactl(kind, device, 0).map_err(|e| map_err(e, device, kind, "Q_GETINFO"))?;
-        Ok(KernelInfo {
-            block_grace: i.bgrace,
-            inode_grace: i.igrace,
-        })
+        let i: IfDqinfo = quotactl(kind, device, 0).map_err(|e| map_err(e, device, kind, "Q_GETINFO"))?;
+        Ok(KernelInfo { block_grace: i.bgrace, inode_grace: i.igrace })
     }
 
     fn format(&self, device: &Path, kind: QuotaType) -> Result<u32, QuotactlError> {
@@ -207,12 +178,7 @@ impl QuotaCtl for LinuxQuotactl {
         Ok(f.0)
     }
 
-    fn next(
-        &self,
-        device: &Path,
-        kind: QuotaType,
-        id: u32,
-    ) -> Result<Option<DiskQuota>, QuotactlError> {
+    fn next(&self, device: &Path, kind: QuotaType, id: u32) -> Result<Option<DiskQuota>, QuotactlError> {
         match quotactl::<IfNextDqblk>(kind, device, id) {
             Ok(d) => Ok(Some(DiskQuota {
                 id: d.id,
@@ -231,8 +197,7 @@ impl QuotaCtl for LinuxQuotactl {
     }
 
     fn get(&self, device: &Path, kind: QuotaType, id: u32) -> Result<DiskQuota, QuotactlError> {
-        let d: IfDqblk =
-            quotactl(kind, device, id).map_err(|e| map_err(e, device, kind, "Q_GETQUOTA"))?;
+        let d: IfDqblk = quotactl(kind, device, id).map_err(|e| map_err(e, device, kind, "Q_GETQUOTA"))?;
         Ok(DiskQuota {
             id,
             block_hard: d.bhardlimit,

@@ -136,12 +136,7 @@ pub enum QuotaFileError {
     #[error(
         "quota file {path} has magic {found:#010x}, not the {kind} quota magic {expected:#010x} of the vfsv0/vfsv1 formats"
     )]
-    BadMagic {
-        path: String,
-        kind: &'static str,
-        found: u32,
-        expected: u32,
-    },
+    BadMagic { path: String, kind: &'static str, found: u32, expected: u32 },
     #[error("quota file {path} has version {version}; only 0 (vfsv0) and 1 (vfsv1) are known")]
     BadVersion { path: String, version: u32 },
     #[error("quota file {path} is corrupt: {reason}")]
@@ -151,10 +146,7 @@ pub enum QuotaFileError {
 /// Reads the quota file at `path`, holding `kind` quotas.
 pub fn read_quota_file(path: &Path, kind: QuotaType) -> Result<QuotaFile, QuotaFileError> {
     let shown = path.display().to_string();
-    let io_err = |source| QuotaFileError::Io {
-        path: shown.clone(),
-        source,
-    };
+    let io_err = |source| QuotaFileError::Io { path: shown.clone(), source };
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     parse_quota_file(&file, len, kind, &shown)
@@ -168,16 +160,10 @@ pub fn parse_quota_file(
     path: &str,
 ) -> Result<QuotaFile, QuotaFileError> {
     if len > MAX_FILE_BYTES {
-        return Err(QuotaFileError::TooLarge {
-            path: path.to_string(),
-            max: MAX_FILE_BYTES,
-        });
+        return Err(QuotaFileError::TooLarge { path: path.to_string(), max: MAX_FILE_BYTES });
     }
     if len < HEADER_LEN as u64 {
-        return Err(QuotaFileError::TooShort {
-            path: path.to_string(),
-            len,
-        });
+        return Err(QuotaFileError::TooShort { path: path.to_string(), len });
     }
     let mut r = Reader {
         file,
@@ -203,10 +189,7 @@ pub fn parse_quota_file(
         0 => QuotaFormat::VfsV0,
         1 => QuotaFormat::VfsV1,
         version => {
-            return Err(QuotaFileError::BadVersion {
-                path: path.to_string(),
-                version,
-            });
+            return Err(QuotaFileError::BadVersion { path: path.to_string(), version });
         }
     };
     let block_grace = u64::from(le32(&head, INFO_OFF));
@@ -222,13 +205,7 @@ pub fn parse_quota_file(
     let mut entries = r.entries;
     entries.sort_by_key(|e| e.id);
     entries.dedup_by_key(|e| e.id);
-    Ok(QuotaFile {
-        format: r.format,
-        block_grace,
-        inode_grace,
-        entries,
-        truncated: r.truncated,
-    })
+    Ok(QuotaFile { format: r.format, block_grace, inode_grace, entries, truncated: r.truncated })
 }
 
 struct Reader<'a, F: FileExt> {
@@ -246,10 +223,7 @@ struct Reader<'a, F: FileExt> {
 
 impl<F: FileExt> Reader<'_, F> {
     fn corrupt(&self, reason: String) -> QuotaFileError {
-        QuotaFileError::Corrupt {
-            path: self.path.to_string(),
-            reason,
-        }
+        QuotaFileError::Corrupt { path: self.path.to_string(), reason }
     }
 
     /// Reads block `n`; a short last block is padded with zeros, as the kernel does.
@@ -262,10 +236,7 @@ impl<F: FileExt> Reader<'_, F> {
         let want = usize::try_from((self.len - off).min(BLOCK as u64)).unwrap_or(BLOCK);
         self.file
             .read_exact_at(&mut buf[..want], off)
-            .map_err(|source| QuotaFileError::Io {
-                path: self.path.to_string(),
-                source,
-            })?;
+            .map_err(|source| QuotaFileError::Io { path: self.path.to_string(), source })?;
         Ok(buf)
     }
 
@@ -295,10 +266,9 @@ impl<F: FileExt> Reader<'_, F> {
                 continue;
             }
             if r < TREE_OFF || r >= self.limit {
-                return Err(self.corrupt(format!(
-                    "block {blk} refers to block {r}, outside 1..{}",
-                    self.limit
-                )));
+                return Err(
+                    self.corrupt(format!("block {blk} refers to block {r}, outside 1..{}", self.limit))
+                );
             }
             if depth + 1 < TREE_DEPTH {
                 self.tree(r, depth + 1)?;
@@ -369,10 +339,7 @@ fn decode(format: QuotaFormat, e: &[u8]) -> DiskQuota {
     };
     // An entry that would be all zeros is written with itime = 1 to tell it from a free
     // slot; undo that as the kernel does.
-    if q == (DiskQuota {
-        itime: 1,
-        ..Default::default()
-    }) {
+    if q == (DiskQuota { itime: 1, ..Default::default() }) {
         q.itime = 0;
     }
     q

@@ -24,11 +24,7 @@ pub fn parse_rawdevices(text: &str, source: &str) -> Vec<RawBinding> {
                 }
                 _ => return None,
             };
-            Some(RawBinding {
-                raw_device: raw.to_string(),
-                bound_to,
-                source: source.to_string(),
-            })
+            Some(RawBinding { raw_device: raw.to_string(), bound_to, source: source.to_string() })
         })
         .collect()
 }
@@ -67,12 +63,7 @@ pub fn parse_udev_raw_rules(text: &str, source: &str) -> Vec<RawBinding> {
             continue;
         }
         let pairs = udev_pairs(line);
-        let get = |k: &str| {
-            pairs
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         for (key, value) in &pairs {
             if key != "RUN" {
                 continue;
@@ -89,30 +80,22 @@ pub fn parse_udev_raw_rules(text: &str, source: &str) -> Vec<RawBinding> {
             };
             let args = &w[2..];
             let bound_to = match args {
-                ["%N"] | ["$devnode"] | ["$tempnode"] | ["%k"] | ["$kernel"] => {
-                    match get("KERNEL") {
+                ["%N"] | ["$devnode"] | ["$tempnode"] | ["%k"] | ["$kernel"] => match get("KERNEL") {
+                    Some(k) => format!("/dev/{k}"),
+                    None => continue,
+                },
+                ["%M", "%m"] | ["$major", "$minor"] => match (get("ENV{MAJOR}"), get("ENV{MINOR}")) {
+                    (Some(a), Some(b)) => format!("{a}:{b}"),
+                    _ => match get("KERNEL") {
                         Some(k) => format!("/dev/{k}"),
                         None => continue,
-                    }
-                }
-                ["%M", "%m"] | ["$major", "$minor"] => {
-                    match (get("ENV{MAJOR}"), get("ENV{MINOR}")) {
-                        (Some(a), Some(b)) => format!("{a}:{b}"),
-                        _ => match get("KERNEL") {
-                            Some(k) => format!("/dev/{k}"),
-                            None => continue,
-                        },
-                    }
-                }
+                    },
+                },
                 [dev] => dev.to_string(),
                 [maj, min] => format!("{maj}:{min}"),
                 _ => continue,
             };
-            out.push(RawBinding {
-                raw_device: raw.to_string(),
-                bound_to,
-                source: source.to_string(),
-            });
+            out.push(RawBinding { raw_device: raw.to_string(), bound_to, source: source.to_string() });
         }
     }
     out
@@ -180,10 +163,7 @@ mod tests {
              RUN+=\"/bin/raw /dev/raw/raw5 %N\"\nRUN+=\"unterminated /dev/raw/raw6\n",
             "/etc/udev/rules.d/60-raw.rules",
         );
-        let got: Vec<(&str, &str)> = b
-            .iter()
-            .map(|b| (b.raw_device.as_str(), b.bound_to.as_str()))
-            .collect();
+        let got: Vec<(&str, &str)> = b.iter().map(|b| (b.raw_device.as_str(), b.bound_to.as_str())).collect();
         assert_eq!(
             got,
             vec![
@@ -201,11 +181,7 @@ mod tests {
         let r = t.path();
         std::fs::create_dir_all(r.join("etc/sysconfig")).unwrap();
         std::fs::create_dir_all(r.join("etc/udev/rules.d")).unwrap();
-        std::fs::write(
-            r.join("etc/sysconfig/rawdevices"),
-            "/dev/raw/raw1 /dev/sdb1\n",
-        )
-        .unwrap();
+        std::fs::write(r.join("etc/sysconfig/rawdevices"), "/dev/raw/raw1 /dev/sdb1\n").unwrap();
         std::fs::write(
             r.join("etc/udev/rules.d/60-raw.rules"),
             "ACTION==\"add\", KERNEL==\"sdc1\", RUN+=\"/bin/raw /dev/raw/raw2 %N\"\n",

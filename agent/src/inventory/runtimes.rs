@@ -7,50 +7,19 @@ use super::fsread;
 
 /// Each runtime with the paths (below root) that show it is there.
 const RUNTIMES: &[(&str, &[&str])] = &[
-    (
-        "docker",
-        &[
-            "/usr/bin/dockerd",
-            "/usr/bin/docker",
-            "/usr/local/bin/dockerd",
-            "/var/lib/docker",
-        ],
-    ),
-    (
-        "containerd",
-        &[
-            "/usr/bin/containerd",
-            "/usr/local/bin/containerd",
-            "/var/lib/containerd",
-        ],
-    ),
-    (
-        "podman",
-        &["/usr/bin/podman", "/var/lib/containers/storage"],
-    ),
+    ("docker", &["/usr/bin/dockerd", "/usr/bin/docker", "/usr/local/bin/dockerd", "/var/lib/docker"]),
+    ("containerd", &["/usr/bin/containerd", "/usr/local/bin/containerd", "/var/lib/containerd"]),
+    ("podman", &["/usr/bin/podman", "/var/lib/containers/storage"]),
     ("cri-o", &["/usr/bin/crio", "/var/lib/crio"]),
     ("lxc", &["/usr/bin/lxc-start", "/var/lib/lxc"]),
-    (
-        "lxd",
-        &[
-            "/usr/bin/lxd",
-            "/usr/sbin/lxd",
-            "/snap/bin/lxd",
-            "/var/lib/lxd",
-            "/var/snap/lxd",
-        ],
-    ),
+    ("lxd", &["/usr/bin/lxd", "/usr/sbin/lxd", "/snap/bin/lxd", "/var/lib/lxd", "/var/snap/lxd"]),
 ];
 
 /// The runtimes present in the tree at `root`, by name.
 pub fn runtimes(root: &Path) -> Vec<String> {
     RUNTIMES
         .iter()
-        .filter(|(_, paths)| {
-            paths
-                .iter()
-                .any(|p| std::fs::symlink_metadata(fsread::below(root, p)).is_ok())
-        })
+        .filter(|(_, paths)| paths.iter().any(|p| std::fs::symlink_metadata(fsread::below(root, p)).is_ok()))
         .map(|(name, _)| name.to_string())
         .collect()
 }

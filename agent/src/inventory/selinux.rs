@@ -10,16 +10,13 @@ use super::shellvars;
 /// `SELINUX=` and `SELINUXTYPE=` of /etc/selinux/config.
 pub fn parse_config(text: &str) -> (Option<SelinuxMode>, Option<String>) {
     let vars = shellvars::parse(text);
-    let mode =
-        shellvars::get(&vars, "SELINUX").and_then(|m| match m.to_ascii_lowercase().as_str() {
-            "enforcing" => Some(SelinuxMode::Enforcing),
-            "permissive" => Some(SelinuxMode::Permissive),
-            "disabled" => Some(SelinuxMode::Disabled),
-            _ => None,
-        });
-    let policy = shellvars::get(&vars, "SELINUXTYPE")
-        .filter(|p| !p.is_empty())
-        .map(str::to_string);
+    let mode = shellvars::get(&vars, "SELINUX").and_then(|m| match m.to_ascii_lowercase().as_str() {
+        "enforcing" => Some(SelinuxMode::Enforcing),
+        "permissive" => Some(SelinuxMode::Permissive),
+        "disabled" => Some(SelinuxMode::Disabled),
+        _ => None,
+    });
+    let policy = shellvars::get(&vars, "SELINUXTYPE").filter(|p| !p.is_empty()).map(str::to_string);
     (mode, policy)
 }
 
@@ -43,11 +40,7 @@ pub fn selinux(root: &Path, live: bool, live_enforce: Option<&str>) -> Result<Se
             (None, false) => SelinuxMode::Absent,
         }
     };
-    Ok(Selinux {
-        mode,
-        config_mode,
-        policy,
-    })
+    Ok(Selinux { mode, config_mode, policy })
 }
 
 /// selinuxfs's `enforce` below `sys` (normally `/sys`), if SELinux runs.
@@ -64,10 +57,7 @@ mod tests {
         let (m, p) = parse_config("# comment\nSELINUX=enforcing\nSELINUXTYPE=targeted\n");
         assert_eq!(m, Some(SelinuxMode::Enforcing));
         assert_eq!(p.as_deref(), Some("targeted"));
-        assert_eq!(
-            parse_config("SELINUX=Permissive").0,
-            Some(SelinuxMode::Permissive)
-        );
+        assert_eq!(parse_config("SELINUX=Permissive").0, Some(SelinuxMode::Permissive));
         assert_eq!(parse_config("SELINUX=bogus\n"), (None, None));
     }
 
@@ -84,13 +74,7 @@ mod tests {
         assert_eq!(tree.config_mode, Some(SelinuxMode::Enforcing));
         // Configured but the kernel does not run it.
         assert_eq!(selinux(r, true, None).unwrap().mode, SelinuxMode::Disabled);
-        assert_eq!(
-            selinux(r, true, Some("0\n")).unwrap().mode,
-            SelinuxMode::Permissive
-        );
-        assert_eq!(
-            selinux(r, true, Some("1")).unwrap().mode,
-            SelinuxMode::Enforcing
-        );
+        assert_eq!(selinux(r, true, Some("0\n")).unwrap().mode, SelinuxMode::Permissive);
+        assert_eq!(selinux(r, true, Some("1")).unwrap().mode, SelinuxMode::Enforcing);
     }
 }

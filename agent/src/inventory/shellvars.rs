@@ -24,10 +24,7 @@ pub fn parse(text: &str) -> Vec<(String, String)> {
 
 /// The last value of `key`, if assigned.
 pub fn get<'a>(vars: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    vars.iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    vars.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// The value of one assignment's right-hand side: quotes removed, `\` escapes in double

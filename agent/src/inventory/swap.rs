@@ -30,10 +30,7 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
                 spec: field(f[0]),
                 file: field(f[1]),
                 vfstype: field(f[2]),
-                options: f
-                    .get(3)
-                    .map(|o| o.split(',').map(str::to_string).collect())
-                    .unwrap_or_default(),
+                options: f.get(3).map(|o| o.split(',').map(str::to_string).collect()).unwrap_or_default(),
             })
         })
         .collect()
@@ -62,9 +59,7 @@ pub fn parse_proc_swaps(text: &str) -> Vec<Swap> {
 /// `partition` for device specs (`/dev/...`, `UUID=`, `LABEL=`...), `file` otherwise.
 fn kind_of_spec(spec: &str) -> &'static str {
     let dev = spec.starts_with("/dev/")
-        || ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL="]
-            .iter()
-            .any(|p| spec.starts_with(p));
+        || ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL="].iter().any(|p| spec.starts_with(p));
     if dev { "partition" } else { "file" }
 }
 
@@ -95,17 +90,14 @@ pub fn swaps(root: &Path, active: Vec<Swap>) -> Result<Vec<Swap>, ReadError> {
     for e in fstab.iter().filter(|e| e.vfstype == "swap") {
         let target = canonical(root, &e.spec);
         let found = out.iter_mut().find(|s| {
-            s.device == e.spec
-                || (target.is_some() && canonical(Path::new("/"), &s.device) == target)
+            s.device == e.spec || (target.is_some() && canonical(Path::new("/"), &s.device) == target)
         });
         match found {
             Some(s) => s.in_fstab = true,
             None => {
                 let kind = kind_of_spec(&e.spec);
                 let size_bytes = if kind == "file" {
-                    std::fs::metadata(fsread::below(root, &e.spec))
-                        .map(|m| m.len())
-                        .unwrap_or(0)
+                    std::fs::metadata(fsread::below(root, &e.spec)).map(|m| m.len()).unwrap_or(0)
                 } else {
                     0
                 };
@@ -167,10 +159,6 @@ mod tests {
         assert!(s[0].active && s[0].in_fstab);
         assert_eq!((s[1].kind.as_str(), s[1].active), ("partition", false));
         assert_eq!((s[2].kind.as_str(), s[2].size_bytes), ("file", 4096));
-        assert!(
-            swaps(tempfile::tempdir().unwrap().path(), vec![])
-                .unwrap()
-                .is_empty()
-        );
+        assert!(swaps(tempfile::tempdir().unwrap().path(), vec![]).unwrap().is_empty());
     }
 }

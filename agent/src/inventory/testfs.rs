@@ -12,15 +12,9 @@ pub struct LoopFs {
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -49,10 +43,7 @@ impl LoopFs {
             eprintln!("skipping: {e}");
             return None;
         }
-        if let Err(e) = run(
-            "mount",
-            &["-o", "loop,usrquota,grpquota", &s(&img), &s(&mnt)],
-        ) {
+        if let Err(e) = run("mount", &["-o", "loop,usrquota,grpquota", &s(&img), &s(&mnt)]) {
             eprintln!("skipping: cannot loop-mount: {e}");
             return None;
         }
@@ -113,12 +104,8 @@ pub struct RepRow {
 /// Parses `repquota -n -v -O csv` output (columns named by its header line).
 pub fn parse_repquota_csv(text: &str) -> Vec<RepRow> {
     let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .map(|h| h.trim().to_ascii_lowercase())
-        .collect();
+    let header: Vec<String> =
+        lines.next().unwrap_or("").split(',').map(|h| h.trim().to_ascii_lowercase()).collect();
     let col = |name: &str| header.iter().position(|h| h == name);
     let idx = [
         col("user").or(col("group")).unwrap_or(0),
@@ -135,11 +122,7 @@ pub fn parse_repquota_csv(text: &str) -> Vec<RepRow> {
             let f: Vec<&str> = l.split(',').map(str::trim).collect();
             let n = |i: usize| f[idx[i]].trim_matches('"').parse::<u64>().unwrap();
             RepRow {
-                id: f[idx[0]]
-                    .trim_matches('"')
-                    .trim_start_matches('#')
-                    .parse()
-                    .unwrap(),
+                id: f[idx[0]].trim_matches('"').trim_start_matches('#').parse().unwrap(),
                 block_used: n(1),
                 block_soft: n(2),
                 block_hard: n(3),

@@ -26,33 +26,13 @@ fn debian_tree(root: &Path) {
          gateway 192.0.2.1\n hwaddress ether 52:54:00:12:34:56\niface eth0 inet6 static\n address 2001:db8::10/64\n\
          auto eth1\niface eth1 inet dhcp\n",
     );
-    write(
-        root,
-        "/etc/resolv.conf",
-        "search example.com\nnameserver 192.0.2.53\n",
-    );
-    write(
-        root,
-        "/etc/selinux/config",
-        "SELINUX=permissive\nSELINUXTYPE=default\n",
-    );
-    write(
-        root,
-        "/etc/fstab",
-        "/dev/sda1 / ext4 defaults 0 1\n/dev/sda2 none swap sw 0 0\n",
-    );
+    write(root, "/etc/resolv.conf", "search example.com\nnameserver 192.0.2.53\n");
+    write(root, "/etc/selinux/config", "SELINUX=permissive\nSELINUXTYPE=default\n");
+    write(root, "/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n/dev/sda2 none swap sw 0 0\n");
     write(root, "/etc/modules", "loop\n");
-    write(
-        root,
-        "/etc/passwd",
-        "root:x:0:0::/root:/bin/sh\nalice:x:1001:1001::/home/alice:/bin/sh\n",
-    );
+    write(root, "/etc/passwd", "root:x:0:0::/root:/bin/sh\nalice:x:1001:1001::/home/alice:/bin/sh\n");
     write(root, "/etc/group", "root:x:0:\nalice:x:1001:\n");
-    write(
-        root,
-        "/etc/sysconfig/rawdevices",
-        "/dev/raw/raw1 /dev/sdb1\n",
-    );
+    write(root, "/etc/sysconfig/rawdevices", "/dev/raw/raw1 /dev/sdb1\n");
     write(root, "/boot/vmlinuz-6.1.0-18-amd64", "");
     std::fs::create_dir_all(root.join("var/lib/docker")).unwrap();
 }
@@ -61,19 +41,10 @@ fn debian_tree(root: &Path) {
 fn tree_facts_come_from_the_tree() {
     let t = tempfile::tempdir().unwrap();
     debian_tree(t.path());
-    let inv = collect(&CollectOptions {
-        root: t.path().to_path_buf(),
-        facts: FactsFrom::Tree,
-    });
+    let inv = collect(&CollectOptions { root: t.path().to_path_buf(), facts: FactsFrom::Tree });
     assert_eq!(inv.schema, INVENTORY_SCHEMA);
     assert_eq!(inv.facts_from, "tree");
-    assert_eq!(
-        inv.root,
-        std::fs::canonicalize(t.path())
-            .unwrap()
-            .display()
-            .to_string()
-    );
+    assert_eq!(inv.root, std::fs::canonicalize(t.path()).unwrap().display().to_string());
     assert!(inv.collected_unix > 1_600_000_000);
     assert_eq!(inv.hostname, "web1");
     assert_eq!(inv.os.family, OsFamily::Debian);
@@ -110,47 +81,27 @@ fn tree_facts_come_from_the_tree() {
 #[test]
 fn an_empty_directory_gives_gaps_not_errors() {
     let t = tempfile::tempdir().unwrap();
-    let inv = collect(&CollectOptions {
-        root: t.path().to_path_buf(),
-        facts: FactsFrom::Tree,
-    });
+    let inv = collect(&CollectOptions { root: t.path().to_path_buf(), facts: FactsFrom::Tree });
     assert_eq!(inv.hostname, "");
     for fact in ["os:", "hostname:", "kernel:", "interfaces:"] {
-        assert!(
-            inv.gaps.iter().any(|g| g.starts_with(fact)),
-            "{fact} {:?}",
-            inv.gaps
-        );
+        assert!(inv.gaps.iter().any(|g| g.starts_with(fact)), "{fact} {:?}", inv.gaps);
     }
-    let missing = collect(&CollectOptions {
-        root: t.path().join("does-not-exist"),
-        facts: FactsFrom::Tree,
-    });
-    assert!(
-        missing.gaps.iter().any(|g| g.starts_with("root ")),
-        "{:?}",
-        missing.gaps
-    );
+    let missing = collect(&CollectOptions { root: t.path().join("does-not-exist"), facts: FactsFrom::Tree });
+    assert!(missing.gaps.iter().any(|g| g.starts_with("root ")), "{:?}", missing.gaps);
 }
 
 #[test]
 fn live_facts_of_this_machine() {
     let t = tempfile::tempdir().unwrap();
     debian_tree(t.path());
-    let inv = collect(&CollectOptions {
-        root: t.path().to_path_buf(),
-        facts: FactsFrom::Live,
-    });
+    let inv = collect(&CollectOptions { root: t.path().to_path_buf(), facts: FactsFrom::Live });
     assert_eq!(inv.facts_from, "live");
     // File facts still come from the tree, kernel facts from the kernel.
     assert_eq!(inv.hostname, "web1");
     assert_eq!(inv.kernel.release, os::live_kernel().release);
     assert!(inv.interfaces.iter().any(|i| i.loopback && i.up));
     assert!(!inv.kernel.machine.is_empty());
-    let slash = collect(&CollectOptions {
-        root: "/".into(),
-        facts: FactsFrom::Live,
-    });
+    let slash = collect(&CollectOptions { root: "/".into(), facts: FactsFrom::Live });
     assert!(slash.mounts.iter().any(|m| m.mountpoint == "/"));
     assert!(!slash.block_devices.is_empty() || slash.gaps.iter().any(|g| g.starts_with("block")));
 }
@@ -167,14 +118,8 @@ fn quota_fs(fs: &LoopFs, format: &str) {
     fs.file("home/a/1", 10, 1001, 50);
     fs.file("home/b/1", 20, 1002, 50);
     fs.tool("quotacheck", &["-cug", "-F", format]);
-    fs.tool(
-        "setquota",
-        &["-F", format, "-u", "1001", "100", "200", "10", "20"],
-    );
-    fs.tool(
-        "setquota",
-        &["-F", format, "-g", "50", "1000", "2000", "0", "0"],
-    );
+    fs.tool("setquota", &["-F", format, "-u", "1001", "100", "200", "10", "20"]);
+    fs.tool("setquota", &["-F", format, "-g", "50", "1000", "2000", "0", "0"]);
     fs.tool("setquota", &["-F", format, "-t", "-u", "3600", "7200"]);
 }
 
@@ -185,10 +130,7 @@ fn quotas_of_a_tree_that_is_a_file_system() {
     };
     quota_fs(&fs, "vfsv1");
     for facts in [FactsFrom::Tree, FactsFrom::Live] {
-        let inv = collect(&CollectOptions {
-            root: fs.mnt.clone(),
-            facts,
-        });
+        let inv = collect(&CollectOptions { root: fs.mnt.clone(), facts });
         assert_eq!(inv.quotas.len(), 1, "{:?}", inv.gaps);
         let q = &inv.quotas[0];
         assert_eq!(q.mountpoint, "/");
@@ -225,10 +167,7 @@ fn quotas_of_a_file_system_beneath_the_tree() {
     quota_fs(&fs, "vfsv0");
     // The tree is the directory holding the mount point `mnt`.
     write(fs.dir(), "/etc/hostname", "tree\n");
-    let inv = collect(&CollectOptions {
-        root: fs.dir().to_path_buf(),
-        facts: FactsFrom::Tree,
-    });
+    let inv = collect(&CollectOptions { root: fs.dir().to_path_buf(), facts: FactsFrom::Tree });
     let points: Vec<&str> = inv.mounts.iter().map(|m| m.mountpoint.as_str()).collect();
     assert_eq!(points, vec!["/", "/mnt"]);
     assert_eq!(inv.quotas.len(), 1, "{:?}", inv.gaps);
@@ -264,19 +203,13 @@ impl Netns {
         let mut a = vec!["-n", self.0.as_str()];
         a.extend(args.split_whitespace());
         let out = std::process::Command::new("ip").args(&a).output().unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
     }
 }
 
@@ -291,10 +224,7 @@ fn netns_child() {
         return;
     };
     let _listener = std::net::TcpListener::bind("192.0.2.10:8080").unwrap();
-    let inv = collect(&CollectOptions {
-        root: root.into(),
-        facts: FactsFrom::Live,
-    });
+    let inv = collect(&CollectOptions { root: root.into(), facts: FactsFrom::Live });
     println!("{CHILD_MARK}{}", serde_json::to_string(&inv).unwrap());
 }
 
@@ -321,25 +251,16 @@ fn live_facts_in_a_network_namespace() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = stdout
-        .lines()
-        .find_map(|l| l.split_once(CHILD_MARK).map(|(_, j)| j.to_string()))
-        .unwrap_or_else(|| {
-            panic!(
-                "no inventory from the child: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let json =
+        stdout.lines().find_map(|l| l.split_once(CHILD_MARK).map(|(_, j)| j.to_string())).unwrap_or_else(
+            || panic!("no inventory from the child: {stdout} {}", String::from_utf8_lossy(&out.stderr)),
+        );
     let inv: p2c_common::inventory::Inventory = serde_json::from_str(&json).unwrap();
     let eth0 = inv.interfaces.iter().find(|i| i.name == "eth0").unwrap();
     assert_eq!(eth0.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
     assert_eq!(eth0.mtu, 1400);
     assert!(eth0.up && !eth0.loopback && !eth0.dhcp);
-    let addrs: Vec<String> = eth0
-        .addresses
-        .iter()
-        .map(|a| format!("{}/{}", a.address, a.prefix))
-        .collect();
+    let addrs: Vec<String> = eth0.addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix)).collect();
     for want in ["192.0.2.10/24", "192.0.2.11/24", "2001:db8::10/64"] {
         assert!(addrs.iter().any(|a| a == want), "{want} not in {addrs:?}");
     }
@@ -353,18 +274,8 @@ fn live_facts_in_a_network_namespace() {
         .filter(|r| r.destination == "default")
         .map(|r| format!("{:?} {}", r.gateway, r.interface))
         .collect();
-    assert_eq!(
-        defaults,
-        vec!["Some(192.0.2.1) eth0", "Some(2001:db8::1) eth0"]
-    );
-    let l = inv
-        .listeners
-        .iter()
-        .find(|l| l.port == 8080)
-        .unwrap_or_else(|| panic!("{:?}", inv.listeners));
-    assert_eq!(
-        (l.proto.as_str(), l.address.as_str()),
-        ("tcp", "192.0.2.10")
-    );
+    assert_eq!(defaults, vec!["Some(192.0.2.1) eth0", "Some(2001:db8::1) eth0"]);
+    let l = inv.listeners.iter().find(|l| l.port == 8080).unwrap_or_else(|| panic!("{:?}", inv.listeners));
+    assert_eq!((l.proto.as_str(), l.address.as_str()), ("tcp", "192.0.2.10"));
     assert!(l.process.is_some());
 }

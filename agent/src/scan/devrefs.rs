@@ -23,11 +23,7 @@ pub(super) enum ConfigKind {
     Config,
 }
 
-const SYSTEMD_DIRS: [&str; 3] = [
-    "etc/systemd/system",
-    "lib/systemd/system",
-    "usr/lib/systemd/system",
-];
+const SYSTEMD_DIRS: [&str; 3] = ["etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"];
 const CONFIG_DIRS: [&str; 7] = [
     "etc/mysql",
     "etc/my.cnf.d",
@@ -104,10 +100,7 @@ fn starts_token(prev: Option<char>) -> bool {
 
 fn ends_token(c: char) -> bool {
     c.is_whitespace()
-        || matches!(
-            c,
-            '"' | '\'' | ',' | ';' | ')' | ']' | '}' | ':' | '=' | '<' | '>' | '|' | '&' | '`'
-        )
+        || matches!(c, '"' | '\'' | ',' | ';' | ')' | ']' | '}' | ':' | '=' | '<' | '>' | '|' | '&' | '`')
 }
 
 /// Every `/dev/...` path on a line, in order (`char-/dev/sdb` and `--dev=/dev/sdb` count;
@@ -121,9 +114,7 @@ pub(super) fn device_paths(line: &str) -> Vec<String> {
         if !starts_token(line[..start].chars().next_back()) {
             continue;
         }
-        let end = line[start..]
-            .find(ends_token)
-            .map_or(line.len(), |e| start + e);
+        let end = line[start..].find(ends_token).map_or(line.len(), |e| start + e);
         let dev = line[start..end].trim_end_matches('.');
         if dev.len() > 5 {
             out.push(dev.to_string());
@@ -162,13 +153,7 @@ pub(super) fn scan_config(
             }
             let mut text = line.to_string();
             clip(&mut text);
-            out.push(DeviceRef {
-                device,
-                file: file.clone(),
-                line: lineno,
-                context,
-                text,
-            });
+            out.push(DeviceRef { device, file: file.clone(), line: lineno, context, text });
         }
     }
 }
@@ -192,10 +177,7 @@ fn line_devices(kind: ConfigKind, line: &str) -> Vec<(String, String)> {
             if !(key.starts_with("Exec") || key == "DeviceAllow" || key == "What") {
                 return Vec::new();
             }
-            device_paths(value)
-                .into_iter()
-                .map(|d| (d, key.to_string()))
-                .collect()
+            device_paths(value).into_iter().map(|d| (d, key.to_string())).collect()
         }
         ConfigKind::Fstab => {
             let fs_type = fields.get(2).copied().unwrap_or("?");
@@ -203,15 +185,8 @@ fn line_devices(kind: ConfigKind, line: &str) -> Vec<(String, String)> {
         }
         ConfigKind::Crypttab => field_dev(1, "crypttab".to_string()),
         ConfigKind::UdevRule | ConfigKind::Config => {
-            let context = if kind == ConfigKind::UdevRule {
-                "udev rule"
-            } else {
-                "config"
-            };
-            device_paths(line)
-                .into_iter()
-                .map(|d| (d, context.to_string()))
-                .collect()
+            let context = if kind == ConfigKind::UdevRule { "udev rule" } else { "config" };
+            device_paths(line).into_iter().map(|d| (d, context.to_string())).collect()
         }
     }
 }

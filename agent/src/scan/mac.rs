@@ -106,11 +106,7 @@ impl MacMatcher {
             if !self.first[usize::from(buf[i])] {
                 continue;
             }
-            for (found, len) in [
-                (separated(buf, i), 17),
-                (dotted(buf, i), 14),
-                (plain(buf, i), 12),
-            ] {
+            for (found, len) in [(separated(buf, i), 17), (dotted(buf, i), 14), (plain(buf, i), 12)] {
                 let idx = found.and_then(|mac| self.macs.iter().position(|m| *m == mac));
                 if let Some(idx) = idx {
                     hit(idx, &buf[i..i + len]);
@@ -165,9 +161,7 @@ mod tests {
     fn spellings(text: &[u8]) -> Vec<String> {
         let m = MacMatcher::new(vec![MAC]);
         let mut got = Vec::new();
-        m.find(text, |_, s| {
-            got.push(String::from_utf8_lossy(s).into_owned())
-        });
+        m.find(text, |_, s| got.push(String::from_utf8_lossy(s).into_owned()));
         got
     }
 
@@ -176,12 +170,7 @@ mod tests {
         let text = b"a=52:54:00:ab:cd:ef b=52-54-00-AB-CD-EF c=525400ABcdef d=5254.00ab.CDEF";
         assert_eq!(
             spellings(text),
-            [
-                "52:54:00:ab:cd:ef",
-                "52-54-00-AB-CD-EF",
-                "525400ABcdef",
-                "5254.00ab.CDEF"
-            ]
+            ["52:54:00:ab:cd:ef", "52-54-00-AB-CD-EF", "525400ABcdef", "5254.00ab.CDEF"]
         );
     }
 
@@ -220,9 +209,7 @@ mod tests {
             let r = m.search(&data[..], data.len() as u64, 1 << 20).unwrap();
             assert_eq!(r.hits, [(1, b"52-54-00-ab-cd-ef".to_vec())], "cut {cut}");
             assert_eq!(r.bytes_read, data.len() as u64);
-            let r = m
-                .search(Trickle(&data, 7), data.len() as u64, 1 << 20)
-                .unwrap();
+            let r = m.search(Trickle(&data, 7), data.len() as u64, 1 << 20).unwrap();
             assert_eq!(r.hits.len(), 1, "trickle cut {cut}");
         }
     }

@@ -59,10 +59,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> ScanResult {
         Ok(s) => s.run(),
         Err(e) => {
             let mut out = ScanResult::new();
-            out.errors.push(Problem {
-                path: RelPath::ROOT,
-                reason: e.to_string(),
-            });
+            out.errors.push(Problem { path: RelPath::ROOT, reason: e.to_string() });
             out
         }
     }
@@ -96,23 +93,15 @@ impl Scanner {
     fn new(root: &Path, opts: &ScanOptions) -> Result<Self, ScanError> {
         opts.validate()?;
         let macs = opts.macs()?;
-        let root_fd = rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ScanError::Root {
-            path: root.to_path_buf(),
-            source: e.into(),
-        })?;
+        let root_fd =
+            rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| ScanError::Root { path: root.to_path_buf(), source: e.into() })?;
         let mut out = ScanResult::new();
         let mounts = match mountinfo::read() {
             Ok(m) => m,
             Err(e) => {
-                out.errors.push(Problem {
-                    path: RelPath::ROOT,
-                    reason: ScanError::MountTable(e).to_string(),
-                });
+                out.errors
+                    .push(Problem { path: RelPath::ROOT, reason: ScanError::MountTable(e).to_string() });
                 Vec::new()
             }
         };
@@ -166,14 +155,7 @@ impl Scanner {
 
     fn error(&mut self, rel: &RelPath, op: &'static str, source: io::Error) {
         let reason = ScanError::Entry { op, source }.to_string();
-        keep(
-            &mut self.out.errors,
-            Problem {
-                path: rel.clone(),
-                reason,
-            },
-            &mut self.out.truncated,
-        );
+        keep(&mut self.out.errors, Problem { path: rel.clone(), reason }, &mut self.out.truncated);
     }
 
     /// Opens a directory below the root one component at a time, never following a
@@ -250,14 +232,7 @@ impl Scanner {
             Ok(r) => r,
             Err(e) => {
                 let reason = ScanError::Name(e).to_string();
-                keep(
-                    &mut self.out.errors,
-                    Problem {
-                        path: parent.clone(),
-                        reason,
-                    },
-                    &mut self.out.truncated,
-                );
+                keep(&mut self.out.errors, Problem { path: parent.clone(), reason }, &mut self.out.truncated);
                 return;
             }
         };
@@ -285,22 +260,13 @@ impl Scanner {
     }
 
     /// Whether the directory `rel` is a mount the scan must not enter.
-    fn boundary(
-        &self,
-        parent: &RelPath,
-        rel: &RelPath,
-        parent_dev: u64,
-        dev: u64,
-    ) -> Option<SkippedMount> {
+    fn boundary(&self, parent: &RelPath, rel: &RelPath, parent_dev: u64, dev: u64) -> Option<SkippedMount> {
         let abs = self.abs(rel);
         let abs = abs.as_os_str().as_bytes();
         let by_path = || self.mounts.iter().rev().find(|m| is_same(abs, m));
         if parent.is_root() && PSEUDO_DIRS.contains(&rel.file_name()) {
             let fs_type = by_path().map_or_else(|| "pseudo".to_string(), |m| m.fs_type.clone());
-            return Some(SkippedMount {
-                path: rel.clone(),
-                fs_type,
-            });
+            return Some(SkippedMount { path: rel.clone(), fs_type });
         }
         if dev == parent_dev {
             return None;
@@ -312,20 +278,14 @@ impl Scanner {
             .rev()
             .find(|m| m.major == major && m.minor == minor)
             .or_else(|| mountinfo::containing(&self.mounts, abs))?;
-        (mount.kind() != MountKind::Local).then(|| SkippedMount {
-            path: rel.clone(),
-            fs_type: mount.fs_type.clone(),
-        })
+        (mount.kind() != MountKind::Local)
+            .then(|| SkippedMount { path: rel.clone(), fs_type: mount.fs_type.clone() })
     }
 }
 
 /// True when `abs` is exactly the mount point of `m`.
 fn is_same(abs: &[u8], m: &MountInfo) -> bool {
-    let trim = |p: &[u8]| {
-        p.strip_suffix(b"/")
-            .map(<[u8]>::to_vec)
-            .unwrap_or(p.to_vec())
-    };
+    let trim = |p: &[u8]| p.strip_suffix(b"/").map(<[u8]>::to_vec).unwrap_or(p.to_vec());
     trim(abs) == trim(&m.mount_point)
 }
 

@@ -37,10 +37,7 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 fn opts() -> ScanOptions {
-    ScanOptions {
-        mac_addresses: vec![MAC.to_uppercase()],
-        ..Default::default()
-    }
+    ScanOptions { mac_addresses: vec![MAC.to_uppercase()], ..Default::default() }
 }
 
 fn paths<'a>(list: impl IntoIterator<Item = &'a p2c_common::paths::RelPath>) -> Vec<String> {
@@ -49,11 +46,7 @@ fn paths<'a>(list: impl IntoIterator<Item = &'a p2c_common::paths::RelPath>) -> 
 
 /// A small server tree with one of everything the scan looks for.
 fn server_tree(root: &Path, outside: &Path) {
-    write(
-        root,
-        "etc/licence.key",
-        "# bound to this box\nHWID=52-54-00-12-34-56\nserial=5254001234560042\n",
-    );
+    write(root, "etc/licence.key", "# bound to this box\nHWID=52-54-00-12-34-56\nserial=5254001234560042\n");
     write(root, "etc/hostname", "box\n");
     write(root, "home/alice/notes", "mac 52:54:00:12:34:56\n");
     write(root, "opt/skip/lic", "52:54:00:12:34:56\n");
@@ -80,14 +73,7 @@ fn server_tree(root: &Path, outside: &Path) {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
-    run(
-        "setfacl",
-        &[
-            "-m",
-            "u:1234:r",
-            root.join("srv/data/shared").to_str().unwrap(),
-        ],
-    );
+    run("setfacl", &["-m", "u:1234:r", root.join("srv/data/shared").to_str().unwrap()]);
 }
 
 #[test]
@@ -97,13 +83,8 @@ fn scans_a_server_tree() {
     let outside = tempfile::tempdir().unwrap();
     let root = tmp.path();
     server_tree(root, outside.path());
-    rustix::fs::setxattr(
-        root.join("srv/data/trusted"),
-        "trusted.p2c",
-        b"1",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::setxattr(root.join("srv/data/trusted"), "trusted.p2c", b"1", rustix::fs::XattrFlags::empty())
+        .unwrap();
     std::os::unix::fs::lchown(root.join("srv/high"), Some(70000), Some(100)).unwrap();
 
     let mut o = opts();
@@ -112,11 +93,8 @@ fn scans_a_server_tree() {
 
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(!r.truncated);
-    let hits: Vec<(String, &str, &str)> = r
-        .mac_hits
-        .iter()
-        .map(|h| (h.path.display(), h.mac.as_str(), h.spelling.as_str()))
-        .collect();
+    let hits: Vec<(String, &str, &str)> =
+        r.mac_hits.iter().map(|h| (h.path.display(), h.mac.as_str(), h.spelling.as_str())).collect();
     assert_eq!(
         hits,
         [
@@ -142,25 +120,12 @@ fn scans_a_server_tree() {
     assert_eq!(r.device_refs.len(), 1, "{:?}", r.device_refs);
     let d = &r.device_refs[0];
     assert_eq!(
-        (
-            d.device.as_str(),
-            d.file.display(),
-            d.line,
-            d.context.as_str()
-        ),
-        (
-            "/dev/sdb",
-            "/etc/systemd/system/db.service".into(),
-            2,
-            "ExecStart"
-        )
+        (d.device.as_str(), d.file.display(), d.line, d.context.as_str()),
+        ("/dev/sdb", "/etc/systemd/system/db.service".into(), 2, "ExecStart")
     );
 
-    let skipped: Vec<(String, &str)> = r
-        .skipped_mounts
-        .iter()
-        .map(|m| (m.path.display(), m.fs_type.as_str()))
-        .collect();
+    let skipped: Vec<(String, &str)> =
+        r.skipped_mounts.iter().map(|m| (m.path.display(), m.fs_type.as_str())).collect();
     assert_eq!(skipped, [("/proc".into(), "pseudo")]);
 
     // every entry but the socket and the second name of the hard link is an inode
@@ -179,10 +144,7 @@ fn does_not_enter_pseudo_mounts() {
     write(root, "etc/a", "52:54:00:12:34:56\n");
     let mnt = root.join("etc/cache");
     fs::create_dir_all(&mnt).unwrap();
-    run(
-        "mount",
-        &["-t", "tmpfs", "p2c-scan-test", mnt.to_str().unwrap()],
-    );
+    run("mount", &["-t", "tmpfs", "p2c-scan-test", mnt.to_str().unwrap()]);
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
@@ -194,11 +156,8 @@ fn does_not_enter_pseudo_mounts() {
 
     let r = scan(root, &opts());
     assert_eq!(paths(r.mac_hits.iter().map(|h| &h.path)), ["/etc/a"]);
-    let skipped: Vec<(String, &str)> = r
-        .skipped_mounts
-        .iter()
-        .map(|m| (m.path.display(), m.fs_type.as_str()))
-        .collect();
+    let skipped: Vec<(String, &str)> =
+        r.skipped_mounts.iter().map(|m| (m.path.display(), m.fs_type.as_str())).collect();
     assert_eq!(skipped, [("/etc/cache".into(), "tmpfs")]);
 }
 
@@ -228,32 +187,19 @@ fn skips_big_files_in_the_mac_search() {
     let big = fs::File::create(root.join("var/lib/huge.img")).unwrap();
     big.set_len(limits::MAX_MAC_FILE_SIZE + 1).unwrap();
     let r = scan(root, &opts());
-    assert_eq!(
-        paths(r.mac_hits.iter().map(|h| &h.path)),
-        ["/var/lib/small"]
-    );
-    assert_eq!(
-        paths(r.mac_skipped.examples.iter().map(|p| &p.path)),
-        ["/var/lib/huge.img"]
-    );
+    assert_eq!(paths(r.mac_hits.iter().map(|h| &h.path)), ["/var/lib/small"]);
+    assert_eq!(paths(r.mac_skipped.examples.iter().map(|p| &p.path)), ["/var/lib/huge.img"]);
     assert!(!r.truncated);
 }
 
 #[test]
 fn reports_bad_requests_and_roots_instead_of_failing() {
     let tmp = tempfile::tempdir().unwrap();
-    let bad = ScanOptions {
-        mac_addresses: vec!["not-a-mac".into()],
-        ..Default::default()
-    };
+    let bad = ScanOptions { mac_addresses: vec!["not-a-mac".into()], ..Default::default() };
     let r = scan(tmp.path(), &bad);
     assert_eq!(r.errors.total, 1);
     assert!(r.errors.examples[0].reason.contains("not-a-mac"));
     let r = scan(&tmp.path().join("missing"), &ScanOptions::default());
-    assert!(
-        r.errors.examples[0].reason.contains("missing"),
-        "{:?}",
-        r.errors
-    );
+    assert!(r.errors.examples[0].reason.contains("missing"), "{:?}", r.errors);
     assert_eq!(r.entries, 0);
 }

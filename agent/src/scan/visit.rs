@@ -47,11 +47,7 @@ impl Scanner {
         }
         self.account(st, ft);
         if st.st_uid > MAX_LOW_ID || st.st_gid > MAX_LOW_ID {
-            let id = HighId {
-                path: rel.clone(),
-                uid: st.st_uid,
-                gid: st.st_gid,
-            };
+            let id = HighId { path: rel.clone(), uid: st.st_uid, gid: st.st_gid };
             keep(&mut self.out.high_ids, id, &mut self.out.truncated);
         }
         self.xattrs(rel);
@@ -99,11 +95,8 @@ impl Scanner {
             Err(e) if e == Errno::OPNOTSUPP || e == Errno::NOENT => return,
             Err(e) => return self.error(rel, "cannot list extended attributes", e.into()),
         };
-        let names: Vec<Vec<u8>> = self.xbuf[..n]
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
+        let names: Vec<Vec<u8>> =
+            self.xbuf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).map(<[u8]>::to_vec).collect();
         let mut f = XattrFlags::default();
         for name in &names {
             if name == b"security.selinux" {
@@ -150,47 +143,34 @@ impl Scanner {
     }
 
     fn skip_mac_search(&mut self, rel: &RelPath, reason: String) {
-        let p = Problem {
-            path: rel.clone(),
-            reason,
-        };
+        let p = Problem { path: rel.clone(), reason };
         keep(&mut self.out.mac_skipped, p, &mut self.out.truncated);
     }
 
     fn search_macs(&mut self, dfd: BorrowedFd<'_>, name: &CStr, rel: &RelPath, st: &Stat) {
         let size = u64::try_from(st.st_size).unwrap_or(0);
         if size > limits::MAX_MAC_FILE_SIZE {
-            let reason = format!(
-                "{size} bytes, larger than the {} MiB searched",
-                limits::MAX_MAC_FILE_SIZE >> 20
-            );
+            let reason =
+                format!("{size} bytes, larger than the {} MiB searched", limits::MAX_MAC_FILE_SIZE >> 20);
             return self.skip_mac_search(rel, reason);
         }
         if self.mac_read.saturating_add(size) > limits::MAX_MAC_SCAN_BYTES {
             self.out.truncated = true;
-            let reason = format!(
-                "mac search stopped after reading {} GiB",
-                limits::MAX_MAC_SCAN_BYTES >> 30
-            );
+            let reason = format!("mac search stopped after reading {} GiB", limits::MAX_MAC_SCAN_BYTES >> 30);
             return self.skip_mac_search(rel, reason);
         }
         let file = match open_file(dfd, name) {
             Ok(f) => f,
             Err(e) => return self.error(rel, "cannot open", e),
         };
-        let found = match self
-            .matcher
-            .search(file, size, limits::MAX_BINARY_FILE_SIZE)
-        {
+        let found = match self.matcher.search(file, size, limits::MAX_BINARY_FILE_SIZE) {
             Ok(found) => found,
             Err(e) => return self.error(rel, "cannot read", e),
         };
         self.mac_read += found.bytes_read;
         if found.binary {
-            let reason = format!(
-                "binary file larger than {} MiB, not searched",
-                limits::MAX_BINARY_FILE_SIZE >> 20
-            );
+            let reason =
+                format!("binary file larger than {} MiB, not searched", limits::MAX_BINARY_FILE_SIZE >> 20);
             return self.skip_mac_search(rel, reason);
         }
         self.out.mac_files_searched += 1;
@@ -212,12 +192,7 @@ impl Scanner {
 /// touching its access time.
 fn open_file(dfd: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let fd = match rustix::fs::openat(
-        dfd,
-        name,
-        flags | OFlags::NONBLOCK | OFlags::NOATIME,
-        Mode::empty(),
-    ) {
+    let fd = match rustix::fs::openat(dfd, name, flags | OFlags::NONBLOCK | OFlags::NOATIME, Mode::empty()) {
         Err(Errno::PERM) => rustix::fs::openat(dfd, name, flags | OFlags::NONBLOCK, Mode::empty()),
         other => other,
     }?;

@@ -7,24 +7,15 @@ fn rel(s: &str) -> RelPath {
 #[test]
 fn mac_spellings_parse_to_the_same_address() {
     let want = [0xaa, 0xbb, 0xcc, 0x01, 0x02, 0xef];
-    for s in [
-        "aa:bb:cc:01:02:ef",
-        "AA-BB-CC-01-02-EF",
-        "aabbcc0102ef",
-        "AABB.CC01.02EF",
-        " aa:bb:cc:01:02:ef\n",
-    ] {
+    for s in
+        ["aa:bb:cc:01:02:ef", "AA-BB-CC-01-02-EF", "aabbcc0102ef", "AABB.CC01.02EF", " aa:bb:cc:01:02:ef\n"]
+    {
         assert_eq!(parse_mac(s), Some(want), "{s}");
     }
     assert_eq!(format_mac(&want), "aa:bb:cc:01:02:ef");
-    for bad in [
-        "aa:bb:cc:01:02",
-        "aa:bb-cc:01:02:ef",
-        "aabbcc0102eg",
-        "aab.bcc01.02ef",
-        "aa::bb:cc:01:02e",
-        "",
-    ] {
+    for bad in
+        ["aa:bb:cc:01:02", "aa:bb-cc:01:02:ef", "aabbcc0102eg", "aab.bcc01.02ef", "aa::bb:cc:01:02e", ""]
+    {
         assert_eq!(parse_mac(bad), None, "{bad}");
     }
 }
@@ -36,23 +27,11 @@ fn options_default_roots_and_validation() {
     assert!(o.validate().is_ok());
     assert_eq!(o.roots().unwrap()[2], rel("usr/local"));
 
-    let bad_mac = ScanOptions {
-        mac_addresses: vec!["zz:zz".into()],
-        ..Default::default()
-    };
+    let bad_mac = ScanOptions { mac_addresses: vec!["zz:zz".into()], ..Default::default() };
     assert!(matches!(bad_mac.validate(), Err(ScanError::BadMac(_))));
-    let relative = ScanOptions {
-        excludes: vec!["var/tmp".into()],
-        ..Default::default()
-    };
-    assert!(matches!(
-        relative.validate(),
-        Err(ScanError::NotAbsolute(_))
-    ));
-    let dotdot = ScanOptions {
-        excludes: vec!["/var/../etc".into()],
-        ..Default::default()
-    };
+    let relative = ScanOptions { excludes: vec!["var/tmp".into()], ..Default::default() };
+    assert!(matches!(relative.validate(), Err(ScanError::NotAbsolute(_))));
+    let dotdot = ScanOptions { excludes: vec!["/var/../etc".into()], ..Default::default() };
     assert!(matches!(dotdot.validate(), Err(ScanError::BadPath { .. })));
     let many = ScanOptions {
         mac_addresses: vec!["aa:bb:cc:dd:ee:ff".into(); limits::MAX_REQUEST_ITEMS + 1],
@@ -82,11 +61,7 @@ fn json_round_trip_is_stable() {
         spelling: "AABBCCDDEEFF".into(),
     });
     r.xattrs.user.push(rel("srv/a"));
-    r.high_ids.push(HighId {
-        path: rel("home/x"),
-        uid: 70000,
-        gid: 100,
-    });
+    r.high_ids.push(HighId { path: rel("home/x"), uid: 70000, gid: 100 });
     let json = r.to_json().unwrap();
     let text = String::from_utf8(json.clone()).unwrap();
     assert!(text.contains(r#""path":"/etc/lic\\xff""#), "{text}");
@@ -99,11 +74,7 @@ fn json_round_trip_is_stable() {
 fn hostile_results_are_cut_to_the_caps() {
     let mut r = ScanResult::new();
     r.mac_hits = vec![
-        MacHit {
-            path: rel("etc/x"),
-            mac: "a".repeat(1_000),
-            spelling: "b".into(),
-        };
+        MacHit { path: rel("etc/x"), mac: "a".repeat(1_000), spelling: "b".into() };
         limits::MAX_MAC_HITS + 3
     ];
     r.sockets.examples = vec![rel("run/s"); limits::MAX_EXAMPLES * 2];
@@ -116,19 +87,10 @@ fn hostile_results_are_cut_to_the_caps() {
 
     let mut old = ScanResult::new();
     old.schema = 99;
-    assert!(matches!(
-        ScanResult::from_json(&old.to_json().unwrap()),
-        Err(ScanError::Schema { found: 99 })
-    ));
-    assert!(matches!(
-        ScanResult::from_json(b"{\"entries\": -1}"),
-        Err(ScanError::Json(_))
-    ));
+    assert!(matches!(ScanResult::from_json(&old.to_json().unwrap()), Err(ScanError::Schema { found: 99 })));
+    assert!(matches!(ScanResult::from_json(b"{\"entries\": -1}"), Err(ScanError::Json(_))));
     let huge = vec![b' '; limits::MAX_RESULT_JSON + 1];
-    assert!(matches!(
-        ScanResult::from_json(&huge),
-        Err(ScanError::TooLarge(_))
-    ));
+    assert!(matches!(ScanResult::from_json(&huge), Err(ScanError::TooLarge(_))));
     let path_escape = br#"{"schema":1,"sockets":{"total":1,"examples":["/../etc"]}}"#;
     assert!(ScanResult::from_json(path_escape).is_err());
 }

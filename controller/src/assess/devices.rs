@@ -18,11 +18,7 @@ const MIN_DATA_DEVICE: u64 = 16 << 20;
 const IGNORED_KINDS: [&str; 4] = ["loop", "rom", "ram", "zram"];
 
 fn dev_path(name: &str) -> String {
-    if name.starts_with('/') {
-        name.to_string()
-    } else {
-        format!("/dev/{name}")
-    }
+    if name.starts_with('/') { name.to_string() } else { format!("/dev/{name}") }
 }
 
 /// Devices mounted as file systems (local or network) and swap devices: accounted for by
@@ -54,14 +50,10 @@ fn unused(b: &BlockDevice, known: &HashSet<String>) -> Option<String> {
             "{path} ({}, {size}) has no file system and is not mounted: raw data, not copied",
             b.kind
         )),
-        Some("swap") => Some(format!(
-            "{path} ({}, {size}) is a swap area not in use: not carried",
-            b.kind
-        )),
-        Some(t @ ("LVM2_member" | "linux_raid_member" | "crypto_LUKS")) => Some(format!(
-            "{path} ({}, {size}) is an unused {t} with nothing built on it: not copied",
-            b.kind
-        )),
+        Some("swap") => Some(format!("{path} ({}, {size}) is a swap area not in use: not carried", b.kind)),
+        Some(t @ ("LVM2_member" | "linux_raid_member" | "crypto_LUKS")) => {
+            Some(format!("{path} ({}, {size}) is an unused {t} with nothing built on it: not copied", b.kind))
+        }
         Some(t) => Some(format!(
             "{path} ({}, {size}) holds a {t} file system that is not mounted: its files are not \
              copied (mount it on the source to include them)",
@@ -75,10 +67,7 @@ pub(super) fn raw_device(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     let mut evidence = Vec::new();
     let mut raw = Vec::new();
     for r in &inv.raw_bindings {
-        evidence.push(format!(
-            "raw binding {} → {} (from {})",
-            r.raw_device, r.bound_to, r.source
-        ));
+        evidence.push(format!("raw binding {} → {} (from {})", r.raw_device, r.bound_to, r.source));
         raw.push(json!({"raw_device": r.raw_device, "bound_to": r.bound_to, "source": r.source}));
     }
     let mut swaps = Vec::new();
@@ -103,11 +92,7 @@ pub(super) fn raw_device(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     }
     let mut refs = Vec::new();
     let mut seen = HashSet::new();
-    for d in cx
-        .scan
-        .map(|s| s.device_refs.as_slice())
-        .unwrap_or_default()
-    {
+    for d in cx.scan.map(|s| s.device_refs.as_slice()).unwrap_or_default() {
         // fstab lines mounting a file system are fs-merge's; swap lines are listed above
         if d.context.starts_with("fstab") || known.contains(&d.device) {
             continue;
@@ -115,10 +100,7 @@ pub(super) fn raw_device(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         if !seen.insert((d.device.as_str(), &d.file)) {
             continue;
         }
-        evidence.push(format!(
-            "{} line {} ({}) names {}",
-            d.file, d.line, d.context, d.device
-        ));
+        evidence.push(format!("{} line {} ({}) names {}", d.file, d.line, d.context, d.device));
         refs.push(json!({"device": d.device, "file": d.file, "line": d.line,
             "context": d.context, "text": d.text}));
     }
@@ -128,10 +110,7 @@ pub(super) fn raw_device(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     out.push(finding(
         codes::RAW_DEVICE,
         Severity::Warning,
-        format!(
-            "{} block device use(s) cannot move into the container",
-            evidence.len()
-        ),
+        format!("{} block device use(s) cannot move into the container", evidence.len()),
         evidence,
         "raw devices are not migrated: the container has no block devices, data on raw \
          partitions and volumes is not copied, and services using them need file-backed \

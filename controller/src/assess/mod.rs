@@ -106,14 +106,7 @@ pub(crate) fn finding(
         evidence.truncate(MAX_EVIDENCE - 1);
         evidence.push(format!("... and {more} more (all of them in --json)"));
     }
-    Finding {
-        code: code.to_string(),
-        severity,
-        title: title.into(),
-        evidence,
-        action: action.into(),
-        data,
-    }
+    Finding { code: code.to_string(), severity, title: title.into(), evidence, action: action.into(), data }
 }
 
 /// The container's tree as the report names it: `/vz/private/<CTID>`-style when the
@@ -139,22 +132,9 @@ pub fn scan_options(inv: &Inventory, opts: &AssessOptions) -> ScanOptions {
         .collect();
     macs.sort();
     macs.dedup();
-    let excludes = opts
-        .excludes
-        .iter()
-        .map(|x| {
-            if x.starts_with('/') {
-                x.clone()
-            } else {
-                format!("/{x}")
-            }
-        })
-        .collect();
-    ScanOptions {
-        mac_addresses: macs,
-        excludes,
-        ..ScanOptions::default()
-    }
+    let excludes =
+        opts.excludes.iter().map(|x| if x.starts_with('/') { x.clone() } else { format!("/{x}") }).collect();
+    ScanOptions { mac_addresses: macs, excludes, ..ScanOptions::default() }
 }
 
 /// Judges a server: the pre-flight report for `agent`. `scan` is `None` for a quick
@@ -166,12 +146,7 @@ pub fn assess(
     node: &NodeFacts,
     opts: &AssessOptions,
 ) -> Report {
-    let cx = Ctx {
-        inv,
-        scan,
-        node,
-        opts,
-    };
+    let cx = Ctx { inv, scan, node, opts };
     let mut out = Vec::new();
     storage::fs_merge(&cx, &mut out);
     storage::network_mounts(&cx, &mut out);

@@ -49,11 +49,7 @@ pub(super) fn ip_venet0(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         .iter()
         .map(|(a, p, i)| {
             let host = if a.is_ipv4() { 32 } else { 128 };
-            format!(
-                "{a}/{p} on {} (MAC {}) → venet0 {a}/{host}",
-                i.name,
-                mac_text(i)
-            )
+            format!("{a}/{p} on {} (MAC {}) → venet0 {a}/{host}", i.name, mac_text(i))
         })
         .collect();
     let left: Vec<String> = physical(cx)
@@ -62,10 +58,7 @@ pub(super) fn ip_venet0(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         .map(|(a, i)| format!("{}/{} on {}", a.address, a.prefix, i.name))
         .collect();
     if !left.is_empty() {
-        evidence.push(format!(
-            "link-local, not carried (venet0 has none): {}",
-            left.join(", ")
-        ));
+        evidence.push(format!("link-local, not carried (venet0 has none): {}", left.join(", ")));
     }
     let mut stranded = false;
     let mut bound = Vec::new();
@@ -84,16 +77,10 @@ pub(super) fn ip_venet0(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
                 ": the container will not have that address"
             }
         ));
-        bound.push(
-            json!({"proto": l.proto, "address": ip.to_string(), "port": l.port,
-            "process": l.process, "carried": carried}),
-        );
+        bound.push(json!({"proto": l.proto, "address": ip.to_string(), "port": l.port,
+            "process": l.process, "carried": carried}));
     }
-    let severity = if addrs.is_empty() || stranded {
-        Severity::Warning
-    } else {
-        Severity::Info
-    };
+    let severity = if addrs.is_empty() || stranded { Severity::Warning } else { Severity::Info };
     let title = if addrs.is_empty() {
         "the source has no address to move: the container gets no network".to_string()
     } else {
@@ -128,22 +115,12 @@ pub(super) fn dhcp(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     let mut evidence = Vec::new();
     let mut data = Vec::new();
     for i in &ifaces {
-        let mine: Vec<String> = addrs
-            .iter()
-            .filter(|(_, _, x)| x.name == i.name)
-            .map(|(a, p, _)| format!("{a}/{p}"))
-            .collect();
+        let mine: Vec<String> =
+            addrs.iter().filter(|(_, _, x)| x.name == i.name).map(|(a, p, _)| format!("{a}/{p}")).collect();
         evidence.push(if mine.is_empty() {
-            format!(
-                "{} is configured by DHCP and has no address now: nothing to carry for it",
-                i.name
-            )
+            format!("{} is configured by DHCP and has no address now: nothing to carry for it", i.name)
         } else {
-            format!(
-                "{} is configured by DHCP; its address(es) {} become static",
-                i.name,
-                mine.join(", ")
-            )
+            format!("{} is configured by DHCP; its address(es) {} become static", i.name, mine.join(", "))
         });
         data.push(json!({"interface": i.name, "mac": i.mac, "addresses": mine}));
     }
@@ -170,24 +147,16 @@ pub(super) fn mac_bound(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     }
     let iface_of = |mac: &str| {
         let canon = parse_mac(mac).map(|m| format_mac(&m));
-        macs.iter()
-            .find(|(m, _)| Some(m) == canon.as_ref())
-            .map_or("?", |(_, i)| *i)
+        macs.iter().find(|(m, _)| Some(m) == canon.as_ref()).map_or("?", |(_, i)| *i)
     };
     let mut evidence: Vec<String> = vec![format!(
         "source MACs: {}",
-        macs.iter()
-            .map(|(m, i)| format!("{m} ({i})"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        macs.iter().map(|(m, i)| format!("{m} ({i})")).collect::<Vec<_>>().join(", ")
     )];
     let action = "the container has no MAC address (venet0 is layer 3): software licensed to \
                   or configured with these MACs stops working; the files are copied unchanged \
                   — get a new licence or reconfigure the application";
-    let macs_json: Vec<_> = macs
-        .iter()
-        .map(|(m, i)| json!({"mac": m, "interface": i}))
-        .collect();
+    let macs_json: Vec<_> = macs.iter().map(|(m, i)| json!({"mac": m, "interface": i})).collect();
     let Some(scan) = cx.scan else {
         evidence.push("files were not searched (quick assessment)".to_string());
         out.push(finding(
@@ -205,14 +174,11 @@ pub(super) fn mac_bound(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         .iter()
         .map(|h| json!({"path": h.path, "mac": h.mac, "spelling": h.spelling, "interface": iface_of(&h.mac)}))
         .collect();
-    evidence.extend(scan.mac_hits.iter().map(|h| {
-        format!(
-            "{} contains {} (MAC of {})",
-            h.path,
-            h.spelling,
-            iface_of(&h.mac)
-        )
-    }));
+    evidence.extend(
+        scan.mac_hits
+            .iter()
+            .map(|h| format!("{} contains {} (MAC of {})", h.path, h.spelling, iface_of(&h.mac))),
+    );
     let skipped = &scan.mac_skipped;
     if !skipped.is_empty() {
         evidence.push(format!(
@@ -233,10 +199,7 @@ pub(super) fn mac_bound(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         out.push(finding(
             codes::MAC_BOUND,
             Severity::Warning,
-            format!(
-                "{} file(s) name a MAC address of the source",
-                files_count(&scan.mac_hits)
-            ),
+            format!("{} file(s) name a MAC address of the source", files_count(&scan.mac_hits)),
             evidence,
             action,
             data,
@@ -254,8 +217,5 @@ pub(super) fn mac_bound(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
 }
 
 fn files_count(hits: &[p2c_common::scan::MacHit]) -> usize {
-    hits.iter()
-        .map(|h| &h.path)
-        .collect::<std::collections::HashSet<_>>()
-        .len()
+    hits.iter().map(|h| &h.path).collect::<std::collections::HashSet<_>>().len()
 }

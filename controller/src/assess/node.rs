@@ -41,13 +41,7 @@ pub(super) fn probe(private_root: &Path, ctid: Option<u32>, os_release: &Path) -
             facts.free_bytes = s.f_bavail.saturating_mul(s.f_frsize);
             facts.free_inodes = if s.f_files == 0 { u64::MAX } else { s.f_favail };
         }
-        Err(e) => gap(
-            ProbeError::Statvfs {
-                path: base.clone(),
-                source: e.into(),
-            },
-            &mut facts,
-        ),
+        Err(e) => gap(ProbeError::Statvfs { path: base.clone(), source: e.into() }, &mut facts),
     }
     match fs_type(&base) {
         Ok(t) => facts.fs_type = t,
@@ -62,13 +56,7 @@ pub(super) fn probe(private_root: &Path, ctid: Option<u32>, os_release: &Path) -
     }
     match std::fs::read_to_string(os_release) {
         Ok(text) => facts.os_name = pretty_name(&text),
-        Err(source) => gap(
-            ProbeError::Read {
-                path: os_release.to_path_buf(),
-                source,
-            },
-            &mut facts,
-        ),
+        Err(source) => gap(ProbeError::Read { path: os_release.to_path_buf(), source }, &mut facts),
     }
     facts.os = NodeOs::Linux;
     if let Some(id) = ctid {
@@ -98,32 +86,17 @@ fn existing_ancestor(path: &Path) -> PathBuf {
 }
 
 fn fs_type(path: &Path) -> Result<String, ProbeError> {
-    let missing = || ProbeError::FsType {
-        path: path.to_path_buf(),
-    };
+    let missing = || ProbeError::FsType { path: path.to_path_buf() };
     let real = std::fs::canonicalize(path).map_err(|_| missing())?;
     let mounts = mountinfo::read().map_err(|_| missing())?;
-    mountinfo::containing(&mounts, real.as_os_str().as_bytes())
-        .map(|m| m.fs_type.clone())
-        .ok_or_else(missing)
+    mountinfo::containing(&mounts, real.as_os_str().as_bytes()).map(|m| m.fs_type.clone()).ok_or_else(missing)
 }
 
 /// Sets a `user.*` attribute on a temporary file in `dir`.
 fn xattrs_supported(dir: &Path) -> Result<bool, ProbeError> {
-    let err = |source: io::Error| ProbeError::Xattr {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let file = tempfile::Builder::new()
-        .prefix(".p2c-xattr-probe")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    match rustix::fs::fsetxattr(
-        file.as_file(),
-        "user.p2c.probe",
-        b"1",
-        rustix::fs::XattrFlags::empty(),
-    ) {
+    let err = |source: io::Error| ProbeError::Xattr { path: dir.to_path_buf(), source };
+    let file = tempfile::Builder::new().prefix(".p2c-xattr-probe").tempfile_in(dir).map_err(err)?;
+    match rustix::fs::fsetxattr(file.as_file(), "user.p2c.probe", b"1", rustix::fs::XattrFlags::empty()) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::OPNOTSUPP) => Ok(false),
         Err(e) => Err(err(e.into())),
@@ -152,10 +125,7 @@ pub(super) fn pretty_name(text: &str) -> String {
 /// Entries and disk space below `dir`, not following symlinks or leaving its file system,
 /// hard links once.
 fn measure(dir: &Path) -> Result<ExistingPrivate, ProbeError> {
-    let err = |source| ProbeError::Measure {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let err = |source| ProbeError::Measure { path: dir.to_path_buf(), source };
     let root = std::fs::symlink_metadata(dir).map_err(err)?;
     let mut seen = HashSet::new();
     let (mut bytes, mut files) = (0u64, 0u64);
@@ -178,9 +148,5 @@ fn measure(dir: &Path) -> Result<ExistingPrivate, ProbeError> {
             }
         }
     }
-    Ok(ExistingPrivate {
-        path: dir.display().to_string(),
-        bytes,
-        files,
-    })
+    Ok(ExistingPrivate { path: dir.display().to_string(), bytes, files })
 }

@@ -12,10 +12,8 @@ use super::{Ctx, finding};
 
 /// ` (/dev/sdb1 ext4, vfsv1 quota)`, leaving out what the inventory does not say.
 fn describe(q: &FsQuota) -> String {
-    let dev: Vec<&str> = [q.device.as_str(), q.fs_type.as_str()]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect();
+    let dev: Vec<&str> =
+        [q.device.as_str(), q.fs_type.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
     let mut parts = Vec::new();
     if !dev.is_empty() {
         parts.push(dev.join(" "));
@@ -23,11 +21,7 @@ fn describe(q: &FsQuota) -> String {
     if !q.format.is_empty() {
         parts.push(format!("{} quota", q.format));
     }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", parts.join(", "))
-    }
+    if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }
 }
 
 fn counts(q: &FsQuota) -> (usize, usize) {
@@ -101,9 +95,8 @@ pub(super) fn quota_partition(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         }));
     }
     for mp in &unread {
-        evidence.push(format!(
-            "{mp}: mounted with quota options, but its limits could not be read — dropped"
-        ));
+        evidence
+            .push(format!("{mp}: mounted with quota options, but its limits could not be read — dropped"));
     }
     let over = chosen
         .and_then(|mp| inv.quotas.iter().find(|q| q.mountpoint == mp))
@@ -132,17 +125,12 @@ pub(super) fn quota_partition(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         ),
         Err(QuotaChoiceError::NotFound { requested, .. }) => (
             Severity::Blocker,
-            format!(
-                "--quota-partition {requested}: no source partition with quotas is mounted there"
-            ),
+            format!("--quota-partition {requested}: no source partition with quotas is mounted there"),
             "name a partition listed here, or leave --quota-partition out".to_string(),
         ),
         Ok(Some(q)) if requested.is_some() && counts(q) == (0, 0) => (
             Severity::Blocker,
-            format!(
-                "--quota-partition {}: that partition sets no quota limits",
-                q.mountpoint
-            ),
+            format!("--quota-partition {}: that partition sets no quota limits", q.mountpoint),
             "name a partition that has limits, or leave --quota-partition out".to_string(),
         ),
         Ok(Some(q)) => (
@@ -163,11 +151,7 @@ pub(super) fn quota_partition(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
             ),
         ),
         Ok(None) => (
-            if unread.is_empty() {
-                Severity::Info
-            } else {
-                Severity::Warning
-            },
+            if unread.is_empty() { Severity::Info } else { Severity::Warning },
             "quotas are on, but no partition sets a limit: nothing to carry".to_string(),
             "the container gets only its first-level quota (DISKSPACE, DISKINODES)".to_string(),
         ),

@@ -40,10 +40,7 @@ pub(super) fn selinux(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         evidence.push(format!(
             "/etc/selinux/config: SELINUX={}{}",
             mode_name(c),
-            s.policy
-                .as_ref()
-                .map(|p| format!(", SELINUXTYPE={p}"))
-                .unwrap_or_default()
+            s.policy.as_ref().map(|p| format!(", SELINUXTYPE={p}")).unwrap_or_default()
         ));
     }
     evidence.push(match labelled {
@@ -52,15 +49,8 @@ pub(super) fn selinux(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     });
     out.push(finding(
         codes::SELINUX,
-        if active {
-            Severity::Warning
-        } else {
-            Severity::Info
-        },
-        format!(
-            "SELinux is {} on the source; the container runs without it",
-            mode_name(s.mode)
-        ),
+        if active { Severity::Warning } else { Severity::Info },
+        format!("SELinux is {} on the source; the container runs without it", mode_name(s.mode)),
         evidence,
         "the guest's /etc/selinux/config gets SELINUX=disabled and security.selinux labels are \
          not copied: the policy that confined services no longer applies",
@@ -136,10 +126,7 @@ pub(super) fn xattrs(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         ),
         (true, true) => (
             Severity::Info,
-            format!(
-                "{} file(s) have extended attributes or ACLs; they are kept",
-                c.files
-            ),
+            format!("{} file(s) have extended attributes or ACLs; they are kept", c.files),
             format!(
                 "kept on the node's {} (--keep-xattrs); security.selinux labels are always dropped",
                 node.fs_type
@@ -178,12 +165,7 @@ pub(super) fn high_ids(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         return;
     }
     let mut evidence = vec![format!("{} entries are owned by ids above 65535", h.total)];
-    evidence.extend(
-        h.examples
-            .iter()
-            .take(20)
-            .map(|e| format!("{} (uid {}, gid {})", e.path, e.uid, e.gid)),
-    );
+    evidence.extend(h.examples.iter().take(20).map(|e| format!("{} (uid {}, gid {})", e.path, e.uid, e.gid)));
     out.push(finding(
         codes::HIGH_IDS,
         Severity::Warning,

@@ -11,10 +11,7 @@ use serde_json::json;
 use super::{Ctx, ct_path, finding};
 
 fn excluded(cx: &Ctx<'_>, m: &Mount) -> bool {
-    cx.opts
-        .excludes
-        .iter()
-        .any(|x| is_beneath(m.mountpoint.as_bytes(), x.as_bytes()))
+    cx.opts.excludes.iter().any(|x| is_beneath(m.mountpoint.as_bytes(), x.as_bytes()))
 }
 
 fn of_kind<'a>(cx: &Ctx<'a>, kind: MountKind) -> impl Iterator<Item = &'a Mount> {
@@ -34,11 +31,7 @@ pub(super) struct Need {
 /// mounted twice counted once; excludes that are whole mounts subtracted).
 pub(super) fn need(cx: &Ctx<'_>) -> Need {
     if let Some(s) = cx.scan.filter(|s| s.entries > 0) {
-        return Need {
-            bytes: s.used_bytes,
-            inodes: s.inodes,
-            basis: "files found by the source scan",
-        };
+        return Need { bytes: s.used_bytes, inodes: s.inodes, basis: "files found by the source scan" };
     }
     let mut seen = HashSet::new();
     let (mut bytes, mut inodes) = (0u64, 0u64);
@@ -49,19 +42,11 @@ pub(super) fn need(cx: &Ctx<'_>) -> Need {
         bytes = bytes.saturating_add(m.used_bytes);
         inodes = inodes.saturating_add(m.inodes_used);
     }
-    Need {
-        bytes,
-        inodes,
-        basis: "used space of the local file systems",
-    }
+    Need { bytes, inodes, basis: "used space of the local file systems" }
 }
 
 fn inodes_text(n: u64) -> String {
-    if n == u64::MAX {
-        "no inode limit".to_string()
-    } else {
-        format!("{n} inodes")
-    }
+    if n == u64::MAX { "no inode limit".to_string() } else { format!("{n} inodes") }
 }
 
 pub(super) fn fs_merge(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
@@ -70,10 +55,7 @@ pub(super) fn fs_merge(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     let mut first_of: Vec<(&str, &str)> = Vec::new();
     let mut doubles = Vec::new();
     for m in of_kind(cx, MountKind::Local) {
-        match first_of
-            .iter()
-            .find(|(dev, _)| !dev.is_empty() && *dev == m.device)
-        {
+        match first_of.iter().find(|(dev, _)| !dev.is_empty() && *dev == m.device) {
             Some((_, mp)) => doubles.push(format!(
                 "{}: the same device as {mp} (a bind mount or another subvolume): files \
                  reachable through both are copied twice unless one is excluded",
@@ -104,28 +86,16 @@ pub(super) fn fs_merge(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     }
     evidence.extend(doubles);
     let named = |kind| -> Vec<(String, String)> {
-        of_kind(cx, kind)
-            .map(|m| (m.mountpoint.clone(), m.fs_type.clone()))
-            .collect()
+        of_kind(cx, kind).map(|m| (m.mountpoint.clone(), m.fs_type.clone())).collect()
     };
     let (pseudo, network) = (named(MountKind::Pseudo), named(MountKind::Network));
-    let list = |v: &[(String, String)]| {
-        v.iter()
-            .map(|(mp, t)| format!("{mp} ({t})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list =
+        |v: &[(String, String)]| v.iter().map(|(mp, t)| format!("{mp} ({t})")).collect::<Vec<_>>().join(", ");
     if !pseudo.is_empty() {
-        evidence.push(format!(
-            "not copied, the container has its own: {}",
-            list(&pseudo)
-        ));
+        evidence.push(format!("not copied, the container has its own: {}", list(&pseudo)));
     }
     if !network.is_empty() {
-        evidence.push(format!(
-            "not copied, network file systems (see network-mounts): {}",
-            list(&network)
-        ));
+        evidence.push(format!("not copied, network file systems (see network-mounts): {}", list(&network)));
     }
     if local.is_empty() {
         evidence.push("the inventory names no local file system".to_string());
@@ -142,9 +112,7 @@ pub(super) fn fs_merge(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     ));
     evidence.extend(cx.node.gaps.iter().map(|g| format!("node: {g}")));
     let pairs = |v: &[(String, String)]| -> Vec<serde_json::Value> {
-        v.iter()
-            .map(|(mp, t)| json!({"mountpoint": mp, "fs_type": t}))
-            .collect()
+        v.iter().map(|(mp, t)| json!({"mountpoint": mp, "fs_type": t})).collect()
     };
     out.push(finding(
         codes::FS_MERGE,
@@ -172,15 +140,7 @@ pub(super) fn network_mounts(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     }
     let evidence = mounts
         .iter()
-        .map(|m| {
-            format!(
-                "{}: {} ({}, {})",
-                m.mountpoint,
-                m.device,
-                m.fs_type,
-                m.options.join(",")
-            )
-        })
+        .map(|m| format!("{}: {} ({}, {})", m.mountpoint, m.device, m.fs_type, m.options.join(",")))
         .collect();
     let data: Vec<_> = mounts
         .iter()
@@ -202,28 +162,18 @@ pub(super) fn network_mounts(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
 pub(super) fn disk_space(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     let n = need(cx);
     let node = cx.node;
-    let (have_bytes, have_files) = cx
-        .node
-        .existing_private
-        .as_ref()
-        .map_or((0, 0), |e| (e.bytes, e.files));
+    let (have_bytes, have_files) = cx.node.existing_private.as_ref().map_or((0, 0), |e| (e.bytes, e.files));
     let bytes = n.bytes.saturating_sub(have_bytes);
     let inodes = n.inodes.saturating_sub(have_files);
     let margin = |need: u64| need.saturating_add(need / 10);
     let inode_limit = node.free_inodes != u64::MAX;
     let short = node.free_bytes < bytes || (inode_limit && node.free_inodes < inodes);
-    let tight =
-        node.free_bytes < margin(bytes) || (inode_limit && node.free_inodes < margin(inodes));
+    let tight = node.free_bytes < margin(bytes) || (inode_limit && node.free_inodes < margin(inodes));
     if !short && !tight {
         return;
     }
     let mut evidence = vec![
-        format!(
-            "the source uses {} and {} ({})",
-            human_bytes(n.bytes),
-            inodes_text(n.inodes),
-            n.basis
-        ),
+        format!("the source uses {} and {} ({})", human_bytes(n.bytes), inodes_text(n.inodes), n.basis),
         format!(
             "the node has {} and {} free on {}",
             human_bytes(node.free_bytes),

@@ -95,30 +95,19 @@ pub(super) fn kernel_modules(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     if mods.is_empty() {
         return;
     }
-    let (features, drivers): (Vec<&String>, Vec<&String>) =
-        mods.iter().partition(|m| is_feature(m));
+    let (features, drivers): (Vec<&String>, Vec<&String>) = mods.iter().partition(|m| is_feature(m));
     let join = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
     let mut evidence = Vec::new();
     if !features.is_empty() {
         evidence.push(format!("the node must provide: {}", join(&features)));
     }
     if !drivers.is_empty() {
-        evidence.push(format!(
-            "hardware drivers, not needed in a container: {}",
-            join(&drivers)
-        ));
+        evidence.push(format!("hardware drivers, not needed in a container: {}", join(&drivers)));
     }
     out.push(finding(
         codes::KERNEL_MODULES,
-        if features.is_empty() {
-            Severity::Info
-        } else {
-            Severity::Warning
-        },
-        format!(
-            "the guest loads {} kernel module(s); a container cannot load any",
-            mods.len()
-        ),
+        if features.is_empty() { Severity::Info } else { Severity::Warning },
+        format!("the guest loads {} kernel module(s); a container cannot load any", mods.len()),
         evidence,
         "the guest's module loading is disabled; the node must load the feature modules listed \
          and allow the container to use them (e.g. iptables, tun, fuse, nfs), or the services \
@@ -147,10 +136,7 @@ pub(super) fn nested_containers(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
 /// `Windows Server 2008 R2` → `2008r2`.
 fn windows_release(v: &str) -> String {
     let lower = v.to_lowercase();
-    lower
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "microsoft" | "windows" | "server"))
-        .collect::<String>()
+    lower.split_whitespace().filter(|w| !matches!(*w, "microsoft" | "windows" | "server")).collect::<String>()
 }
 
 pub(super) fn windows_version(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
@@ -164,17 +150,11 @@ pub(super) fn windows_version(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         NodeOs::Windows { version } => format!("Windows Server {version}"),
     };
     let (severity, title) = match (src, &cx.node.os) {
-        (None, _) => (
-            Severity::Blocker,
-            "a Windows source whose Windows Server version is unknown".to_string(),
-        ),
-        (Some(v), NodeOs::Windows { version })
-            if windows_release(v) == windows_release(version) =>
-        {
-            (
-                Severity::Info,
-                format!("Windows Server {v} moves to a node running the same version"),
-            )
+        (None, _) => {
+            (Severity::Blocker, "a Windows source whose Windows Server version is unknown".to_string())
+        }
+        (Some(v), NodeOs::Windows { version }) if windows_release(v) == windows_release(version) => {
+            (Severity::Info, format!("Windows Server {v} moves to a node running the same version"))
         }
         (Some(v), _) => (
             Severity::Blocker,
@@ -186,11 +166,7 @@ pub(super) fn windows_version(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         severity,
         title,
         vec![
-            format!(
-                "source: {} ({})",
-                os.pretty_name,
-                src.unwrap_or("version unknown")
-            ),
+            format!("source: {} ({})", os.pretty_name, src.unwrap_or("version unknown")),
             format!("this node: {node}"),
         ],
         "a Windows server moves only to a node running the same Windows Server release \
@@ -208,31 +184,19 @@ pub(super) fn skipped_entries(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     }
     let mut evidence = Vec::new();
     if !sockets.is_empty() {
-        let eg: Vec<String> = sockets
-            .examples
-            .iter()
-            .take(10)
-            .map(|p| p.display())
-            .collect();
+        let eg: Vec<String> = sockets.examples.iter().take(10).map(|p| p.display()).collect();
         evidence.push(format!(
             "{} socket(s), not copied (services create them again when they start): {}",
             sockets.total,
             eg.join(", ")
         ));
     }
-    evidence.extend(
-        errors
-            .examples
-            .iter()
-            .map(|p| format!("could not be scanned: {}: {}", p.path, p.reason)),
-    );
+    evidence
+        .extend(errors.examples.iter().map(|p| format!("could not be scanned: {}: {}", p.path, p.reason)));
     out.push(finding(
         codes::SKIPPED,
         Severity::Info,
-        format!(
-            "{} socket(s) are not copied; {} entries could not be scanned",
-            sockets.total, errors.total
-        ),
+        format!("{} socket(s) are not copied; {} entries could not be scanned", sockets.total, errors.total),
         evidence,
         "sockets are skipped and listed in each pass; entries the scan could not read are \
          tried again by the copy and reported if they still fail",
@@ -246,11 +210,7 @@ pub(super) fn partial_retry(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     let existing = cx.node.existing_private.as_ref();
     let (title, evidence) = match (ctid, existing) {
         (_, Some(e)) => (
-            format!(
-                "an earlier run left {} entries ({}) for container {ct}",
-                e.files,
-                human_bytes(e.bytes)
-            ),
+            format!("an earlier run left {} entries ({}) for container {ct}", e.files, human_bytes(e.bytes)),
             vec![format!(
                 "{}: {} entries, {} — the next migrate resumes from them and sends only what \
                  is missing",

@@ -148,9 +148,7 @@ pub(crate) fn rewrite_inittab(text: &str, getty: Option<&str>) -> String {
         } else {
             format!("1:2345:respawn:{cmd}")
         };
-        out.push_str(&format!(
-            "# {MARKER}: a getty on the container's console.\n{line}\n"
-        ));
+        out.push_str(&format!("# {MARKER}: a getty on the container's console.\n{line}\n"));
     }
     out
 }

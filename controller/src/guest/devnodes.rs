@@ -52,23 +52,10 @@ pub(super) fn apply(ed: &mut Editor) -> Result<(), GuestError> {
             format!("device node the container needs (char {major}:{minor})"),
         )?;
     }
-    ed.directory(
-        &rel("dev/pts"),
-        0o755,
-        "mount point of the container's devpts",
-    )?;
-    ed.directory(
-        &rel("dev/shm"),
-        0o1777,
-        "mount point of the container's shared memory",
-    )?;
+    ed.directory(&rel("dev/pts"), 0o755, "mount point of the container's devpts")?;
+    ed.directory(&rel("dev/shm"), 0o1777, "mount point of the container's shared memory")?;
     for (name, target) in LINKS {
-        ed.symlink(
-            &rel(&format!("dev/{name}")),
-            target,
-            Action::Created,
-            "standard /dev link into /proc",
-        )?;
+        ed.symlink(&rel(&format!("dev/{name}")), target, Action::Created, "standard /dev link into /proc")?;
     }
     Ok(())
 }
@@ -104,19 +91,13 @@ mod tests {
         assert!(meta("pts").is_dir());
         assert_eq!(f.readlink("dev/fd"), "/proc/self/fd");
         assert_eq!(f.readlink("dev/stderr"), "/proc/self/fd/2");
-        assert_eq!(
-            f.read("etc/p2c/backup/dev/null"),
-            "a regular file left by a copy\n"
-        );
+        assert_eq!(f.read("etc/p2c/backup/dev/null"), "a regular file left by a copy\n");
         let c = ed.changes();
         let null = c.iter().find(|c| c.path == "/dev/null").unwrap();
         assert_eq!(null.action, "rewritten");
         assert_eq!(null.backup.as_deref(), Some("/etc/p2c/backup/dev/null"));
         let zero = c.iter().find(|c| c.path == "/dev/zero").unwrap();
-        assert_eq!(
-            (zero.action.as_str(), zero.backup.as_deref()),
-            ("created", None)
-        );
+        assert_eq!((zero.action.as_str(), zero.backup.as_deref()), ("created", None));
         assert!(!c.iter().any(|c| c.path == "/dev/ptmx"));
 
         // Again: nothing to do.

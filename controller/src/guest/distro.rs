@@ -53,13 +53,7 @@ pub enum NetStack {
 /// Reads the distribution, init system and network stacks of the guest in `tree`.
 pub fn detect(tree: &Tree) -> Result<Distro, GuestError> {
     let (family, id, version) = release(tree)?;
-    Ok(Distro {
-        family,
-        id,
-        version,
-        init: init_system(tree)?,
-        stacks: stacks(tree)?,
-    })
+    Ok(Distro { family, id, version, init: init_system(tree)?, stacks: stacks(tree)? })
 }
 
 /// Reads a regular file as the guest would (its symlinks resolved inside the tree).
@@ -78,9 +72,7 @@ pub(super) fn read_guest(tree: &Tree, path: &RelPath) -> Result<Option<String>, 
 /// The kind of what the guest finds at `path`, its symlinks followed inside the tree.
 pub(super) fn kind_guest(tree: &Tree, path: &RelPath) -> Result<Option<FileType>, GuestError> {
     match tree.resolve(path)? {
-        Some(p) => Ok(tree
-            .lstat(&p)?
-            .map(|st| FileType::from_raw_mode(st.st_mode))),
+        Some(p) => Ok(tree.lstat(&p)?.map(|st| FileType::from_raw_mode(st.st_mode))),
         None => Ok(None),
     }
 }
@@ -98,18 +90,11 @@ pub(super) fn names_guest(tree: &Tree, dir: &str) -> Result<Vec<String>, GuestEr
     let Some(p) = tree.resolve(&rel(dir))? else {
         return Ok(Vec::new());
     };
-    if tree
-        .lstat(&p)?
-        .map(|st| FileType::from_raw_mode(st.st_mode))
-        != Some(FileType::Directory)
-    {
+    if tree.lstat(&p)?.map(|st| FileType::from_raw_mode(st.st_mode)) != Some(FileType::Directory) {
         return Ok(Vec::new());
     }
-    let mut names: Vec<String> = tree
-        .list(&p)?
-        .into_iter()
-        .filter_map(|(n, _)| String::from_utf8(n).ok())
-        .collect();
+    let mut names: Vec<String> =
+        tree.list(&p)?.into_iter().filter_map(|(n, _)| String::from_utf8(n).ok()).collect();
     names.sort();
     Ok(names)
 }
@@ -118,17 +103,10 @@ fn release(tree: &Tree) -> Result<(OsFamily, String, String), GuestError> {
     for path in ["etc/os-release", "usr/lib/os-release"] {
         if let Some(text) = read_guest(tree, &rel(path))? {
             let kv = parse_os_release(&text);
-            let get = |k: &str| {
-                kv.iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let get =
+                |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
             let id = get("ID");
-            let like: Vec<String> = get("ID_LIKE")
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
+            let like: Vec<String> = get("ID_LIKE").split_whitespace().map(str::to_string).collect();
             return Ok((OsFamily::classify(&id, &like), id, get("VERSION_ID")));
         }
     }
@@ -220,11 +198,7 @@ fn parse_redhat_release(text: &str) -> (String, String) {
 /// (`sles`, `11.4`).
 fn parse_suse_release(text: &str) -> (String, String) {
     let first = text.lines().next().unwrap_or_default();
-    let id = if first.contains("Enterprise") {
-        "sles"
-    } else {
-        "opensuse"
-    };
+    let id = if first.contains("Enterprise") { "sles" } else { "opensuse" };
     let field = |k: &str| {
         text.lines().find_map(|l| {
             let (key, v) = l.split_once('=')?;
@@ -247,8 +221,7 @@ fn init_system(tree: &Tree) -> Result<InitSystem, GuestError> {
     if is_file(tree, "sbin/initctl")? && is_dir(tree, "etc/init")? {
         return Ok(InitSystem::Upstart);
     }
-    if (is_file(tree, "sbin/openrc")? || is_file(tree, "sbin/openrc-run")?)
-        && is_dir(tree, "etc/runlevels")?
+    if (is_file(tree, "sbin/openrc")? || is_file(tree, "sbin/openrc-run")?) && is_dir(tree, "etc/runlevels")?
     {
         return Ok(InitSystem::Openrc);
     }
@@ -266,15 +239,10 @@ fn stacks(tree: &Tree) -> Result<Vec<NetStack>, GuestError> {
     if is_file(tree, "etc/network/interfaces")? {
         out.push(NetStack::Ifupdown);
     }
-    if names_guest(tree, "etc/netplan")?
-        .iter()
-        .any(|n| n.ends_with(".yaml"))
-    {
+    if names_guest(tree, "etc/netplan")?.iter().any(|n| n.ends_with(".yaml")) {
         out.push(NetStack::Netplan);
     }
-    let networkd_files = names_guest(tree, "etc/systemd/network")?
-        .iter()
-        .any(|n| n.ends_with(".network"));
+    let networkd_files = names_guest(tree, "etc/systemd/network")?.iter().any(|n| n.ends_with(".network"));
     let networkd_enabled = names_guest(tree, "etc/systemd/system")?
         .iter()
         .filter(|n| n.ends_with(".wants"))
@@ -286,16 +254,11 @@ fn stacks(tree: &Tree) -> Result<Vec<NetStack>, GuestError> {
     if networkd_files || networkd_enabled {
         out.push(NetStack::Networkd);
     }
-    if names_guest(tree, "etc/sysconfig/network-scripts")?
-        .iter()
-        .any(|n| n.starts_with("ifcfg-"))
-    {
+    if names_guest(tree, "etc/sysconfig/network-scripts")?.iter().any(|n| n.starts_with("ifcfg-")) {
         out.push(NetStack::RedhatIfcfg);
     }
     if is_dir(tree, "etc/sysconfig/network")?
-        && names_guest(tree, "etc/sysconfig/network")?
-            .iter()
-            .any(|n| n.starts_with("ifcfg-"))
+        && names_guest(tree, "etc/sysconfig/network")?.iter().any(|n| n.starts_with("ifcfg-"))
     {
         out.push(NetStack::SuseIfcfg);
     }
@@ -322,10 +285,7 @@ mod tests {
         f.link("lib", "usr/lib");
         f.link("sbin/init", "/lib/systemd/systemd");
         f.file("etc/network/interfaces", "auto lo\n");
-        f.file(
-            "etc/systemd/network/10-eth0.network",
-            "[Match]\nName=eth0\n",
-        );
+        f.file("etc/systemd/network/10-eth0.network", "[Match]\nName=eth0\n");
         let d = detect(&f.tree()).unwrap();
         assert_eq!(d.family, OsFamily::Debian);
         assert_eq!((d.id.as_str(), d.version.as_str()), ("debian", "12"));
@@ -374,9 +334,8 @@ mod tests {
 
     #[test]
     fn os_release_quoting() {
-        let kv = parse_os_release(
-            "ID=\"opensuse-leap\"\nID_LIKE='suse opensuse'\n# x=y\nNAME=\"a \\\"b\\\"\"\n",
-        );
+        let kv =
+            parse_os_release("ID=\"opensuse-leap\"\nID_LIKE='suse opensuse'\n# x=y\nNAME=\"a \\\"b\\\"\"\n");
         assert_eq!(kv[0], ("ID".into(), "opensuse-leap".into()));
         assert_eq!(kv[1], ("ID_LIKE".into(), "suse opensuse".into()));
         assert_eq!(kv[2], ("NAME".into(), "a \"b\"".into()));

@@ -64,11 +64,7 @@ impl<'t> Editor<'t> {
             Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
             _ => Vec::new(),
         };
-        Ok(Editor {
-            tree,
-            previous,
-            changes: Vec::new(),
-        })
+        Ok(Editor { tree, previous, changes: Vec::new() })
     }
 
     pub(crate) fn tree(&self) -> &Tree {
@@ -99,10 +95,7 @@ impl<'t> Editor<'t> {
 
     /// What is at `path` itself (a symlink is a symlink).
     pub(crate) fn kind(&self, path: &RelPath) -> Result<Option<FileType>, GuestError> {
-        Ok(self
-            .tree
-            .lstat(path)?
-            .map(|st| FileType::from_raw_mode(st.st_mode)))
+        Ok(self.tree.lstat(path)?.map(|st| FileType::from_raw_mode(st.st_mode)))
     }
 
     /// What the guest finds at `path`, its symlinks followed inside the tree.
@@ -111,10 +104,7 @@ impl<'t> Editor<'t> {
     }
 
     /// The first of `paths` the guest has, as written (e.g. `/lib/systemd/system/x`).
-    pub(crate) fn first_existing<'a>(
-        &self,
-        paths: &[&'a str],
-    ) -> Result<Option<&'a str>, GuestError> {
+    pub(crate) fn first_existing<'a>(&self, paths: &[&'a str]) -> Result<Option<&'a str>, GuestError> {
         for p in paths {
             if self.kind_guest(&rel(p))?.is_some() {
                 return Ok(Some(p));
@@ -135,11 +125,7 @@ impl<'t> Editor<'t> {
                 let Ok(s) = String::from_utf8(name.clone()) else {
                     continue;
                 };
-                out.push(Entry {
-                    path: join(&dir, &name)?,
-                    name: s,
-                    kind: Some(ft),
-                });
+                out.push(Entry { path: join(&dir, &name)?, name: s, kind: Some(ft) });
             }
         }
         let prefix = format!("{}/", dir.display());
@@ -150,11 +136,7 @@ impl<'t> Editor<'t> {
             if name.contains('/') || out.iter().any(|e| e.name == name) {
                 continue;
             }
-            out.push(Entry {
-                path: join(&dir, name.as_bytes())?,
-                name: name.to_string(),
-                kind: None,
-            });
+            out.push(Entry { path: join(&dir, name.as_bytes())?, name: name.to_string(), kind: None });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -183,9 +165,8 @@ impl<'t> Editor<'t> {
         reason: impl Into<String>,
     ) -> Result<(), GuestError> {
         let st = self.tree.lstat(path)?;
-        let regular = st
-            .as_ref()
-            .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+        let regular =
+            st.as_ref().is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
         if regular && self.tree.read(path, MAX_FILE)?.as_deref() == Some(text.as_bytes()) {
             self.repeat(path);
             return Ok(());
@@ -196,13 +177,8 @@ impl<'t> Editor<'t> {
             _ => (mode, 0, 0),
         };
         self.ensure_parent(path, 0o755)?;
-        self.tree
-            .write_atomic(path, text.as_bytes(), mode, uid, gid)?;
-        let action = action.unwrap_or(if backup.is_some() {
-            Action::Rewritten
-        } else {
-            Action::Created
-        });
+        self.tree.write_atomic(path, text.as_bytes(), mode, uid, gid)?;
+        let action = action.unwrap_or(if backup.is_some() { Action::Rewritten } else { Action::Created });
         self.record(path, action, backup, reason);
         Ok(())
     }
@@ -246,11 +222,7 @@ impl<'t> Editor<'t> {
     }
 
     /// Removes `path` (backed up first); nothing there is fine.
-    pub(crate) fn remove(
-        &mut self,
-        path: &RelPath,
-        reason: impl Into<String>,
-    ) -> Result<(), GuestError> {
+    pub(crate) fn remove(&mut self, path: &RelPath, reason: impl Into<String>) -> Result<(), GuestError> {
         self.remove_as(path, Action::Removed, reason)
     }
 
@@ -283,8 +255,7 @@ impl<'t> Editor<'t> {
         reason: impl Into<String>,
     ) -> Result<(), GuestError> {
         let kind = self.kind(path)?;
-        if kind == Some(FileType::Symlink)
-            && self.tree.readlink(path)?.as_deref() == Some(target.as_bytes())
+        if kind == Some(FileType::Symlink) && self.tree.readlink(path)?.as_deref() == Some(target.as_bytes())
         {
             self.repeat(path);
             return Ok(());
@@ -349,11 +320,7 @@ impl<'t> Editor<'t> {
             let _ = dir.remove_all(&tmp);
         }
         done?;
-        let action = if st.is_some() {
-            Action::Rewritten
-        } else {
-            Action::Created
-        };
+        let action = if st.is_some() { Action::Rewritten } else { Action::Created };
         self.record(path, action, backup, reason);
         Ok(())
     }
@@ -377,11 +344,7 @@ impl<'t> Editor<'t> {
         }
         dir.mkdir(path.file_name(), mode)?;
         dir.chmod(path.file_name(), mode)?;
-        let action = if kind.is_some() {
-            Action::Rewritten
-        } else {
-            Action::Created
-        };
+        let action = if kind.is_some() { Action::Rewritten } else { Action::Created };
         self.record(path, action, backup, reason);
         Ok(())
     }
@@ -405,10 +368,7 @@ impl<'t> Editor<'t> {
         let dest = backup_path(path)?;
         let shown = Some(dest.display());
         // What an earlier run backed up stays the original.
-        let backed_up = self
-            .previous
-            .iter()
-            .any(|c| c.path == path.display() && c.backup == shown);
+        let backed_up = self.previous.iter().any(|c| c.path == path.display() && c.backup == shown);
         if backed_up && self.tree.lstat(&dest)?.is_some() {
             return Ok(shown);
         }
@@ -419,8 +379,7 @@ impl<'t> Editor<'t> {
                     return Ok(self.tree.lstat(&dest)?.and(shown));
                 }
                 self.ensure_parent(&dest, 0o700)?;
-                self.tree
-                    .write_atomic(&dest, &data, st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
+                self.tree.write_atomic(&dest, &data, st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
             }
             FileType::Symlink => {
                 let target = self.tree.readlink(path)?.unwrap_or_default();
@@ -455,13 +414,7 @@ impl<'t> Editor<'t> {
         }
     }
 
-    fn record(
-        &mut self,
-        path: &RelPath,
-        action: Action,
-        backup: Option<String>,
-        reason: impl Into<String>,
-    ) {
+    fn record(&mut self, path: &RelPath, action: Action, backup: Option<String>, reason: impl Into<String>) {
         let shown = path.display();
         let reason = reason.into();
         tracing::debug!(path = %shown, action = action.as_str(), %reason, "guest change");
@@ -473,12 +426,7 @@ impl<'t> Editor<'t> {
             c.reason = reason;
             return;
         }
-        self.changes.push(GuestChange {
-            path: shown,
-            action: action.as_str().to_string(),
-            backup,
-            reason,
-        });
+        self.changes.push(GuestChange { path: shown, action: action.as_str().to_string(), backup, reason });
     }
 }
 
@@ -487,17 +435,11 @@ pub(crate) fn backup_path(path: &RelPath) -> Result<RelPath, GuestError> {
     let mut b = rel(BACKUP_DIR).into_bytes();
     b.push(b'/');
     b.extend_from_slice(path.as_bytes());
-    RelPath::new(b).map_err(|source| GuestError::Path {
-        path: path.display(),
-        source,
-    })
+    RelPath::new(b).map_err(|source| GuestError::Path { path: path.display(), source })
 }
 
 pub(crate) fn join(dir: &RelPath, name: &[u8]) -> Result<RelPath, GuestError> {
-    dir.join(name).map_err(|source| GuestError::Path {
-        path: dir.display(),
-        source,
-    })
+    dir.join(name).map_err(|source| GuestError::Path { path: dir.display(), source })
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -81,11 +81,7 @@ pub(crate) fn rewrite(text: &str) -> Fstab {
     for line in text.split_inclusive('\n') {
         let body = line.trim();
         let fields: Vec<&str> = body.split_whitespace().collect();
-        let kind = if body.is_empty() || body.starts_with('#') {
-            Line::Keep
-        } else {
-            classify(&fields)
-        };
+        let kind = if body.is_empty() || body.starts_with('#') { Line::Keep } else { classify(&fields) };
         let shown = || {
             format!(
                 "{} on {} ({})",
@@ -125,9 +121,7 @@ fn classify(fields: &[&str]) -> Line {
 
 /// A spec naming a block device.
 fn is_device(spec: &str) -> bool {
-    ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "ID="]
-        .iter()
-        .any(|p| spec.starts_with(p))
+    ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "ID="].iter().any(|p| spec.starts_with(p))
         || (spec.starts_with("/dev/") && !spec.starts_with("/dev/shm"))
 }
 

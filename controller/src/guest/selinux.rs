@@ -11,10 +11,7 @@ pub(super) fn apply(ed: &mut Editor) -> Result<(), GuestError> {
         "SELinux is not supported in a container; set to disabled",
         rewrite_config,
     )?;
-    ed.remove(
-        &rel(".autorelabel"),
-        "no SELinux relabelling in a container",
-    )
+    ed.remove(&rel(".autorelabel"), "no SELinux relabelling in a container")
 }
 
 /// Every `SELINUX=` setting becomes `SELINUX=disabled`; `SELINUXTYPE=` and comments stay.
@@ -22,9 +19,7 @@ pub(crate) fn rewrite_config(text: &str) -> String {
     text.split_inclusive('\n')
         .map(|line| {
             let t = line.trim_start();
-            let is_mode = t
-                .strip_prefix("SELINUX")
-                .is_some_and(|r| r.trim_start().starts_with('='));
+            let is_mode = t.strip_prefix("SELINUX").is_some_and(|r| r.trim_start().starts_with('='));
             if !is_mode {
                 return line.to_string();
             }
@@ -68,17 +63,8 @@ SELINUXTYPE=targeted
         assert_eq!(f.read("etc/p2c/backup/etc/selinux/config"), CONFIG);
         assert!(!f.exists(".autorelabel"));
         assert!(f.exists("etc/p2c/backup/.autorelabel"));
-        let actions: Vec<(&str, &str)> = ed
-            .changes()
-            .iter()
-            .map(|c| (c.path.as_str(), c.action.as_str()))
-            .collect();
-        assert_eq!(
-            actions,
-            [
-                ("/etc/selinux/config", "rewritten"),
-                ("/.autorelabel", "removed")
-            ]
-        );
+        let actions: Vec<(&str, &str)> =
+            ed.changes().iter().map(|c| (c.path.as_str(), c.action.as_str())).collect();
+        assert_eq!(actions, [("/etc/selinux/config", "rewritten"), ("/.autorelabel", "removed")]);
     }
 }

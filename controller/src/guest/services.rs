@@ -38,13 +38,7 @@ const HARDWARE: [Hardware; 9] = [
             "systemd-udev-trigger.service",
             "systemd-udev-settle.service",
         ],
-        scripts: &[
-            "udev",
-            "udev-post",
-            "udevtrigger",
-            "udev-finish",
-            "udevmonitor",
-        ],
+        scripts: &["udev", "udev-post", "udevtrigger", "udev-finish", "udevmonitor"],
         why: "udev: a container gets no device events and has no hardware",
     },
     // hwclock: there is no RTC in a container; reading it fails, writing it would set the
@@ -57,11 +51,7 @@ const HARDWARE: [Hardware; 9] = [
     // Kernel modules belong to the node's kernel; a container cannot load them, and
     // kmod-static-nodes would mknod devices for modules the node may not have.
     Hardware {
-        units: &[
-            "systemd-modules-load.service",
-            "kmod.service",
-            "kmod-static-nodes.service",
-        ],
+        units: &["systemd-modules-load.service", "kmod.service", "kmod-static-nodes.service"],
         scripts: &["kmod", "module-init-tools", "modules"],
         why: "kernel modules are the node's; a container cannot load them",
     },
@@ -79,12 +69,7 @@ const HARDWARE: [Hardware; 9] = [
     },
     // mdadm assembles and monitors software RAID; the arrays stayed on the server.
     Hardware {
-        units: &[
-            "mdmonitor.service",
-            "mdadm.service",
-            "mdadm-raid.service",
-            "mdmonitor-oneshot.service",
-        ],
+        units: &["mdmonitor.service", "mdadm.service", "mdadm-raid.service", "mdmonitor-oneshot.service"],
         scripts: &["mdadm", "mdadm-raid", "mdmonitor"],
         why: "software RAID: the server's md arrays are not in the container",
     },
@@ -100,14 +85,7 @@ const HARDWARE: [Hardware; 9] = [
             "dm-event.socket",
             "blk-availability.service",
         ],
-        scripts: &[
-            "lvm2",
-            "lvm2-monitor",
-            "lvm2-lvmpolld",
-            "lvm2-lvmetad",
-            "dmeventd",
-            "lvm",
-        ],
+        scripts: &["lvm2", "lvm2-monitor", "lvm2-lvmpolld", "lvm2-lvmetad", "dmeventd", "lvm"],
         why: "LVM: the server's volumes are merged into the container's file system",
     },
     // Microcode updates are loaded into the CPU by the node's kernel.
@@ -157,12 +135,7 @@ fn systemd(ed: &mut Editor) -> Result<(), GuestError> {
             if !has || vendor_masked(ed, unit)? {
                 continue;
             }
-            ed.symlink(
-                &local,
-                "/dev/null",
-                Action::Disabled,
-                format!("masked: {}", hw.why),
-            )?;
+            ed.symlink(&local, "/dev/null", Action::Disabled, format!("masked: {}", hw.why))?;
         }
     }
     Ok(())
@@ -209,11 +182,7 @@ fn sysv(ed: &mut Editor) -> Result<(), GuestError> {
             let stop = chkconfig_stop(ed, name)?.unwrap_or(100 - seq.min(99));
             // Names come from the guest's tree: joined, never parsed as paths.
             let to = join(&rel(&dir), format!("K{stop:02}{name}").as_bytes())?;
-            ed.rename(
-                &e.path,
-                &to,
-                format!("start link turned into a stop link: {}", hw.why),
-            )?;
+            ed.rename(&e.path, &to, format!("start link turned into a stop link: {}", hw.why))?;
         }
     }
     Ok(())
@@ -234,10 +203,7 @@ fn chkconfig_stop(ed: &Editor, name: &str) -> Result<Option<u32>, GuestError> {
     for d in ["etc/rc.d/init.d", "etc/init.d"] {
         if let Some(text) = ed.read(&join(&rel(d), name.as_bytes())?)? {
             return Ok(text.lines().find_map(|l| {
-                let rest = l
-                    .trim_start_matches('#')
-                    .trim()
-                    .strip_prefix("chkconfig:")?;
+                let rest = l.trim_start_matches('#').trim().strip_prefix("chkconfig:")?;
                 rest.split_whitespace().nth(2)?.parse().ok()
             }));
         }

@@ -12,9 +12,7 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) fn new() -> Self {
-        Fixture {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Fixture { dir: tempfile::tempdir().unwrap() }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -58,11 +56,7 @@ impl Fixture {
     }
 
     pub(crate) fn mode(&self, rel: &str) -> u32 {
-        std::fs::symlink_metadata(self.dir.path().join(rel))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777
+        std::fs::symlink_metadata(self.dir.path().join(rel)).unwrap().permissions().mode() & 0o7777
     }
 }
 
@@ -126,10 +120,7 @@ fn debian_server() -> Fixture {
         "etc/fstab",
         "UUID=1111 / ext4 errors=remount-ro 0 1\nUUID=2222 /home ext4 defaults 0 2\nUUID=3333 none swap sw 0 0\nproc /proc proc defaults 0 0\n",
     );
-    f.file(
-        "etc/selinux/config",
-        "SELINUX=enforcing\nSELINUXTYPE=default\n",
-    );
+    f.file("etc/selinux/config", "SELINUX=enforcing\nSELINUXTYPE=default\n");
     f.file("etc/udev/rules.d/70-persistent-net.rules", "# net\n");
     f.file("etc/hostname", "web1\n");
     f.file("etc/hosts", "127.0.0.1 localhost\n198.51.100.10 web1\n");
@@ -148,11 +139,8 @@ fn containerise_is_idempotent() {
     use super::{GuestOptions, containerise};
     let f = debian_server();
     let inv = crate::guest::network::tests::inventory();
-    let opts = GuestOptions {
-        nameservers: vec![],
-        search: vec![],
-        ..crate::guest::network::tests::options()
-    };
+    let opts =
+        GuestOptions { nameservers: vec![], search: vec![], ..crate::guest::network::tests::options() };
     let tree = f.tree();
     let first = containerise(&tree, &inv, &opts).unwrap();
     let after_first = snapshot(f.path());
@@ -160,27 +148,17 @@ fn containerise_is_idempotent() {
     assert_eq!(second, first);
     assert_eq!(snapshot(f.path()), after_first);
 
-    let paths: Vec<(&str, &str)> = first
-        .iter()
-        .map(|c| (c.path.as_str(), c.action.as_str()))
-        .collect();
+    let paths: Vec<(&str, &str)> = first.iter().map(|c| (c.path.as_str(), c.action.as_str())).collect();
     let mut want = vec![
         ("/etc/fstab", "rewritten"),
         ("/etc/mtab", "created"),
         ("/etc/network/interfaces", "rewritten"),
         ("/etc/udev/rules.d/70-persistent-net.rules", "removed"),
     ];
-    let ttys: Vec<String> = (1..=6)
-        .map(|n| format!("/etc/systemd/system/getty@tty{n}.service"))
-        .collect();
+    let ttys: Vec<String> = (1..=6).map(|n| format!("/etc/systemd/system/getty@tty{n}.service")).collect();
     want.extend(ttys.iter().map(|t| (t.as_str(), "disabled")));
-    want.push((
-        "/etc/systemd/system/getty.target.wants/console-getty.service",
-        "created",
-    ));
-    for n in [
-        "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx",
-    ] {
+    want.push(("/etc/systemd/system/getty.target.wants/console-getty.service", "created"));
+    for n in ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"] {
         want.push((Box::leak(format!("/dev/{n}").into_boxed_str()), "created"));
     }
     want.extend([
@@ -191,18 +169,12 @@ fn containerise_is_idempotent() {
         ("/dev/stdout", "created"),
         ("/dev/stderr", "created"),
         ("/etc/systemd/system/systemd-udevd.service", "disabled"),
-        (
-            "/etc/systemd/system/systemd-udev-trigger.service",
-            "disabled",
-        ),
+        ("/etc/systemd/system/systemd-udev-trigger.service", "disabled"),
         ("/etc/selinux/config", "rewritten"),
     ]);
     assert_eq!(paths, want);
     assert_eq!(f.read("etc/fstab"), "proc /proc proc defaults 0 0\n");
-    assert_eq!(
-        f.read("etc/selinux/config"),
-        "SELINUX=disabled\nSELINUXTYPE=default\n"
-    );
+    assert_eq!(f.read("etc/selinux/config"), "SELINUX=disabled\nSELINUXTYPE=default\n");
     assert_eq!(f.read("etc/hostname"), "web1\n");
     assert!(f.read("etc/network/interfaces").contains("auto venet0:2\n"));
     let journal: Vec<p2c_common::migration::GuestChange> =

@@ -15,17 +15,10 @@ use super::{Method, Node, QuotaBackend, QuotaOutcome, Result, io_err};
 
 /// Whether container private areas under `private_root` can be btrfs subvolumes.
 pub fn detect(node: &Node, private_root: &Path) -> std::result::Result<String, String> {
-    let magic = node
-        .probe
-        .fs_magic(private_root)
-        .map_err(|e| e.to_string())?;
+    let magic = node.probe.fs_magic(private_root).map_err(|e| e.to_string())?;
     let at = existing_ancestor(private_root);
     if magic != BTRFS_SUPER_MAGIC {
-        return Err(format!(
-            "the private area {} is on {}, not btrfs",
-            at.display(),
-            fs_name(magic)
-        ));
+        return Err(format!("the private area {} is on {}, not btrfs", at.display(), fs_name(magic)));
     }
     if !node.missing(&["btrfs"]).is_empty() {
         return Err(format!(
@@ -45,15 +38,10 @@ pub struct BtrfsBackend {
 
 /// Sibling paths used while turning a plain directory into a subvolume.
 fn siblings(private: &Path) -> (PathBuf, PathBuf) {
-    let name = private
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "private".into());
+    let name =
+        private.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "private".into());
     let parent = private.parent().unwrap_or(Path::new("/"));
-    (
-        parent.join(format!(".{name}.p2c-subvol")),
-        parent.join(format!(".{name}.p2c-old")),
-    )
+    (parent.join(format!(".{name}.p2c-subvol")), parent.join(format!(".{name}.p2c-old")))
 }
 
 impl BtrfsBackend {
@@ -75,8 +63,7 @@ impl BtrfsBackend {
         let (tmp, old) = siblings(private);
         if !private.exists() && tmp.exists() && probe.is_btrfs_subvolume(&tmp) && old.exists() {
             // An earlier conversion stopped between its two renames: finish it.
-            std::fs::rename(&tmp, private)
-                .map_err(io_err(private, "rename converted subvolume"))?;
+            std::fs::rename(&tmp, private).map_err(io_err(private, "rename converted subvolume"))?;
         }
         if old.exists() && private.exists() {
             std::fs::remove_dir_all(&old).map_err(io_err(&old, "remove converted directory"))?;
@@ -88,10 +75,7 @@ impl BtrfsBackend {
             std::fs::create_dir_all(parent).map_err(io_err(parent, "create directory"))?;
         }
         if !private.exists() {
-            self.run(
-                Cmd::new("btrfs").args(["subvolume", "create"]).arg(private),
-                log,
-            )?;
+            self.run(Cmd::new("btrfs").args(["subvolume", "create"]).arg(private), log)?;
             set_mode(private, 0o700)?;
             return Ok(());
         }
@@ -104,20 +88,11 @@ impl BtrfsBackend {
             });
         }
         if tmp.exists() {
-            self.run(
-                Cmd::new("btrfs").args(["subvolume", "delete"]).arg(&tmp),
-                log,
-            )?;
+            self.run(Cmd::new("btrfs").args(["subvolume", "delete"]).arg(&tmp), log)?;
         }
+        self.run(Cmd::new("btrfs").args(["subvolume", "create"]).arg(&tmp), log)?;
         self.run(
-            Cmd::new("btrfs").args(["subvolume", "create"]).arg(&tmp),
-            log,
-        )?;
-        self.run(
-            Cmd::new("cp")
-                .args(["-a", "--reflink=auto", "--no-target-directory"])
-                .arg(private)
-                .arg(&tmp),
+            Cmd::new("cp").args(["-a", "--reflink=auto", "--no-target-directory"]).arg(private).arg(&tmp),
             log,
         )?;
         std::fs::rename(private, &old).map_err(io_err(private, "rename plain directory"))?;
@@ -129,8 +104,7 @@ impl BtrfsBackend {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(path, "chmod"))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path, "chmod"))
 }
 
 impl QuotaBackend for BtrfsBackend {
@@ -148,26 +122,18 @@ impl QuotaBackend for BtrfsBackend {
     fn apply(&self, ctid: u32, private: &Path, plan: &QuotaPlan) -> Result<QuotaOutcome> {
         let mut out = QuotaOutcome::new(Method::BtrfsQgroup, plan);
         self.ensure_subvolume(private, &mut out.commands)?;
-        self.run(
-            Cmd::new("btrfs").args(["quota", "enable"]).arg(private),
-            &mut out.commands,
-        )?;
+        self.run(Cmd::new("btrfs").args(["quota", "enable"]).arg(private), &mut out.commands)?;
         // Enabling quotas on a file system with data starts a rescan; usage is exact only
         // after it. -W waits for a running one without starting another.
-        let rescan = Cmd::new("btrfs")
-            .args(["quota", "rescan", "-W"])
-            .arg(private);
+        let rescan = Cmd::new("btrfs").args(["quota", "rescan", "-W"]).arg(private);
         out.commands.push(rescan.to_string());
         if let Err(e) = self.node.runner.run(&rescan) {
-            out.details.push(format!(
-                "waiting for the qgroup rescan failed ({e}); usage may be counted late"
-            ));
+            out.details
+                .push(format!("waiting for the qgroup rescan failed ({e}); usage may be counted late"));
         }
         let bytes = plan.diskspace.1.saturating_mul(1024);
         self.run(
-            Cmd::new("btrfs")
-                .args(["qgroup", "limit", &bytes.to_string()])
-                .arg(private),
+            Cmd::new("btrfs").args(["qgroup", "limit", &bytes.to_string()]).arg(private),
             &mut out.commands,
         )?;
         out.applied = true;
@@ -207,10 +173,7 @@ mod tests {
         std::fs::create_dir(&private).unwrap();
         let runner = Arc::new(FakeRunner::with_programs(&["btrfs"]));
         let probe = FakeProbe::btrfs().subvolume(&private);
-        let node = Node {
-            runner: runner.clone(),
-            probe: Arc::new(probe),
-        };
+        let node = Node { runner: runner.clone(), probe: Arc::new(probe) };
         let plan = plan_with((1000, 20480), (100, 200));
         let out = BtrfsBackend::new(node).apply(101, &private, &plan).unwrap();
         assert!(out.applied);

@@ -22,11 +22,7 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: &str) -> Cmd {
-        Cmd {
-            program: program.to_string(),
-            args: Vec::new(),
-            stdin: None,
-        }
+        Cmd { program: program.to_string(), args: Vec::new(), stdin: None }
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Cmd {
@@ -39,8 +35,7 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 
@@ -67,8 +62,7 @@ impl fmt::Display for Cmd {
             }
             let plain = !w.is_empty()
                 && w.chars().all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+')
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+')
                 });
             if plain {
                 f.write_str(w)?;
@@ -141,24 +135,15 @@ const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin
 
 impl CommandRunner for SystemRunner {
     fn output(&self, cmd: &Cmd) -> Result<CmdOutput, QuotaError> {
-        let program = self
-            .which(&cmd.program)
-            .unwrap_or_else(|| PathBuf::from(&cmd.program));
+        let program = self.which(&cmd.program).unwrap_or_else(|| PathBuf::from(&cmd.program));
         let mut child = Command::new(&program)
             .args(&cmd.args)
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
             .spawn()
-            .map_err(|source| QuotaError::Spawn {
-                program: cmd.program.clone(),
-                source,
-            })?;
+            .map_err(|source| QuotaError::Spawn { program: cmd.program.clone(), source })?;
         if let Some(data) = &cmd.stdin
             && let Some(mut stdin) = child.stdin.take()
         {
@@ -168,15 +153,8 @@ impl CommandRunner for SystemRunner {
         }
         let out = child
             .wait_with_output()
-            .map_err(|source| QuotaError::Spawn {
-                program: cmd.program.clone(),
-                source,
-            })?;
-        Ok(CmdOutput {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        })
+            .map_err(|source| QuotaError::Spawn { program: cmd.program.clone(), source })?;
+        Ok(CmdOutput { code: out.status.code(), stdout: out.stdout, stderr: out.stderr })
     }
 
     fn which(&self, program: &str) -> Option<PathBuf> {
@@ -194,9 +172,7 @@ impl CommandRunner for SystemRunner {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -218,20 +194,13 @@ pub(crate) mod fake {
 
     impl FakeRunner {
         pub fn with_programs(programs: &[&str]) -> FakeRunner {
-            FakeRunner {
-                programs: programs.iter().map(|p| p.to_string()).collect(),
-                ..Default::default()
-            }
+            FakeRunner { programs: programs.iter().map(|p| p.to_string()).collect(), ..Default::default() }
         }
 
         pub fn answer(mut self, prefix: &str, code: i32, stdout: &str) -> FakeRunner {
             self.answers.push((
                 prefix.to_string(),
-                CmdOutput {
-                    code: Some(code),
-                    stdout: stdout.as_bytes().to_vec(),
-                    stderr: Vec::new(),
-                },
+                CmdOutput { code: Some(code), stdout: stdout.as_bytes().to_vec(), stderr: Vec::new() },
             ));
             self
         }
@@ -252,16 +221,11 @@ pub(crate) mod fake {
                 .iter()
                 .find(|(p, _)| line.starts_with(p.as_str()))
                 .map(|(_, o)| o.clone())
-                .unwrap_or(CmdOutput {
-                    code: Some(0),
-                    ..Default::default()
-                }))
+                .unwrap_or(CmdOutput { code: Some(0), ..Default::default() }))
         }
 
         fn which(&self, program: &str) -> Option<PathBuf> {
-            self.programs
-                .contains(program)
-                .then(|| PathBuf::from("/usr/sbin").join(program))
+            self.programs.contains(program).then(|| PathBuf::from("/usr/sbin").join(program))
         }
     }
 }
@@ -272,14 +236,9 @@ mod tests {
 
     #[test]
     fn display_quotes_odd_words() {
-        let c = Cmd::new("btrfs")
-            .args(["qgroup", "limit", "1024"])
-            .arg("/vz/private/my ct");
+        let c = Cmd::new("btrfs").args(["qgroup", "limit", "1024"]).arg("/vz/private/my ct");
         assert_eq!(c.to_string(), "btrfs qgroup limit 1024 '/vz/private/my ct'");
-        assert_eq!(
-            Cmd::new("vzdqload").arg("101").stdin("x").to_string(),
-            "vzdqload 101 <stdin>"
-        );
+        assert_eq!(Cmd::new("vzdqload").arg("101").stdin("x").to_string(), "vzdqload 101 <stdin>");
     }
 
     #[test]

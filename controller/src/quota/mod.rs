@@ -49,43 +49,19 @@ pub enum QuotaError {
     #[error(transparent)]
     Choice(#[from] QuotaChoiceError),
     #[error("{what} soft limit {soft} is above its hard limit {hard} (or the hard limit is 0)")]
-    InvalidLimit {
-        what: &'static str,
-        soft: u64,
-        hard: u64,
-    },
+    InvalidLimit { what: &'static str, soft: u64, hard: u64 },
     #[error("{0}")]
     InvalidOption(String),
     #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Command {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    Command { cmd: String, status: String, stderr: String },
     #[error("{path}: {op}: {source}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, op: &'static str, source: std::io::Error },
     #[error("{what} {value} does not fit the {format} format (at most {max})")]
-    TooLarge {
-        what: String,
-        value: u64,
-        max: u64,
-        format: &'static str,
-    },
+    TooLarge { what: String, value: u64, max: u64, format: &'static str },
     #[error("container {ctid}: {method} cannot be used: {reason}")]
-    Unavailable {
-        ctid: u32,
-        method: Method,
-        reason: String,
-    },
+    Unavailable { ctid: u32, method: Method, reason: String },
 }
 
 pub type Result<T, E = QuotaError> = std::result::Result<T, E>;
@@ -140,11 +116,7 @@ pub struct RecordedLimits {
 
 impl RecordedLimits {
     pub fn of(plan: &QuotaPlan) -> RecordedLimits {
-        RecordedLimits {
-            conf: plan.conf_keys(),
-            users: plan.users.clone(),
-            groups: plan.groups.clone(),
-        }
+        RecordedLimits { conf: plan.conf_keys(), users: plan.users.clone(), groups: plan.groups.clone() }
     }
 }
 
@@ -203,18 +175,11 @@ impl Node {
     /// The real node.
     pub fn linux() -> Node {
         let runner: Arc<dyn CommandRunner> = Arc::new(SystemRunner);
-        Node {
-            probe: Arc::new(LinuxProbe::new(runner.clone())),
-            runner,
-        }
+        Node { probe: Arc::new(LinuxProbe::new(runner.clone())), runner }
     }
 
     pub(crate) fn missing(&self, programs: &[&str]) -> Vec<String> {
-        programs
-            .iter()
-            .filter(|p| self.runner.which(p).is_none())
-            .map(|p| p.to_string())
-            .collect()
+        programs.iter().filter(|p| self.runner.which(p).is_none()).map(|p| p.to_string()).collect()
     }
 }
 
@@ -242,21 +207,14 @@ impl Selection {
 /// directory under `private_root` (e.g. `/vz/private`).
 pub fn select(node: &Node, layout: Layout, private_root: &Path) -> Selection {
     let mut considered: Vec<Candidate> = Vec::new();
-    let note = |considered: &mut Vec<Candidate>,
-                method: Method,
-                detected: std::result::Result<String, String>| {
-        let usable = detected.is_ok();
-        considered.push(Candidate {
-            method,
-            usable,
-            reason: detected.unwrap_or_else(|why| why),
-        });
-        usable
-    };
-    let chosen = |backend: Box<dyn QuotaBackend>, considered: Vec<Candidate>| Selection {
-        backend,
-        considered,
-    };
+    let note =
+        |considered: &mut Vec<Candidate>, method: Method, detected: std::result::Result<String, String>| {
+            let usable = detected.is_ok();
+            considered.push(Candidate { method, usable, reason: detected.unwrap_or_else(|why| why) });
+            usable
+        };
+    let chosen =
+        |backend: Box<dyn QuotaBackend>, considered: Vec<Candidate>| Selection { backend, considered };
 
     if layout == Layout::Ploop {
         if note(&mut considered, Method::Ploop, ploop::detect(node)) {
@@ -269,25 +227,14 @@ pub fn select(node: &Node, layout: Layout, private_root: &Path) -> Selection {
 
     if layout == Layout::Simfs {
         if note(&mut considered, Method::Vztools, vztools::detect(node)) {
-            return chosen(
-                Box::new(vztools::VzToolsBackend::new(node.clone())),
-                considered,
-            );
+            return chosen(Box::new(vztools::VzToolsBackend::new(node.clone())), considered);
         }
-        if note(
-            &mut considered,
-            Method::BtrfsQgroup,
-            btrfs::detect(node, private_root),
-        ) {
+        if note(&mut considered, Method::BtrfsQgroup, btrfs::detect(node, private_root)) {
             return chosen(Box::new(btrfs::BtrfsBackend::new(node.clone())), considered);
         }
         match projquota::detect(node, private_root) {
             Ok(support) => {
-                note(
-                    &mut considered,
-                    Method::ProjectQuota,
-                    Ok(support.describe()),
-                );
+                note(&mut considered, Method::ProjectQuota, Ok(support.describe()));
                 let backend = projquota::ProjQuotaBackend::new(node.clone(), support);
                 return chosen(Box::new(backend), considered);
             }
@@ -297,15 +244,8 @@ pub fn select(node: &Node, layout: Layout, private_root: &Path) -> Selection {
         }
     }
 
-    let why: Vec<String> = considered
-        .iter()
-        .map(|c| format!("{}: {}", c.method, c.reason))
-        .collect();
-    note(
-        &mut considered,
-        Method::RecordOnly,
-        Ok("no quota method is available on this node".into()),
-    );
+    let why: Vec<String> = considered.iter().map(|c| format!("{}: {}", c.method, c.reason)).collect();
+    note(&mut considered, Method::RecordOnly, Ok("no quota method is available on this node".into()));
     chosen(Box::new(RecordOnly { why }), considered)
 }
 

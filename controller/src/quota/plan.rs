@@ -52,10 +52,7 @@ pub struct Headroom {
 
 impl Default for Headroom {
     fn default() -> Self {
-        Headroom {
-            soft_percent: DEFAULT_SOFT_HEADROOM_PERCENT,
-            hard_percent: DEFAULT_HARD_HEADROOM_PERCENT,
-        }
+        Headroom { soft_percent: DEFAULT_SOFT_HEADROOM_PERCENT, hard_percent: DEFAULT_HARD_HEADROOM_PERCENT }
     }
 }
 
@@ -68,10 +65,7 @@ impl Headroom {
             Some(p) if p > MAX_HEADROOM_PERCENT => Err(QuotaError::InvalidOption(format!(
                 "headroom of {p}% is more than the {MAX_HEADROOM_PERCENT}% accepted"
             ))),
-            Some(p) => Ok(Headroom {
-                soft_percent: p,
-                hard_percent: p + p.div_ceil(4),
-            }),
+            Some(p) => Ok(Headroom { soft_percent: p, hard_percent: p + p.div_ceil(4) }),
         }
     }
 
@@ -80,10 +74,7 @@ impl Headroom {
         let basis = used.max(min_basis) as u128;
         let room = |pct: u32| (basis * pct as u128).div_ceil(100);
         let cap = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
-        (
-            cap(used as u128 + room(self.soft_percent)),
-            cap(used as u128 + room(self.hard_percent)),
-        )
+        (cap(used as u128 + room(self.soft_percent)), cap(used as u128 + room(self.hard_percent)))
     }
 }
 
@@ -158,11 +149,8 @@ fn check_pair(what: &'static str, pair: (u64, u64)) -> Result<(u64, u64), QuotaE
 
 /// Limits with a bound, one per id (the last record of an id wins), sorted by id.
 fn limited(records: &[QuotaLimit]) -> Vec<QuotaLimit> {
-    let by_id: BTreeMap<u32, &QuotaLimit> = records
-        .iter()
-        .filter(|q| q.has_limits())
-        .map(|q| (q.id, q))
-        .collect();
+    let by_id: BTreeMap<u32, &QuotaLimit> =
+        records.iter().filter(|q| q.has_limits()).map(|q| (q.id, q)).collect();
     by_id.into_values().cloned().collect()
 }
 
@@ -179,8 +167,7 @@ impl QuotaPlan {
     /// Computes the plan; fails on an ambiguous or unknown quota partition and on
     /// inconsistent operator limits.
     pub fn compute(inv: &Inventory, opts: &MigrateOptions) -> Result<QuotaPlan, QuotaError> {
-        let chosen: Option<&FsQuota> =
-            inv.choose_quota_partition(opts.assess.quota_partition.as_deref())?;
+        let chosen: Option<&FsQuota> = inv.choose_quota_partition(opts.assess.quota_partition.as_deref())?;
         let chosen_mp = chosen.map(|q| q.mountpoint.clone());
         let mut warnings = Vec::new();
 
@@ -220,20 +207,14 @@ impl QuotaPlan {
             Some(pair) => (check_pair("diskspace", pair)?, LimitOrigin::Operator),
             None => (
                 headroom.limits(used_kib, MIN_HEADROOM_BASIS_KIB),
-                LimitOrigin::Computed {
-                    used: used_kib,
-                    headroom,
-                },
+                LimitOrigin::Computed { used: used_kib, headroom },
             ),
         };
         let (diskinodes, diskinodes_origin) = match opts.diskinodes {
             Some(pair) => (check_pair("diskinodes", pair)?, LimitOrigin::Operator),
             None => (
                 headroom.limits(used_inodes, MIN_HEADROOM_BASIS_INODES),
-                LimitOrigin::Computed {
-                    used: used_inodes,
-                    headroom,
-                },
+                LimitOrigin::Computed { used: used_inodes, headroom },
             ),
         };
         if diskspace.1 < used_kib {
@@ -250,31 +231,14 @@ impl QuotaPlan {
         }
 
         let (users, groups, block_grace_secs, inode_grace_secs) = match chosen {
-            Some(q) => (
-                limited(&q.users),
-                limited(&q.groups),
-                q.block_grace_secs,
-                q.inode_grace_secs,
-            ),
+            Some(q) => (limited(&q.users), limited(&q.groups), q.block_grace_secs, q.inode_grace_secs),
             None => (Vec::new(), Vec::new(), 0, 0),
         };
 
         // Every id any partition's quota knows about owns files in the merged tree.
-        let uids: BTreeSet<u32> = inv
-            .quotas
-            .iter()
-            .flat_map(|q| q.users.iter().map(|l| l.id))
-            .collect();
-        let gids: BTreeSet<u32> = inv
-            .quotas
-            .iter()
-            .flat_map(|q| q.groups.iter().map(|l| l.id))
-            .collect();
-        let ugid_limit = if chosen.is_some() {
-            ugid_limit_for((uids.len() + gids.len()) as u64)
-        } else {
-            0
-        };
+        let uids: BTreeSet<u32> = inv.quotas.iter().flat_map(|q| q.users.iter().map(|l| l.id)).collect();
+        let gids: BTreeSet<u32> = inv.quotas.iter().flat_map(|q| q.groups.iter().map(|l| l.id)).collect();
+        let ugid_limit = if chosen.is_some() { ugid_limit_for((uids.len() + gids.len()) as u64) } else { 0 };
 
         for p in partitions.iter().filter(|p| !p.kept && p.limits() > 0) {
             warnings.push(format!(
@@ -321,11 +285,7 @@ impl QuotaPlan {
 
     /// User and group limits of the partitions that are not kept.
     pub fn dropped_limits(&self) -> usize {
-        self.partitions
-            .iter()
-            .filter(|p| !p.kept)
-            .map(PartitionQuota::limits)
-            .sum()
+        self.partitions.iter().filter(|p| !p.kept).map(PartitionQuota::limits).sum()
     }
 
     /// Whether there are second-level limits to apply.
@@ -336,14 +296,8 @@ impl QuotaPlan {
     /// The container config's quota keys in OpenVZ format (`soft:hard`).
     pub fn conf_keys(&self) -> Vec<(String, String)> {
         vec![
-            (
-                "DISKSPACE".into(),
-                format!("{}:{}", self.diskspace.0, self.diskspace.1),
-            ),
-            (
-                "DISKINODES".into(),
-                format!("{}:{}", self.diskinodes.0, self.diskinodes.1),
-            ),
+            ("DISKSPACE".into(), format!("{}:{}", self.diskspace.0, self.diskspace.1)),
+            ("DISKINODES".into(), format!("{}:{}", self.diskinodes.0, self.diskinodes.1)),
             ("QUOTATIME".into(), self.quotatime.to_string()),
             ("QUOTAUGIDLIMIT".into(), self.ugid_limit.to_string()),
         ]

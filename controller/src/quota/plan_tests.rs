@@ -35,11 +35,7 @@ fn fsq(mp: &str, users: Vec<QuotaLimit>, groups: Vec<QuotaLimit>) -> FsQuota {
 /// `/` 10 GiB, `/home` 20 GiB (mounted twice), `/proc` ignored; quotas on `/home` and
 /// `/srv`.
 fn inventory() -> Inventory {
-    let usage_only = |id| QuotaLimit {
-        id,
-        used_bytes: 4096,
-        ..Default::default()
-    };
+    let usage_only = |id| QuotaLimit { id, used_bytes: 4096, ..Default::default() };
     Inventory {
         mounts: vec![
             mount("/dev/sda1", "/", MountKind::Local, 10, 300_000),
@@ -50,18 +46,10 @@ fn inventory() -> Inventory {
         quotas: vec![
             fsq(
                 "/home",
-                vec![
-                    limit(1000, 1000, 2000, 0, 0),
-                    limit(1001, 0, 4096, 10, 20),
-                    usage_only(1002),
-                ],
+                vec![limit(1000, 1000, 2000, 0, 0), limit(1001, 0, 4096, 10, 20), usage_only(1002)],
                 vec![limit(100, 0, 9000, 0, 0)],
             ),
-            fsq(
-                "/srv",
-                vec![limit(1000, 5, 6, 0, 0), limit(2000, 1, 2, 0, 0)],
-                vec![usage_only(200)],
-            ),
+            fsq("/srv", vec![limit(1000, 5, 6, 0, 0), limit(2000, 1, 2, 0, 0)], vec![usage_only(200)]),
         ],
         ..Default::default()
     }
@@ -91,29 +79,14 @@ fn kept_partition_carries_and_the_other_drops() {
     assert_eq!(p.chosen.as_deref(), Some("/home"));
     assert_eq!(p.carried_limits(), 3, "uid 1000, uid 1001, gid 100");
     assert_eq!(p.dropped_limits(), 2, "uids 1000 and 2000 on /srv");
-    let home = p
-        .partitions
-        .iter()
-        .find(|q| q.mountpoint == "/home")
-        .unwrap();
+    let home = p.partitions.iter().find(|q| q.mountpoint == "/home").unwrap();
     assert!(home.kept);
     assert_eq!((home.user_limits, home.group_limits), (2, 1));
-    let srv = p
-        .partitions
-        .iter()
-        .find(|q| q.mountpoint == "/srv")
-        .unwrap();
+    let srv = p.partitions.iter().find(|q| q.mountpoint == "/srv").unwrap();
     assert!(!srv.kept);
     assert_eq!((srv.user_limits, srv.group_limits), (2, 0));
-    assert!(
-        p.warnings
-            .iter()
-            .any(|w| w.contains("/srv") && w.contains("dropped"))
-    );
-    assert_eq!(
-        p.users.iter().map(|l| l.id).collect::<Vec<_>>(),
-        [1000, 1001]
-    );
+    assert!(p.warnings.iter().any(|w| w.contains("/srv") && w.contains("dropped")));
+    assert_eq!(p.users.iter().map(|l| l.id).collect::<Vec<_>>(), [1000, 1001]);
     assert_eq!(p.groups[0].block_hard, 9000);
     assert_eq!((p.block_grace_secs, p.inode_grace_secs), (604800, 86400));
     assert_eq!(p.quotatime, 604800);
@@ -132,10 +105,7 @@ fn default_headroom_is_20_and_25_percent_of_local_usage() {
         p.diskspace_origin,
         LimitOrigin::Computed {
             used: 30 * GIB_KIB,
-            headroom: Headroom {
-                soft_percent: 20,
-                hard_percent: 25
-            }
+            headroom: Headroom { soft_percent: 20, hard_percent: 25 }
         }
     );
 }
@@ -146,18 +116,9 @@ fn operator_headroom_and_small_sources() {
     o.headroom_percent = Some(10);
     let p = QuotaPlan::compute(&inventory(), &o).unwrap();
     // 10 % soft, 13 % hard (1.25 x 10, rounded up).
-    assert_eq!(
-        p.diskspace,
-        (
-            33 * GIB_KIB,
-            30 * GIB_KIB + (30 * GIB_KIB * 13).div_ceil(100)
-        )
-    );
+    assert_eq!(p.diskspace, (33 * GIB_KIB, 30 * GIB_KIB + (30 * GIB_KIB * 13).div_ceil(100)));
     o.headroom_percent = Some(5000);
-    assert!(matches!(
-        QuotaPlan::compute(&inventory(), &o),
-        Err(QuotaError::InvalidOption(_))
-    ));
+    assert!(matches!(QuotaPlan::compute(&inventory(), &o), Err(QuotaError::InvalidOption(_))));
 
     // A 1 MiB source gets the percentage of 256 MiB.
     let tiny = Inventory {
@@ -190,34 +151,19 @@ fn operator_limits_win_and_are_checked() {
     assert_eq!(p.diskinodes, (50_000, 60_000));
     assert_eq!(p.diskspace_origin, LimitOrigin::Operator);
     // Below the source's usage: allowed, but said.
-    assert!(
-        p.warnings
-            .iter()
-            .any(|w| w.starts_with("DISKSPACE hard limit 2000000 KiB is below"))
-    );
-    assert!(
-        p.warnings
-            .iter()
-            .any(|w| w.starts_with("DISKINODES hard limit 60000 is below"))
-    );
+    assert!(p.warnings.iter().any(|w| w.starts_with("DISKSPACE hard limit 2000000 KiB is below")));
+    assert!(p.warnings.iter().any(|w| w.starts_with("DISKINODES hard limit 60000 is below")));
 
     o.diskspace = Some((3, 2));
     assert!(matches!(
         QuotaPlan::compute(&inventory(), &o),
-        Err(QuotaError::InvalidLimit {
-            what: "diskspace",
-            soft: 3,
-            hard: 2
-        })
+        Err(QuotaError::InvalidLimit { what: "diskspace", soft: 3, hard: 2 })
     ));
     o.diskspace = None;
     o.diskinodes = Some((0, 0));
     assert!(matches!(
         QuotaPlan::compute(&inventory(), &o),
-        Err(QuotaError::InvalidLimit {
-            what: "diskinodes",
-            ..
-        })
+        Err(QuotaError::InvalidLimit { what: "diskinodes", .. })
     ));
 }
 
@@ -252,9 +198,5 @@ fn a_limit_above_the_container_total_is_reported() {
     let mut o = opts(Some("/home"));
     o.diskspace = Some((4000, 5000));
     let p = QuotaPlan::compute(&inventory(), &o).unwrap();
-    assert!(
-        p.warnings
-            .iter()
-            .any(|w| w.starts_with("id 100: block hard limit 9000 KiB"))
-    );
+    assert!(p.warnings.iter().any(|w| w.starts_with("id 100: block hard limit 9000 KiB")));
 }

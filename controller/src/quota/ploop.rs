@@ -73,35 +73,17 @@ pub fn chs(size: u64) -> Chs {
     const HEADS: u64 = 16;
     const SECTORS: u64 = 63;
     if size > 1_032_192 && size < 16_777_216 {
-        return Chs {
-            cylinders: size / (SECTORS * HEADS),
-            heads: HEADS,
-            sectors: SECTORS,
-        };
+        return Chs { cylinders: size / (SECTORS * HEADS), heads: HEADS, sectors: SECTORS };
     }
-    let lba = Chs {
-        cylinders: size,
-        heads: 1,
-        sectors: 1,
-    };
-    let Some(sectors) = [SECTORS, 32, 16, 8]
-        .into_iter()
-        .find(|d| size.is_multiple_of(*d))
-    else {
+    let lba = Chs { cylinders: size, heads: 1, sectors: 1 };
+    let Some(sectors) = [SECTORS, 32, 16, 8].into_iter().find(|d| size.is_multiple_of(*d)) else {
         return lba;
     };
     let rest = size / sectors;
-    let Some(heads) = [HEADS, 8, 4, 2]
-        .into_iter()
-        .find(|d| rest.is_multiple_of(*d))
-    else {
+    let Some(heads) = [HEADS, 8, 4, 2].into_iter().find(|d| rest.is_multiple_of(*d)) else {
         return lba;
     };
-    Chs {
-        cylinders: rest / heads,
-        heads,
-        sectors,
-    }
+    Chs { cylinders: rest / heads, heads, sectors }
 }
 
 /// `DiskDescriptor.xml` for a raw image of `size` sectors.
@@ -149,12 +131,10 @@ pub fn disk_descriptor(size: u64) -> String {
 pub fn detect(node: &Node) -> std::result::Result<String, String> {
     let missing = node.missing(&["mkfs.ext4", "mount", "umount", "quotacheck", "setquota"]);
     if missing.is_empty() {
-        Ok("ploop layout: raw ext4 image sized from DISKSPACE, user/group limits in the image's quota files".into())
+        Ok("ploop layout: raw ext4 image sized from DISKSPACE, user/group limits in the image's quota files"
+            .into())
     } else {
-        Err(format!(
-            "ploop layout needs {} (not found)",
-            missing.join(", ")
-        ))
+        Err(format!("ploop layout needs {} (not found)", missing.join(", ")))
     }
 }
 
@@ -187,8 +167,7 @@ impl Ploop {
         set_mode(private, 0o700)?;
         let sectors = size_sectors(size_kib);
         let file = std::fs::File::create(&image).map_err(io_err(&image, "create image"))?;
-        file.set_len(sectors * 512)
-            .map_err(io_err(&image, "size image"))?;
+        file.set_len(sectors * 512).map_err(io_err(&image, "size image"))?;
         drop(file);
         set_mode(&image, 0o600)?;
         self.runner().run(
@@ -229,21 +208,14 @@ impl Ploop {
                 .arg(&image)
                 .arg(mountpoint),
         )?;
-        Ok(MountGuard {
-            target: mountpoint.to_path_buf(),
-            runner: self.runner().clone(),
-            mounted: true,
-        })
+        Ok(MountGuard { target: mountpoint.to_path_buf(), runner: self.runner().clone(), mounted: true })
     }
 
     /// Commands writing the plan's user and group limits into the quota files of the
     /// file system mounted at `mountpoint` (kernel quota off).
     pub fn limit_commands(mountpoint: &Path, plan: &QuotaPlan) -> Vec<Cmd> {
-        let mut cmds = vec![
-            Cmd::new("quotacheck")
-                .args(["-c", "-u", "-g", "-m", "-F", QUOTA_FORMAT])
-                .arg(mountpoint),
-        ];
+        let mut cmds =
+            vec![Cmd::new("quotacheck").args(["-c", "-u", "-g", "-m", "-F", QUOTA_FORMAT]).arg(mountpoint)];
         for (flag, limits) in [("-u", &plan.users), ("-g", &plan.groups)] {
             if !limits.is_empty() {
                 let batch: String = limits
@@ -256,10 +228,7 @@ impl Ploop {
                     })
                     .collect();
                 cmds.push(
-                    Cmd::new("setquota")
-                        .args([flag, "-F", QUOTA_FORMAT, "-b"])
-                        .arg(mountpoint)
-                        .stdin(batch),
+                    Cmd::new("setquota").args([flag, "-F", QUOTA_FORMAT, "-b"]).arg(mountpoint).stdin(batch),
                 );
             }
             if plan.block_grace_secs > 0 || plan.inode_grace_secs > 0 {
@@ -294,8 +263,7 @@ impl Ploop {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(path, "chmod"))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path, "chmod"))
 }
 
 /// A mounted image; unmounted on drop.
@@ -313,9 +281,7 @@ impl MountGuard {
     /// Unmounts now, reporting a failure (drop only logs it).
     pub fn unmount(mut self) -> Result<()> {
         self.mounted = false;
-        self.runner
-            .run(&Cmd::new("umount").arg(&self.target))
-            .map(|_| ())
+        self.runner.run(&Cmd::new("umount").arg(&self.target)).map(|_| ())
     }
 }
 
@@ -335,9 +301,7 @@ pub struct PloopBackend {
 
 impl PloopBackend {
     pub fn new(node: Node) -> PloopBackend {
-        PloopBackend {
-            ploop: Ploop::new(node),
-        }
+        PloopBackend { ploop: Ploop::new(node) }
     }
 
     pub fn ploop(&self) -> &Ploop {
@@ -367,9 +331,7 @@ impl QuotaBackend for PloopBackend {
             });
         }
         let mut out = QuotaOutcome::new(Method::Ploop, plan);
-        let bytes = std::fs::metadata(&image)
-            .map_err(io_err(&image, "stat"))?
-            .len();
+        let bytes = std::fs::metadata(&image).map_err(io_err(&image, "stat"))?.len();
         out.applied = true;
         out.details.push(format!(
             "container {ctid}: {} is a {bytes}-byte ext4 image (DISKSPACE hard {} KiB); the file system is the container total",
@@ -381,8 +343,7 @@ impl QuotaBackend for PloopBackend {
             plan.diskspace.0, plan.diskinodes.0, plan.diskinodes.1
         ));
         if !plan.has_second_level() {
-            out.details
-                .push("no user or group limits are carried; the image has no quota files".into());
+            out.details.push("no user or group limits are carried; the image has no quota files".into());
             return Ok(out);
         }
         let mnt = private.join(".p2c-quota-mnt");

@@ -6,9 +6,7 @@ fn element<'a>(xml: &'a str, path: &[&str]) -> &'a str {
     let mut rest = xml;
     for p in path {
         let open = format!("<{p}>");
-        let at = rest
-            .find(&open)
-            .unwrap_or_else(|| panic!("no <{p}> in {rest}"));
+        let at = rest.find(&open).unwrap_or_else(|| panic!("no <{p}> in {rest}"));
         rest = &rest[at + open.len()..];
     }
     let last = path[path.len() - 1];
@@ -28,32 +26,11 @@ fn sizes_round_up_to_ploop_blocks() {
 #[test]
 fn geometry_like_ploop() {
     // 10 GiB: not a multiple of 63, 32 sectors per track, 16 heads.
-    assert_eq!(
-        chs(20_971_520),
-        Chs {
-            cylinders: 40_960,
-            heads: 16,
-            sectors: 32
-        }
-    );
+    assert_eq!(chs(20_971_520), Chs { cylinders: 40_960, heads: 16, sectors: 32 });
     // 1 GiB sits in the 504 MiB..8 GiB range: 16 heads, 63 sectors.
-    assert_eq!(
-        chs(2_097_152),
-        Chs {
-            cylinders: 2080,
-            heads: 16,
-            sectors: 63
-        }
-    );
+    assert_eq!(chs(2_097_152), Chs { cylinders: 2080, heads: 16, sectors: 63 });
     // 64 MiB: 131072 = 32 * 16 * 256.
-    assert_eq!(
-        chs(131_072),
-        Chs {
-            cylinders: 256,
-            heads: 16,
-            sectors: 32
-        }
-    );
+    assert_eq!(chs(131_072), Chs { cylinders: 256, heads: 16, sectors: 32 });
 }
 
 #[test]
@@ -73,27 +50,14 @@ fn disk_descriptor_content() {
     assert_eq!(element(&x, &[s[0], s[1], s[2], "Blocksize"]), "2048");
     assert_eq!(element(&x, &[s[0], s[1], s[2], "Image", "GUID"]), TOP_GUID);
     assert_eq!(element(&x, &[s[0], s[1], s[2], "Image", "Type"]), "Plain");
-    assert_eq!(
-        element(&x, &[s[0], s[1], s[2], "Image", "File"]),
-        "root.hds"
-    );
+    assert_eq!(element(&x, &[s[0], s[1], s[2], "Image", "File"]), "root.hds");
     let n = ["Parallels_disk_image", "Snapshots"];
     assert_eq!(element(&x, &[n[0], n[1], "TopGUID"]), TOP_GUID);
     assert_eq!(element(&x, &[n[0], n[1], "Shot", "GUID"]), TOP_GUID);
     assert_eq!(element(&x, &[n[0], n[1], "Shot", "ParentGUID"]), NONE_GUID);
     // Well-formed enough: every opened element is closed.
-    for tag in [
-        "Disk_Parameters",
-        "StorageData",
-        "Storage",
-        "Image",
-        "Snapshots",
-        "Shot",
-    ] {
-        assert_eq!(
-            x.matches(&format!("<{tag}>")).count(),
-            x.matches(&format!("</{tag}>")).count()
-        );
+    for tag in ["Disk_Parameters", "StorageData", "Storage", "Image", "Snapshots", "Shot"] {
+        assert_eq!(x.matches(&format!("<{tag}>")).count(), x.matches(&format!("</{tag}>")).count());
     }
 }
 
@@ -112,23 +76,14 @@ fn quota_file_commands() {
             "setquota -t -g -F vfsv1 604800 86400 /mnt/ct",
         ]
     );
-    assert_eq!(
-        cmds[1].stdin.as_deref(),
-        Some(&b"1000 1000 2000 10 20\n1001 0 4096 0 0\n"[..])
-    );
+    assert_eq!(cmds[1].stdin.as_deref(), Some(&b"1000 1000 2000 10 20\n1001 0 4096 0 0\n"[..]));
     assert_eq!(cmds[3].stdin.as_deref(), Some(&b"100 5000 6000 0 0\n"[..]));
 }
 
 #[test]
 fn paths_and_layout_name() {
     let p = Path::new("/vz/private/101");
-    assert_eq!(
-        image_path(p),
-        Path::new("/vz/private/101/root.hdd/root.hds")
-    );
-    assert_eq!(
-        descriptor_path(p),
-        Path::new("/vz/private/101/root.hdd/DiskDescriptor.xml")
-    );
+    assert_eq!(image_path(p), Path::new("/vz/private/101/root.hdd/root.hds"));
+    assert_eq!(descriptor_path(p), Path::new("/vz/private/101/root.hdd/DiskDescriptor.xml"));
     assert_eq!(LAYOUT, p2c_common::migration::Layout::Ploop.as_str());
 }

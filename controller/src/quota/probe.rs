@@ -104,9 +104,7 @@ impl NodeProbe for LinuxProbe {
         // A subvolume's root directory always has inode number 256
         // (BTRFS_FIRST_FREE_OBJECTID); this is how btrfs-progs tells them apart.
         matches!(self.fs_magic(path), Ok(BTRFS_SUPER_MAGIC))
-            && std::fs::symlink_metadata(path)
-                .map(|m| m.is_dir() && m.ino() == 256)
-                .unwrap_or(false)
+            && std::fs::symlink_metadata(path).map(|m| m.is_dir() && m.ino() == 256).unwrap_or(false)
     }
 
     fn kernel_config(&self) -> Option<(String, String)> {
@@ -115,20 +113,14 @@ impl NodeProbe for LinuxProbe {
             return Some((text, boot.display().to_string()));
         }
         if Path::new("/proc/config.gz").exists() {
-            let out = self
-                .runner
-                .run(&Cmd::new("gzip").args(["-dc", "/proc/config.gz"]))
-                .ok()?;
+            let out = self.runner.run(&Cmd::new("gzip").args(["-dc", "/proc/config.gz"])).ok()?;
             return Some((out.stdout_str(), "/proc/config.gz".to_string()));
         }
         None
     }
 
     fn kernel_release(&self) -> String {
-        rustix::system::uname()
-            .release()
-            .to_string_lossy()
-            .into_owned()
+        rustix::system::uname().release().to_string_lossy().into_owned()
     }
 
     fn loop_device_of(&self, file: &Path) -> Option<String> {
@@ -161,9 +153,7 @@ fn unescape(field: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| c.is_ascii_digit()) {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
+            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -225,10 +215,7 @@ mod tests {
         let e = mount_containing(&m, Path::new("/srv/my data/x")).unwrap();
         assert_eq!(e.mountpoint, PathBuf::from("/srv/my data"));
         assert!(e.has_option("prjquota"));
-        assert_eq!(
-            mount_containing(&m, Path::new("/etc")).unwrap().fs_type,
-            "ext4"
-        );
+        assert_eq!(mount_containing(&m, Path::new("/etc")).unwrap().fs_type, "ext4");
     }
 
     #[test]

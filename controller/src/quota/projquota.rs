@@ -45,11 +45,7 @@ impl Support {
 
 /// The value of `CONFIG_NAME` in a kernel config (`y`, `m`), `None` if not set.
 fn config_value<'a>(config: &'a str, name: &str) -> Option<&'a str> {
-    config.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix('='))
-            .map(str::trim)
-    })
+    config.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')).map(str::trim))
 }
 
 /// Why the kernel cannot do project quota on `fs` (`None` when it can), from its config.
@@ -80,9 +76,7 @@ pub fn detect(node: &Node, private_root: &Path) -> std::result::Result<Support, 
         let ext4 = kernel_lacks(cfg, ProjFs::Ext4);
         let xfs = kernel_lacks(cfg, ProjFs::Xfs);
         if let (Some(e), Some(x)) = (&ext4, &xfs) {
-            why.push(format!(
-                "kernel {release} cannot switch ext4 or xfs quotas on ({from}): {e}; {x}"
-            ));
+            why.push(format!("kernel {release} cannot switch ext4 or xfs quotas on ({from}): {e}; {x}"));
         }
     }
     let fs = match magic {
@@ -108,11 +102,9 @@ pub fn detect(node: &Node, private_root: &Path) -> std::result::Result<Support, 
         }
         match &mount {
             Some(m) if m.has_option("prjquota") || m.has_option("pquota") => {}
-            Some(m) => why.push(format!(
-                "{} ({}) is mounted without prjquota",
-                m.mountpoint.display(),
-                m.fs_type
-            )),
+            Some(m) => {
+                why.push(format!("{} ({}) is mounted without prjquota", m.mountpoint.display(), m.fs_type))
+            }
             None => why.push(format!("no mount found for {}", at.display())),
         }
     }
@@ -121,10 +113,7 @@ pub fn detect(node: &Node, private_root: &Path) -> std::result::Result<Support, 
         why.push(format!("{} not found", missing.join(", ")));
     }
     match (fs, mount) {
-        (Some(fs), Some(m)) if why.is_empty() => Ok(Support {
-            fs,
-            mountpoint: m.mountpoint,
-        }),
+        (Some(fs), Some(m)) if why.is_empty() => Ok(Support { fs, mountpoint: m.mountpoint }),
         _ => Err(why.join("; ")),
     }
 }
@@ -221,18 +210,9 @@ mod tests {
 
     #[test]
     fn kernel_config_reasons() {
-        let this_node =
-            "CONFIG_QUOTA=y\n# CONFIG_QFMT_V2 is not set\n# CONFIG_XFS_QUOTA is not set\n";
-        assert!(
-            kernel_lacks(this_node, ProjFs::Ext4)
-                .unwrap()
-                .contains("CONFIG_QFMT_V2")
-        );
-        assert!(
-            kernel_lacks(this_node, ProjFs::Xfs)
-                .unwrap()
-                .contains("CONFIG_XFS_QUOTA")
-        );
+        let this_node = "CONFIG_QUOTA=y\n# CONFIG_QFMT_V2 is not set\n# CONFIG_XFS_QUOTA is not set\n";
+        assert!(kernel_lacks(this_node, ProjFs::Ext4).unwrap().contains("CONFIG_QFMT_V2"));
+        assert!(kernel_lacks(this_node, ProjFs::Xfs).unwrap().contains("CONFIG_XFS_QUOTA"));
         let debian = "CONFIG_QUOTA=y\nCONFIG_QFMT_V2=m\nCONFIG_XFS_QUOTA=y\n";
         assert_eq!(kernel_lacks(debian, ProjFs::Ext4), None);
         assert_eq!(kernel_lacks(debian, ProjFs::Xfs), None);

@@ -24,10 +24,7 @@ pub struct FakeProbe {
 
 impl FakeProbe {
     pub fn btrfs() -> FakeProbe {
-        FakeProbe {
-            magic: BTRFS_SUPER_MAGIC,
-            ..Default::default()
-        }
+        FakeProbe { magic: BTRFS_SUPER_MAGIC, ..Default::default() }
     }
 
     pub fn subvolume(mut self, p: &Path) -> FakeProbe {
@@ -60,21 +57,8 @@ impl NodeProbe for FakeProbe {
     }
 }
 
-pub fn limit(
-    id: u32,
-    block_soft: u64,
-    block_hard: u64,
-    inode_soft: u64,
-    inode_hard: u64,
-) -> QuotaLimit {
-    QuotaLimit {
-        id,
-        block_soft,
-        block_hard,
-        inode_soft,
-        inode_hard,
-        ..Default::default()
-    }
+pub fn limit(id: u32, block_soft: u64, block_hard: u64, inode_soft: u64, inode_hard: u64) -> QuotaLimit {
+    QuotaLimit { id, block_soft, block_hard, inode_soft, inode_hard, ..Default::default() }
 }
 
 /// A plan with the given first-level limits, two users and one group.
@@ -87,10 +71,7 @@ pub fn plan_with(diskspace: (u64, u64), diskinodes: (u64, u64)) -> QuotaPlan {
         diskspace,
         diskspace_origin: LimitOrigin::Operator,
         diskinodes,
-        diskinodes_origin: LimitOrigin::Computed {
-            used: 0,
-            headroom: Headroom::default(),
-        },
+        diskinodes_origin: LimitOrigin::Computed { used: 0, headroom: Headroom::default() },
         quotatime: 604800,
         ugid_limit: 100,
         users: vec![limit(1000, 1000, 2000, 10, 20), limit(1001, 0, 4096, 0, 0)],
@@ -103,42 +84,25 @@ pub fn plan_with(diskspace: (u64, u64), diskinodes: (u64, u64)) -> QuotaPlan {
 }
 
 fn node(runner: FakeRunner, probe: FakeProbe) -> Node {
-    Node {
-        runner: Arc::new(runner),
-        probe: Arc::new(probe),
-    }
+    Node { runner: Arc::new(runner), probe: Arc::new(probe) }
 }
 
 #[test]
 fn virtuozzo_node_uses_its_tools() {
     let mut probe = FakeProbe::btrfs();
     probe.paths.insert(PathBuf::from("/proc/vz"));
-    let n = node(
-        FakeRunner::with_programs(&["vzctl", "vzquota", "vzdqload", "btrfs"]),
-        probe,
-    );
+    let n = node(FakeRunner::with_programs(&["vzctl", "vzquota", "vzdqload", "btrfs"]), probe);
     let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::Vztools);
-    assert!(
-        sel.considered
-            .iter()
-            .any(|c| c.method == Method::Ploop && !c.usable)
-    );
+    assert!(sel.considered.iter().any(|c| c.method == Method::Ploop && !c.usable));
 }
 
 #[test]
 fn vz_tools_without_vz_kernel_are_not_used() {
-    let n = node(
-        FakeRunner::with_programs(&["vzctl", "vzquota", "vzdqload", "btrfs"]),
-        FakeProbe::btrfs(),
-    );
+    let n = node(FakeRunner::with_programs(&["vzctl", "vzquota", "vzdqload", "btrfs"]), FakeProbe::btrfs());
     let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::BtrfsQgroup);
-    let vz = sel
-        .considered
-        .iter()
-        .find(|c| c.method == Method::Vztools)
-        .unwrap();
+    let vz = sel.considered.iter().find(|c| c.method == Method::Vztools).unwrap();
     assert!(vz.reason.contains("/proc/vz"), "{}", vz.reason);
 }
 
@@ -146,9 +110,7 @@ fn vz_tools_without_vz_kernel_are_not_used() {
 fn plain_ext4_node_without_quota_records_only() {
     let probe = FakeProbe {
         magic: EXT4_SUPER_MAGIC,
-        config: Some(
-            "CONFIG_QUOTA=y\n# CONFIG_QFMT_V2 is not set\n# CONFIG_XFS_QUOTA is not set\n".into(),
-        ),
+        config: Some("CONFIG_QUOTA=y\n# CONFIG_QFMT_V2 is not set\n# CONFIG_XFS_QUOTA is not set\n".into()),
         mount: Some(MountEntry {
             mountpoint: "/".into(),
             fs_type: "ext4".into(),
@@ -157,41 +119,20 @@ fn plain_ext4_node_without_quota_records_only() {
         }),
         ..Default::default()
     };
-    let n = node(
-        FakeRunner::with_programs(&["btrfs", "chattr", "setquota"]),
-        probe,
-    );
+    let n = node(FakeRunner::with_programs(&["btrfs", "chattr", "setquota"]), probe);
     let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::RecordOnly);
-    let pq = sel
-        .considered
-        .iter()
-        .find(|c| c.method == Method::ProjectQuota)
-        .unwrap();
+    let pq = sel.considered.iter().find(|c| c.method == Method::ProjectQuota).unwrap();
     assert!(!pq.usable);
     assert!(pq.reason.contains("CONFIG_QFMT_V2"), "{}", pq.reason);
-    let btrfs = sel
-        .considered
-        .iter()
-        .find(|c| c.method == Method::BtrfsQgroup)
-        .unwrap();
+    let btrfs = sel.considered.iter().find(|c| c.method == Method::BtrfsQgroup).unwrap();
     assert!(btrfs.reason.contains("not btrfs"), "{}", btrfs.reason);
 
-    let out = sel
-        .backend
-        .apply(
-            101,
-            Path::new("/vz/private/101"),
-            &plan_with((10, 20), (1, 2)),
-        )
-        .unwrap();
+    let out = sel.backend.apply(101, Path::new("/vz/private/101"), &plan_with((10, 20), (1, 2))).unwrap();
     assert!(!out.applied && !out.second_level_applied);
     assert!(out.details[0].contains("NOT enforced"));
     assert!(out.details.iter().any(|d| d.contains("CONFIG_QFMT_V2")));
-    assert_eq!(
-        out.limits.conf[0],
-        ("DISKSPACE".to_string(), "10:20".to_string())
-    );
+    assert_eq!(out.limits.conf[0], ("DISKSPACE".to_string(), "10:20".to_string()));
     assert_eq!(out.limits.users.len(), 2);
 }
 
@@ -216,20 +157,10 @@ fn project_quota_when_kernel_and_mount_allow() {
 #[test]
 fn ploop_layout_uses_the_image() {
     let n = node(
-        FakeRunner::with_programs(&[
-            "mkfs.ext4",
-            "mount",
-            "umount",
-            "quotacheck",
-            "setquota",
-            "vzctl",
-        ]),
+        FakeRunner::with_programs(&["mkfs.ext4", "mount", "umount", "quotacheck", "setquota", "vzctl"]),
         FakeProbe::btrfs(),
     );
-    assert_eq!(
-        select(&n, Layout::Ploop, Path::new("/vz/private")).method(),
-        Method::Ploop
-    );
+    assert_eq!(select(&n, Layout::Ploop, Path::new("/vz/private")).method(), Method::Ploop);
     let n = node(FakeRunner::with_programs(&["mount"]), FakeProbe::btrfs());
     let sel = select(&n, Layout::Ploop, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::RecordOnly);

@@ -34,13 +34,13 @@ const GRP: u32 = 1;
 pub fn detect(node: &Node) -> std::result::Result<String, String> {
     let missing = node.missing(&["vzctl", "vzquota", "vzdqload"]);
     if !missing.is_empty() {
-        return Err(format!(
-            "not a Virtuozzo/OpenVZ node: {} not found",
-            missing.join(", ")
-        ));
+        return Err(format!("not a Virtuozzo/OpenVZ node: {} not found", missing.join(", ")));
     }
     if !node.probe.exists(Path::new("/proc/vz")) {
-        return Err("vzctl and vzquota are installed but the running kernel is not an OpenVZ kernel (no /proc/vz)".into());
+        return Err(
+            "vzctl and vzquota are installed but the running kernel is not an OpenVZ kernel (no /proc/vz)"
+                .into(),
+        );
     }
     Ok("Virtuozzo/OpenVZ node: vzctl, vzquota and vzdqload found, /proc/vz present".into())
 }
@@ -72,12 +72,7 @@ pub fn vzctl_quotainit(ctid: u32) -> Cmd {
 
 fn fits_u32(what: String, value: u64) -> Result<u64> {
     if value > u32::MAX as u64 {
-        return Err(QuotaError::TooLarge {
-            what,
-            value,
-            max: u32::MAX as u64,
-            format: "vzdqload",
-        });
+        return Err(QuotaError::TooLarge { what, value, max: u32::MAX as u64, format: "vzdqload" });
     }
     Ok(value)
 }
@@ -88,21 +83,11 @@ pub fn dump(plan: &QuotaPlan) -> Result<String> {
     s.push_str("ugid_quota_status:\t1\n");
     s.push_str("#grace_time:\ttype\tblock\tinode\n");
     for t in [USR, GRP] {
-        s.push_str(&format!(
-            "grace_time:\t{t}\t{}\t{}\n",
-            plan.block_grace_secs, plan.inode_grace_secs
-        ));
+        s.push_str(&format!("grace_time:\t{t}\t{}\t{}\n", plan.block_grace_secs, plan.inode_grace_secs));
     }
-    s.push_str(&format!(
-        "ugid_number:\t{}\n",
-        plan.users.len() + plan.groups.len()
-    ));
+    s.push_str(&format!("ugid_number:\t{}\n", plan.users.len() + plan.groups.len()));
     s.push_str("#ugid:\tID\ttype\tbsoft\tbhard\tisoft\tihard\n");
-    let all = plan
-        .users
-        .iter()
-        .map(|l| (USR, l))
-        .chain(plan.groups.iter().map(|l| (GRP, l)));
+    let all = plan.users.iter().map(|l| (USR, l)).chain(plan.groups.iter().map(|l| (GRP, l)));
     for (t, l) in all {
         let kind = if t == USR { "uid" } else { "gid" };
         let v = |field: &str, x: u64| fits_u32(format!("{kind} {} {field}", l.id), x);
@@ -120,9 +105,7 @@ pub fn dump(plan: &QuotaPlan) -> Result<String> {
 
 /// `vzdqload CTID -G -U` with the dump on standard input.
 pub fn vzdqload(ctid: u32, plan: &QuotaPlan) -> Result<Cmd> {
-    Ok(Cmd::new("vzdqload")
-        .args([ctid.to_string(), "-G".into(), "-U".into()])
-        .stdin(dump(plan)?))
+    Ok(Cmd::new("vzdqload").args([ctid.to_string(), "-G".into(), "-U".into()]).stdin(dump(plan)?))
 }
 
 /// `vzquota setlimit2` lines for a running container: grace times, then each id.
@@ -139,11 +122,7 @@ pub fn setlimit2(ctid: u32, plan: &QuotaPlan) -> Result<Vec<Cmd>> {
             &plan.inode_grace_secs.to_string(),
         ]));
     }
-    let all = plan
-        .users
-        .iter()
-        .map(|l| ("-u", l))
-        .chain(plan.groups.iter().map(|l| ("-g", l)));
+    let all = plan.users.iter().map(|l| ("-u", l)).chain(plan.groups.iter().map(|l| ("-g", l)));
     for (flag, l) in all {
         // vzquota reads inode limits as 32-bit numbers, block limits as 64-bit.
         fits_u32(format!("id {} inode soft limit", l.id), l.inode_soft)?;
@@ -164,10 +143,7 @@ pub fn setlimit2(ctid: u32, plan: &QuotaPlan) -> Result<Vec<Cmd>> {
 
 /// Whether `vzctl status` says the container runs (`CTID 101 exist mounted running`).
 pub fn status_running(stdout: &str) -> bool {
-    stdout
-        .split_whitespace()
-        .nth(4)
-        .is_some_and(|w| w == "running")
+    stdout.split_whitespace().nth(4).is_some_and(|w| w == "running")
 }
 
 pub struct VzToolsBackend {

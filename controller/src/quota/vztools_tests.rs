@@ -18,11 +18,7 @@ fn vzctl_set_line() {
 #[test]
 fn setlimit2_lines() {
     let plan = plan_with((1, 2), (1, 2));
-    let lines: Vec<String> = setlimit2(101, &plan)
-        .unwrap()
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let lines: Vec<String> = setlimit2(101, &plan).unwrap().iter().map(|c| c.to_string()).collect();
     assert_eq!(
         lines,
         [
@@ -37,9 +33,7 @@ fn setlimit2_lines() {
 
 /// Reads a dump the way vzdqload does: skip `#` lines, then `%s%u`-style fields in order.
 fn parse_like_vzdqload(dump: &str) -> (u32, Vec<[u64; 3]>, Vec<[u64; 6]>) {
-    let mut lines = dump
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut lines = dump.lines().filter(|l| !l.is_empty() && !l.starts_with('#'));
     let mut fields = |label: &str| -> Vec<u64> {
         let l = lines.next().unwrap();
         assert!(!l.contains("  "), "fields are tab-separated: {l:?}");
@@ -53,13 +47,9 @@ fn parse_like_vzdqload(dump: &str) -> (u32, Vec<[u64; 3]>, Vec<[u64; 6]>) {
         .collect()
     };
     let status = fields("ugid_quota_status:")[0] as u32;
-    let grace: Vec<[u64; 3]> = (0..2)
-        .map(|_| fields("grace_time:").try_into().unwrap())
-        .collect();
+    let grace: Vec<[u64; 3]> = (0..2).map(|_| fields("grace_time:").try_into().unwrap()).collect();
     let n = fields("ugid_number:")[0];
-    let ugids = (0..n)
-        .map(|_| fields("ugid:").try_into().unwrap())
-        .collect();
+    let ugids = (0..n).map(|_| fields("ugid:").try_into().unwrap()).collect();
     assert!(lines.next().is_none(), "nothing after the last ugid line");
     (status, grace, ugids)
 }
@@ -69,21 +59,11 @@ fn dump_matches_vzdqload_format() {
     let plan = plan_with((1, 2), (1, 2));
     let d = dump(&plan).unwrap();
     assert!(d.starts_with("ugid_quota_status:\t1\n"));
-    assert!(
-        d.lines().all(|l| !l.is_empty()),
-        "vzdqload does not skip empty lines"
-    );
+    assert!(d.lines().all(|l| !l.is_empty()), "vzdqload does not skip empty lines");
     let (status, grace, ugids) = parse_like_vzdqload(&d);
     assert_eq!(status, 1);
     assert_eq!(grace, [[0, 604800, 86400], [1, 604800, 86400]]);
-    assert_eq!(
-        ugids,
-        [
-            [1000, 0, 1000, 2000, 10, 20],
-            [1001, 0, 0, 4096, 0, 0],
-            [100, 1, 5000, 6000, 0, 0],
-        ]
-    );
+    assert_eq!(ugids, [[1000, 0, 1000, 2000, 10, 20], [1001, 0, 0, 4096, 0, 0], [100, 1, 5000, 6000, 0, 0],]);
     let cmd = vzdqload(101, &plan).unwrap();
     assert_eq!(cmd.argv(), ["vzdqload", "101", "-G", "-U"]);
     assert_eq!(cmd.stdin.as_deref(), Some(d.as_bytes()));
@@ -107,20 +87,14 @@ fn status_words() {
 
 fn backend(runner: FakeRunner) -> (VzToolsBackend, Arc<FakeRunner>) {
     let runner = Arc::new(runner);
-    let node = Node {
-        runner: runner.clone(),
-        probe: Arc::new(FakeProbe::default()),
-    };
+    let node = Node { runner: runner.clone(), probe: Arc::new(FakeProbe::default()) };
     (VzToolsBackend::new(node), runner)
 }
 
 #[test]
 fn stopped_container_gets_quotainit_and_vzdqload() {
-    let (b, runner) = backend(FakeRunner::default().answer(
-        "vzctl status 101",
-        0,
-        "CTID 101 exist unmounted down\n",
-    ));
+    let (b, runner) =
+        backend(FakeRunner::default().answer("vzctl status 101", 0, "CTID 101 exist unmounted down\n"));
     let plan = plan_with((10, 20), (1, 2));
     let out = b.apply(101, Path::new("/vz/private/101"), &plan).unwrap();
     assert!(out.applied && out.second_level_applied);
@@ -139,26 +113,13 @@ fn stopped_container_gets_quotainit_and_vzdqload() {
 
 #[test]
 fn running_container_gets_setlimit2() {
-    let (b, runner) = backend(FakeRunner::default().answer(
-        "vzctl status 101",
-        0,
-        "CTID 101 exist mounted running\n",
-    ));
-    let out = b
-        .apply(
-            101,
-            Path::new("/vz/private/101"),
-            &plan_with((10, 20), (1, 2)),
-        )
-        .unwrap();
+    let (b, runner) =
+        backend(FakeRunner::default().answer("vzctl status 101", 0, "CTID 101 exist mounted running\n"));
+    let out = b.apply(101, Path::new("/vz/private/101"), &plan_with((10, 20), (1, 2))).unwrap();
     assert!(out.second_level_applied);
     let ran = runner.ran();
     assert_eq!(ran.len(), 2 + 5);
-    assert!(
-        ran[2..]
-            .iter()
-            .all(|c| c.program == "vzquota" && c.argv()[1] == "setlimit2")
-    );
+    assert!(ran[2..].iter().all(|c| c.program == "vzquota" && c.argv()[1] == "setlimit2"));
 }
 
 #[test]

@@ -31,8 +31,7 @@ impl TryFrom<v1::ScanRequest> for ScanOptions {
         if !r.mac_scan_roots.is_empty() {
             o.mac_scan_roots = text(r.mac_scan_roots);
         }
-        o.validate()
-            .map_err(|e| ConvertError::Other(e.to_string()))?;
+        o.validate().map_err(|e| ConvertError::Other(e.to_string()))?;
         Ok(o)
     }
 }
@@ -57,15 +56,9 @@ mod tests {
     fn empty_roots_mean_defaults_and_bad_requests_are_refused() {
         let o = ScanOptions::try_from(v1::ScanRequest::default()).unwrap();
         assert_eq!(o, ScanOptions::default());
-        let bad = v1::ScanRequest {
-            excludes: vec![b"relative".to_vec()],
-            ..Default::default()
-        };
+        let bad = v1::ScanRequest { excludes: vec![b"relative".to_vec()], ..Default::default() };
         assert!(ScanOptions::try_from(bad).is_err());
-        let bad = v1::ScanRequest {
-            mac_addresses: vec!["nope".into()],
-            ..Default::default()
-        };
+        let bad = v1::ScanRequest { mac_addresses: vec!["nope".into()], ..Default::default() };
         assert!(ScanOptions::try_from(bad).is_err());
     }
 }

@@ -16,25 +16,13 @@ fn signatures() {
     let cases: Vec<Case> = vec![
         (vec![(4086, b"SWAPSPACE2")], Some("swap")),
         (vec![(65526, b"SWAPSPACE2")], Some("swap")),
-        (
-            vec![(512, b"LABELONE"), (536, b"LVM2 001")],
-            Some("LVM2_member"),
-        ),
+        (vec![(512, b"LABELONE"), (536, b"LVM2 001")], Some("LVM2_member")),
         (vec![(0, b"XFSB")], Some("xfs")),
         (vec![(65600, b"_BHRfS_M")], Some("btrfs")),
         (vec![(1080, &[0x53, 0xef])], Some("ext2")),
-        (
-            vec![(1080, &[0x53, 0xef]), (1024 + 0x5c, &[4])],
-            Some("ext3"),
-        ),
-        (
-            vec![(1080, &[0x53, 0xef]), (1024 + 0x60, &[0xc2, 0x02])],
-            Some("ext4"),
-        ),
-        (
-            vec![(4096, &[0xfc, 0x4e, 0x2b, 0xa9])],
-            Some("linux_raid_member"),
-        ),
+        (vec![(1080, &[0x53, 0xef]), (1024 + 0x5c, &[4])], Some("ext3")),
+        (vec![(1080, &[0x53, 0xef]), (1024 + 0x60, &[0xc2, 0x02])], Some("ext4")),
+        (vec![(4096, &[0xfc, 0x4e, 0x2b, 0xa9])], Some("linux_raid_member")),
         (vec![], None),
     ];
     for (writes, want) in cases {
@@ -51,24 +39,14 @@ fn signatures() {
 fn real_mkfs() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let ok = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&img)
-        .status();
+    std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    let ok = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img).status();
     if !ok.is_ok_and(|s| s.success()) {
         eprintln!("skipping: mkfs.ext4 is not available");
         return;
     }
     assert_eq!(probe(&img).as_deref(), Some("ext4"));
-    if Command::new("mkswap")
-        .arg(&img)
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if Command::new("mkswap").arg(&img).output().is_ok_and(|o| o.status.success()) {
         assert_eq!(probe(&img).as_deref(), Some("swap"));
     }
 }

@@ -46,10 +46,8 @@ fn dns_falls_back_to_config_behind_stub() {
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("etc")).unwrap();
     std::fs::write(t.path().join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
-    let conf = parse_ifupdown(
-        "iface eth0 inet static\n address 10.0.0.5/24\n dns-nameservers 10.0.0.1\n",
-        "x",
-    );
+    let conf =
+        parse_ifupdown("iface eth0 inet static\n address 10.0.0.5/24\n dns-nameservers 10.0.0.1\n", "x");
     let (d, gaps) = read_dns(t.path(), &conf);
     assert!(gaps.is_empty());
     assert_eq!(d.nameservers, vec!["10.0.0.1"]);
@@ -73,10 +71,7 @@ fn tree_view_folds_aliases_and_places_gateways() {
 
 #[test]
 fn subnets() {
-    let a = IfAddr {
-        address: "10.1.2.3".parse().unwrap(),
-        prefix: 16,
-    };
+    let a = IfAddr { address: "10.1.2.3".parse().unwrap(), prefix: 16 };
     assert!(in_subnet(&a, &"10.1.200.1".parse().unwrap()));
     assert!(!in_subnet(&a, &"10.2.0.1".parse().unwrap()));
     assert!(!in_subnet(&a, &"::1".parse().unwrap()));

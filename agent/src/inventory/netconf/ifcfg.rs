@@ -7,8 +7,7 @@ use p2c_common::inventory::IfAddr;
 
 use super::super::shellvars;
 use super::{
-    IfaceConfig, NetConfig, default_prefix, netmask_to_prefix, normalize_mac, parse_cidr, parse_ip,
-    truthy,
+    IfaceConfig, NetConfig, default_prefix, netmask_to_prefix, normalize_mac, parse_cidr, parse_ip, truthy,
 };
 
 /// An address with an optional `PREFIX`/`NETMASK` next to it.
@@ -86,17 +85,13 @@ pub fn parse_ifcfg_rhel(text: &str, file_device: &str, source: &str) -> NetConfi
             }
         }
     }
-    let v6 = get("IPV6ADDR").into_iter().chain(
-        get("IPV6ADDR_SECONDARIES")
-            .into_iter()
-            .flat_map(str::split_whitespace),
-    );
+    let v6 = get("IPV6ADDR")
+        .into_iter()
+        .chain(get("IPV6ADDR_SECONDARIES").into_iter().flat_map(str::split_whitespace));
     for a in v6.filter_map(parse_cidr) {
         i.add_address(a);
     }
-    i.mac = get("HWADDR")
-        .and_then(normalize_mac)
-        .or_else(|| get("MACADDR").and_then(normalize_mac));
+    i.mac = get("HWADDR").and_then(normalize_mac).or_else(|| get("MACADDR").and_then(normalize_mac));
     i.mtu = get("MTU").and_then(|m| m.parse().ok());
     for g in ["GATEWAY", "IPV6_DEFAULTGW"] {
         if let Some(g) = get(g).and_then(parse_ip) {
@@ -115,10 +110,8 @@ pub fn parse_rhel_network(text: &str, source: &str) -> NetConfig {
     let vars = shellvars::parse(text);
     let get = |k: &str| shellvars::get(&vars, k).filter(|v| !v.is_empty());
     let mut cfg = NetConfig::default();
-    let gws: Vec<IpAddr> = ["GATEWAY", "IPV6_DEFAULTGW"]
-        .iter()
-        .filter_map(|k| get(k).and_then(parse_ip))
-        .collect();
+    let gws: Vec<IpAddr> =
+        ["GATEWAY", "IPV6_DEFAULTGW"].iter().filter_map(|k| get(k).and_then(parse_ip)).collect();
     match get("GATEWAYDEV") {
         Some(dev) if !gws.is_empty() => {
             let mut i = new_iface(dev, source);
@@ -152,10 +145,8 @@ pub fn parse_ifcfg_suse(text: &str, file_device: &str, source: &str) -> NetConfi
     i.mac = get("LLADDR").and_then(normalize_mac);
     i.mtu = get("MTU").and_then(|m| m.parse().ok());
     let mut cfg = NetConfig::default();
-    let mut suffixes: Vec<String> = vars
-        .iter()
-        .filter_map(|(k, _)| k.strip_prefix("IPADDR").map(str::to_string))
-        .collect();
+    let mut suffixes: Vec<String> =
+        vars.iter().filter_map(|(k, _)| k.strip_prefix("IPADDR").map(str::to_string)).collect();
     suffixes.sort();
     suffixes.dedup();
     let mut aliases = Vec::new();
@@ -163,11 +154,7 @@ pub fn parse_ifcfg_suse(text: &str, file_device: &str, source: &str) -> NetConfi
         let Some(ip) = get(&format!("IPADDR{s}")) else {
             continue;
         };
-        let Some(a) = address(
-            ip,
-            get(&format!("PREFIXLEN{s}")),
-            get(&format!("NETMASK{s}")),
-        ) else {
+        let Some(a) = address(ip, get(&format!("PREFIXLEN{s}")), get(&format!("NETMASK{s}"))) else {
             continue;
         };
         match get(&format!("LABEL{s}")) {
@@ -215,11 +202,7 @@ pub fn parse_suse_routes(text: &str, default_dev: Option<&str>) -> Vec<SuseRoute
             .filter(|d| **d != "-")
             .map(|d| d.to_string())
             .or_else(|| default_dev.map(str::to_string));
-        out.push(SuseRoute {
-            destination,
-            gateway,
-            interface,
-        });
+        out.push(SuseRoute { destination, gateway, interface });
     }
     out
 }

@@ -7,16 +7,8 @@ use p2c_common::inventory::IfAddr;
 use super::{NetConfig, default_prefix, netmask_to_prefix, normalize_mac, parse_cidr, parse_ip};
 
 /// Words that start a new top-level stanza and so end an `iface` block.
-const STANZAS: &[&str] = &[
-    "iface",
-    "auto",
-    "mapping",
-    "source",
-    "source-directory",
-    "rename",
-    "no-auto-down",
-    "no-scripts",
-];
+const STANZAS: &[&str] =
+    &["iface", "auto", "mapping", "source", "source-directory", "rename", "no-auto-down", "no-scripts"];
 
 /// One `iface` block being read: addresses wait for a `netmask` line that may follow them.
 struct Block {
@@ -56,12 +48,7 @@ pub fn parse_ifupdown(text: &str, source: &str) -> NetConfig {
                     }
                     _ => {}
                 }
-                block = Some(Block {
-                    name: name.to_string(),
-                    v6,
-                    pending: Vec::new(),
-                    netmask: None,
-                });
+                block = Some(Block { name: name.to_string(), v6, pending: Vec::new(), netmask: None });
             }
             continue;
         }
@@ -133,10 +120,7 @@ fn flush(cfg: &mut NetConfig, b: Block, source: &str) {
             .or(b.netmask)
             .filter(|p| *p <= if ip.is_ipv4() { 32 } else { 128 })
             .unwrap_or_else(|| if b.v6 { 64 } else { default_prefix(&ip) });
-        i.add_address(IfAddr {
-            address: ip,
-            prefix,
-        });
+        i.add_address(IfAddr { address: ip, prefix });
     }
 }
 
@@ -146,11 +130,7 @@ fn ip_addr_add(words: &[&str]) -> Option<(String, IfAddr)> {
     if !(cmd.ends_with("/ip") || *cmd == "ip") {
         return None;
     }
-    let rest: Vec<&str> = words[1..]
-        .iter()
-        .copied()
-        .filter(|w| !w.starts_with('-'))
-        .collect();
+    let rest: Vec<&str> = words[1..].iter().copied().filter(|w| !w.starts_with('-')).collect();
     if !matches!(rest.first(), Some(&("addr" | "address" | "a"))) || rest.get(1) != Some(&"add") {
         return None;
     }
@@ -164,11 +144,7 @@ fn logical_lines(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for line in text.lines() {
-        let line = if line.trim_start().starts_with('#') {
-            ""
-        } else {
-            line
-        };
+        let line = if line.trim_start().starts_with('#') { "" } else { line };
         if let Some(head) = line.strip_suffix('\\') {
             cur.push_str(head);
             cur.push(' ');

@@ -16,9 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use p2c_common::inventory::IfAddr;
 
-pub use ifcfg::{
-    SuseRoute, parse_ifcfg_rhel, parse_ifcfg_suse, parse_rhel_network, parse_suse_routes,
-};
+pub use ifcfg::{SuseRoute, parse_ifcfg_rhel, parse_ifcfg_suse, parse_rhel_network, parse_suse_routes};
 pub use ifupdown::{ifupdown_includes, parse_ifupdown};
 pub use netplan::parse_netplan;
 pub use networkd::parse_networkd;
@@ -132,9 +130,7 @@ impl NetConfig {
     /// Whether the configuration brings the live interface `name` up with DHCP (names in
     /// the configuration may be globs, aliases count for their interface).
     pub fn dhcp_for(&self, name: &str) -> bool {
-        self.interfaces
-            .iter()
-            .any(|i| i.dhcp() && glob_match(i.base_name(), base_name(name)))
+        self.interfaces.iter().any(|i| i.dhcp() && glob_match(i.base_name(), base_name(name)))
     }
 }
 
@@ -193,9 +189,7 @@ pub fn parse_cidr(s: &str) -> Option<IfAddr> {
 
 /// Parses an address alone (`fe80::1%eth0` loses its zone).
 pub fn parse_ip(s: &str) -> Option<IpAddr> {
-    strip_zone(s.trim().trim_matches(|c| c == '"' || c == '\''))
-        .parse()
-        .ok()
+    strip_zone(s.trim().trim_matches(|c| c == '"' || c == '\'')).parse().ok()
 }
 
 fn strip_zone(s: &str) -> &str {
@@ -250,10 +244,7 @@ pub fn normalize_mac(s: &str) -> Option<String> {
 /// Reads yes/no style booleans (`yes`, `true`, `on`, `1`).
 pub fn truthy(s: &str) -> bool {
     matches!(
-        s.trim()
-            .trim_matches(|c| c == '"' || c == '\'')
-            .to_ascii_lowercase()
-            .as_str(),
+        s.trim().trim_matches(|c| c == '"' || c == '\'').to_ascii_lowercase().as_str(),
         "yes" | "true" | "on" | "1" | "y"
     )
 }

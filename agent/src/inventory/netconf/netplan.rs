@@ -54,10 +54,7 @@ fn scalars(text: &str) -> Vec<(Vec<String>, String)> {
         let mut col = indent;
         let mut rest = content;
         if rest == "-" || rest.starts_with("- ") {
-            while stack
-                .last()
-                .is_some_and(|n| n.indent > col || (n.indent == col && n.is_item))
-            {
+            while stack.last().is_some_and(|n| n.indent > col || (n.indent == col && n.is_item)) {
                 stack.pop();
             }
             let idx = match stack.last_mut() {
@@ -67,12 +64,7 @@ fn scalars(text: &str) -> Vec<(Vec<String>, String)> {
                 }
                 None => 0,
             };
-            stack.push(Node {
-                indent: col,
-                key: format!("#{idx}"),
-                is_item: true,
-                items: 0,
-            });
+            stack.push(Node { indent: col, key: format!("#{idx}"), is_item: true, items: 0 });
             let after = rest[1..].trim_start();
             col += rest.len() - after.len();
             rest = after;
@@ -88,11 +80,7 @@ fn scalars(text: &str) -> Vec<(Vec<String>, String)> {
             continue;
         };
         // An anchor or tag alone (`eth1: &common`) opens a mapping like an empty value.
-        let value = if value.starts_with(['&', '!']) && !value.contains(' ') {
-            String::new()
-        } else {
-            value
-        };
+        let value = if value.starts_with(['&', '!']) && !value.contains(' ') { String::new() } else { value };
         while stack.last().is_some_and(|n| n.indent >= col) {
             stack.pop();
         }
@@ -100,19 +88,9 @@ fn scalars(text: &str) -> Vec<(Vec<String>, String)> {
         p.push(key.clone());
         if value.is_empty() {
             out.push((p, String::new()));
-            stack.push(Node {
-                indent: col,
-                key,
-                is_item: false,
-                items: 0,
-            });
+            stack.push(Node { indent: col, key, is_item: false, items: 0 });
         } else if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
-            for (i, v) in inner
-                .split(',')
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .enumerate()
-            {
+            for (i, v) in inner.split(',').map(str::trim).filter(|v| !v.is_empty()).enumerate() {
                 let mut pi = p.clone();
                 pi.push(format!("#{i}"));
                 out.push((pi, unquote(v)));
@@ -193,17 +171,9 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
         }
         let id = p[2].clone();
         let rest = &p[3..];
-        let plain: Vec<&str> = rest
-            .iter()
-            .map(String::as_str)
-            .filter(|c| !c.starts_with('#'))
-            .collect();
+        let plain: Vec<&str> = rest.iter().map(String::as_str).filter(|c| !c.starts_with('#')).collect();
         let dev = devices.entry(id.clone()).or_insert_with(|| Device {
-            cfg: IfaceConfig {
-                name: id.clone(),
-                source: source.to_string(),
-                ..Default::default()
-            },
+            cfg: IfaceConfig { name: id.clone(), source: source.to_string(), ..Default::default() },
             ..Default::default()
         });
         match plain.as_slice() {
@@ -235,9 +205,7 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
                 }
             }
             ["nameservers", "addresses"]
-                if !value.is_empty()
-                    && parse_ip(&value).is_some()
-                    && !cfg.nameservers.contains(&value) =>
+                if !value.is_empty() && parse_ip(&value).is_some() && !cfg.nameservers.contains(&value) =>
             {
                 cfg.nameservers.push(value);
             }
@@ -256,10 +224,7 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
         }
     }
     for ((id, _), (to, via)) in routes {
-        let default = matches!(
-            to.as_deref(),
-            Some("default" | "0.0.0.0/0" | "::/0" | "0/0")
-        );
+        let default = matches!(to.as_deref(), Some("default" | "0.0.0.0/0" | "::/0" | "0/0"));
         if let (true, Some(g)) = (default, via.as_deref().and_then(parse_ip))
             && let Some(d) = devices.get_mut(&id)
         {
@@ -270,10 +235,7 @@ pub fn parse_netplan(text: &str, source: &str) -> NetConfig {
         if let Some(n) = d.set_name.or(d.match_name) {
             d.cfg.name = n;
         }
-        cfg.merge(NetConfig {
-            interfaces: vec![d.cfg],
-            ..Default::default()
-        });
+        cfg.merge(NetConfig { interfaces: vec![d.cfg], ..Default::default() });
     }
     cfg
 }
@@ -284,9 +246,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_bounded() {
-        let deep: String = (0..5000)
-            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
-            .collect();
+        let deep: String = (0..5000).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
         let s = scalars(&deep);
         assert!(s.iter().all(|(p, _)| p.len() <= MAX_NESTING));
     }
@@ -296,11 +256,8 @@ mod tests {
         let s = scalars(
             "a:\n  b: 1 # c\n  l:\n  - x\n  - 'y # z'\n  m:\n    - k: 1\n      j: 2\n    - k: 3\n  f: [p, \"q\"]\n",
         );
-        let flat: Vec<String> = s
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(p, v)| format!("{}={v}", p.join("/")))
-            .collect();
+        let flat: Vec<String> =
+            s.iter().filter(|(_, v)| !v.is_empty()).map(|(p, v)| format!("{}={v}", p.join("/"))).collect();
         assert_eq!(
             flat,
             vec![

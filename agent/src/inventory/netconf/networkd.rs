@@ -20,12 +20,7 @@ pub(super) fn ini(text: &str) -> Vec<(usize, String, String, String)> {
             continue;
         }
         if let Some((k, v)) = line.split_once('=') {
-            out.push((
-                number,
-                section.clone(),
-                k.trim().to_string(),
-                v.trim().to_string(),
-            ));
+            out.push((number, section.clone(), k.trim().to_string(), v.trim().to_string()));
         }
     }
     out
@@ -35,10 +30,7 @@ pub(super) fn ini(text: &str) -> Vec<(usize, String, String, String)> {
 /// globs yields one interface entry for each; without a name the file's own name is used.
 pub fn parse_networkd(text: &str, source: &str) -> NetConfig {
     let mut names: Vec<String> = Vec::new();
-    let mut i = IfaceConfig {
-        source: source.to_string(),
-        ..Default::default()
-    };
+    let mut i = IfaceConfig { source: source.to_string(), ..Default::default() };
     let mut cfg = NetConfig::default();
     // Per [Route] section: (destination, gateway).
     let mut route: Option<(Option<String>, Option<String>)> = None;
@@ -129,10 +121,7 @@ pub fn parse_networkd(text: &str, source: &str) -> NetConfig {
         let mut one = i.clone();
         one.loopback = n == "lo";
         one.name = n;
-        cfg.merge(NetConfig {
-            interfaces: vec![one],
-            ..Default::default()
-        });
+        cfg.merge(NetConfig { interfaces: vec![one], ..Default::default() });
     }
     cfg
 }

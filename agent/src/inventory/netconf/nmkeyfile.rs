@@ -7,10 +7,7 @@ use super::{IfaceConfig, NetConfig, normalize_mac, parse_cidr, parse_ip};
 /// Parses one keyfile read from `source`. The interface is `interface-name`, else the
 /// connection `id`.
 pub fn parse_nm_keyfile(text: &str, source: &str) -> NetConfig {
-    let mut i = IfaceConfig {
-        source: source.to_string(),
-        ..Default::default()
-    };
+    let mut i = IfaceConfig { source: source.to_string(), ..Default::default() };
     let mut id = None;
     let mut cfg = NetConfig::default();
     for (_, section, key, value) in ini(text) {

@@ -11,10 +11,7 @@ fn cidr(s: &str) -> IfAddr {
 }
 
 fn iface<'a>(c: &'a NetConfig, name: &str) -> &'a IfaceConfig {
-    c.interfaces
-        .iter()
-        .find(|i| i.name == name)
-        .unwrap_or_else(|| panic!("no interface {name} in {c:#?}"))
+    c.interfaces.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("no interface {name} in {c:#?}"))
 }
 
 #[test]
@@ -32,14 +29,8 @@ fn helpers() {
     assert_eq!(cidr("\"fe80::1%eth0/64\"").address, ip("fe80::1"));
     assert_eq!(parse_cidr("10.0.0.1/33"), None);
     assert_eq!(parse_cidr("10.0.0.1/x"), None);
-    assert_eq!(
-        normalize_mac("AA-BB-CC-DD-EE-0F").as_deref(),
-        Some("aa:bb:cc:dd:ee:0f")
-    );
-    assert_eq!(
-        normalize_mac("aabb.ccdd.ee0f").as_deref(),
-        Some("aa:bb:cc:dd:ee:0f")
-    );
+    assert_eq!(normalize_mac("AA-BB-CC-DD-EE-0F").as_deref(), Some("aa:bb:cc:dd:ee:0f"));
+    assert_eq!(normalize_mac("aabb.ccdd.ee0f").as_deref(), Some("aa:bb:cc:dd:ee:0f"));
     assert_eq!(normalize_mac("aa:bb:cc"), None);
     assert_eq!(normalize_mac("zz:bb:cc:dd:ee:ff"), None);
     assert!(glob_match("en*", "enp0s3"));
@@ -87,14 +78,7 @@ source /etc/network/interfaces.d/*
     assert_eq!(lo.addresses, vec![cidr("127.0.0.1/8")]);
     let e0 = iface(&c, "eth0");
     assert!(!e0.dhcp());
-    assert_eq!(
-        e0.addresses,
-        vec![
-            cidr("10.9.9.9/32"),
-            cidr("192.168.1.10/24"),
-            cidr("2001:db8::10/64")
-        ]
-    );
+    assert_eq!(e0.addresses, vec![cidr("10.9.9.9/32"), cidr("192.168.1.10/24"), cidr("2001:db8::10/64")]);
     assert_eq!(e0.gateways, vec![ip("192.168.1.1"), ip("2001:db8::1")]);
     assert_eq!(e0.mac.as_deref(), Some("aa:bb:cc:dd:ee:01"));
     assert_eq!(e0.mtu, Some(9000));
@@ -107,10 +91,7 @@ source /etc/network/interfaces.d/*
     assert_eq!(c.search, vec!["example.com"]);
     assert!(c.dhcp_for("eth1"));
     assert!(!c.dhcp_for("eth0"));
-    assert_eq!(
-        ifupdown_includes(text),
-        vec![(false, "/etc/network/interfaces.d/*".to_string())]
-    );
+    assert_eq!(ifupdown_includes(text), vec![(false, "/etc/network/interfaces.d/*".to_string())]);
 }
 
 #[test]
@@ -167,14 +148,7 @@ network:
 ";
     let c = parse_netplan(text, "/etc/netplan/50-cloud-init.yaml");
     let e0 = iface(&c, "eth0");
-    assert_eq!(
-        e0.addresses,
-        vec![
-            cidr("192.168.1.10/24"),
-            cidr("2001:db8::10/64"),
-            cidr("10.0.0.5/8")
-        ]
-    );
+    assert_eq!(e0.addresses, vec![cidr("192.168.1.10/24"), cidr("2001:db8::10/64"), cidr("10.0.0.5/8")]);
     assert_eq!(e0.gateways, vec![ip("2001:db8::1"), ip("192.168.1.1")]);
     assert_eq!(e0.mac.as_deref(), Some("52:54:00:ab:cd:ef"));
     assert_eq!(e0.mtu, Some(1400));
@@ -252,23 +226,13 @@ MTUBytes=1500
     assert_eq!(c.interfaces.len(), 2);
     let e = iface(&c, "eth1");
     assert!(e.dhcp6 && !e.dhcp4);
-    assert_eq!(
-        e.addresses,
-        vec![
-            cidr("192.168.5.2/24"),
-            cidr("2001:db8:5::2/64"),
-            cidr("192.168.5.3/24")
-        ]
-    );
+    assert_eq!(e.addresses, vec![cidr("192.168.5.2/24"), cidr("2001:db8:5::2/64"), cidr("192.168.5.3/24")]);
     assert_eq!(e.gateways, vec![ip("192.168.5.1"), ip("fe80::1")]);
     assert_eq!(e.mac.as_deref(), Some("00:11:22:33:44:55"));
     assert_eq!(e.mtu, Some(1500));
     assert_eq!(c.nameservers, vec!["9.9.9.9"]);
     assert_eq!(c.search, vec!["lan.example"]);
-    let d = parse_networkd(
-        "[Match]\nName=en*\n[Network]\nDHCP=yes\n",
-        "/x/20-wired.network",
-    );
+    let d = parse_networkd("[Match]\nName=en*\n[Network]\nDHCP=yes\n", "/x/20-wired.network");
     assert!(d.dhcp_for("enp1s0"));
     let noname = parse_networkd("[Network]\nDHCP=no\n", "/x/30-foo.network");
     assert_eq!(noname.interfaces[0].name, "30-foo");
@@ -299,26 +263,16 @@ dns-search=corp;
 [ipv6]
 method=dhcp
 ";
-    let c = parse_nm_keyfile(
-        text,
-        "/etc/NetworkManager/system-connections/ens3.nmconnection",
-    );
+    let c = parse_nm_keyfile(text, "/etc/NetworkManager/system-connections/ens3.nmconnection");
     let e = iface(&c, "ens3");
     assert!(e.dhcp6 && !e.dhcp4);
-    assert_eq!(
-        e.addresses,
-        vec![cidr("10.10.0.5/24"), cidr("10.10.0.6/24")]
-    );
+    assert_eq!(e.addresses, vec![cidr("10.10.0.5/24"), cidr("10.10.0.6/24")]);
     assert_eq!(e.gateways, vec![ip("10.10.0.1")]);
     assert_eq!(e.mtu, Some(1450));
     assert_eq!(c.nameservers, vec!["10.10.0.2", "8.8.8.8"]);
     let auto = parse_nm_keyfile("[connection]\nid=eth9\n[ipv4]\nmethod=auto\n", "x");
     assert!(auto.dhcp_for("eth9"));
-    assert!(
-        parse_nm_keyfile("[ipv4]\nmethod=auto\n", "x")
-            .interfaces
-            .is_empty()
-    );
+    assert!(parse_nm_keyfile("[ipv4]\nmethod=auto\n", "x").interfaces.is_empty());
 }
 
 #[test]
@@ -364,11 +318,7 @@ MTU=1500
     assert_eq!(d.interfaces[0].name, "ens192");
     assert!(d.interfaces[0].dhcp4 && d.interfaces[0].dhcp6);
     assert!(d.dhcp_for("ens192"));
-    let alias = parse_ifcfg_rhel(
-        "DEVICE=eth0:1\nIPADDR=192.168.10.9\nPREFIX=24\n",
-        "eth0:1",
-        "f",
-    );
+    let alias = parse_ifcfg_rhel("DEVICE=eth0:1\nIPADDR=192.168.10.9\nPREFIX=24\n", "eth0:1", "f");
     assert_eq!(alias.interfaces[0].base_name(), "eth0");
     let lo = parse_ifcfg_rhel("DEVICE=lo\nIPADDR=127.0.0.1\n", "lo", "f");
     assert!(lo.interfaces[0].loopback);
@@ -400,18 +350,8 @@ LLADDR='00:16:3e:00:00:01'
 ";
     let c = parse_ifcfg_suse(text, "eth0", "/etc/sysconfig/network/ifcfg-eth0");
     let e = iface(&c, "eth0");
-    assert_eq!(
-        e.addresses,
-        vec![
-            cidr("192.168.20.5/24"),
-            cidr("10.20.0.1/16"),
-            cidr("2001:db8:20::5/64")
-        ]
-    );
-    assert_eq!(
-        iface(&c, "eth0:web").addresses,
-        vec![cidr("192.168.20.6/24")]
-    );
+    assert_eq!(e.addresses, vec![cidr("192.168.20.5/24"), cidr("10.20.0.1/16"), cidr("2001:db8:20::5/64")]);
+    assert_eq!(iface(&c, "eth0:web").addresses, vec![cidr("192.168.20.6/24")]);
     assert_eq!(e.mac.as_deref(), Some("00:16:3e:00:00:01"));
     assert!(!c.dhcp_for("eth0"));
     for (boot, v4, v6) in [
@@ -422,11 +362,7 @@ LLADDR='00:16:3e:00:00:01'
         ("none", false, false),
     ] {
         let d = parse_ifcfg_suse(&format!("BOOTPROTO='{boot}'\n"), "eth1", "f");
-        assert_eq!(
-            (d.interfaces[0].dhcp4, d.interfaces[0].dhcp6),
-            (v4, v6),
-            "{boot}"
-        );
+        assert_eq!((d.interfaces[0].dhcp4, d.interfaces[0].dhcp6), (v4, v6), "{boot}");
     }
     let routes = parse_suse_routes(
         "# comment\ndefault 192.168.20.1 - -\n10.0.0.0/8 192.168.20.254 - eth0\n\
@@ -454,27 +390,12 @@ fn reads_a_tree() {
         "/etc/network/interfaces",
         "auto lo\niface lo inet loopback\nsource interfaces.d/*.cfg\nsource /etc/network/interfaces\n",
     );
-    w(
-        "/etc/network/interfaces.d/eth0.cfg",
-        "iface eth0 inet dhcp\n",
-    );
-    w(
-        "/etc/network/interfaces.d/eth1",
-        "iface eth1 inet static\n address 10.0.1.1/24\n",
-    );
+    w("/etc/network/interfaces.d/eth0.cfg", "iface eth0 inet dhcp\n");
+    w("/etc/network/interfaces.d/eth1", "iface eth1 inet static\n address 10.0.1.1/24\n");
     w("/etc/network/interfaces.d/eth1~", "iface eth1 inet dhcp\n");
-    w(
-        "/etc/netplan/01.yaml",
-        "network:\n  ethernets:\n    ens5:\n      dhcp4: true\n",
-    );
-    w(
-        "/etc/sysconfig/network-scripts/ifcfg-eth2",
-        "BOOTPROTO=dhcp\n",
-    );
-    w(
-        "/etc/sysconfig/network-scripts/ifcfg-eth2.bak",
-        "IPADDR=1.1.1.1\n",
-    );
+    w("/etc/netplan/01.yaml", "network:\n  ethernets:\n    ens5:\n      dhcp4: true\n");
+    w("/etc/sysconfig/network-scripts/ifcfg-eth2", "BOOTPROTO=dhcp\n");
+    w("/etc/sysconfig/network-scripts/ifcfg-eth2.bak", "IPADDR=1.1.1.1\n");
     w("/etc/sysconfig/network", "GATEWAY=10.0.1.254\n");
     let (c, gaps) = read_tree(r);
     assert!(gaps.is_empty(), "{gaps:?}");

@@ -24,12 +24,7 @@ struct Reader<'a> {
 /// The network configuration of the tree at `root` from every family found in it, and a
 /// line for each file that could not be read.
 pub fn read_tree(root: &Path) -> (NetConfig, Vec<String>) {
-    let mut r = Reader {
-        root,
-        cfg: NetConfig::default(),
-        gaps: Vec::new(),
-        seen: HashSet::new(),
-    };
+    let mut r = Reader { root, cfg: NetConfig::default(), gaps: Vec::new(), seen: HashSet::new() };
     r.ifupdown("/etc/network/interfaces", 0);
     for name in r.names("/etc/network/interfaces.d", |_| true) {
         r.ifupdown(&format!("/etc/network/interfaces.d/{name}"), 0);
@@ -39,11 +34,7 @@ pub fn read_tree(root: &Path) -> (NetConfig, Vec<String>) {
         |n| n.ends_with(".yaml") || n.ends_with(".yml"),
         |t, src, _| parse_netplan(t, src),
     );
-    r.each(
-        "/etc/systemd/network",
-        |n| n.ends_with(".network"),
-        |t, src, _| parse_networkd(t, src),
-    );
+    r.each("/etc/systemd/network", |n| n.ends_with(".network"), |t, src, _| parse_networkd(t, src));
     r.each(
         "/etc/NetworkManager/system-connections",
         |n| n.ends_with(".nmconnection"),
@@ -55,9 +46,7 @@ pub fn read_tree(root: &Path) -> (NetConfig, Vec<String>) {
         |t, src, n| parse_ifcfg_rhel(t, &n["ifcfg-".len()..], src),
     );
     if fsread::below(root, "/etc/sysconfig/network").is_file() {
-        r.one("/etc/sysconfig/network", |t, src| {
-            parse_rhel_network(t, src)
-        });
+        r.one("/etc/sysconfig/network", |t, src| parse_rhel_network(t, src));
     } else {
         r.each(
             "/etc/sysconfig/network",
@@ -80,9 +69,7 @@ fn suse_routes(text: &str, dev: Option<&str>) -> NetConfig {
             continue;
         }
         match r.interface {
-            Some(d) => cfg
-                .iface_mut(&d, "/etc/sysconfig/network/routes")
-                .add_gateway(r.gateway),
+            Some(d) => cfg.iface_mut(&d, "/etc/sysconfig/network/routes").add_gateway(r.gateway),
             None => cfg.gateways.push(r.gateway),
         }
     }
@@ -170,16 +157,10 @@ impl Reader<'_> {
             return;
         }
         for (is_dir, inc) in ifupdown_includes(&t) {
-            let inc = if inc.starts_with('/') {
-                inc
-            } else {
-                format!("/etc/network/{inc}")
-            };
+            let inc = if inc.starts_with('/') { inc } else { format!("/etc/network/{inc}") };
             if is_dir {
-                let only_plain = |n: &str| {
-                    n.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                };
+                let only_plain =
+                    |n: &str| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                 for n in self.names(&inc, only_plain) {
                     self.ifupdown(&format!("{inc}/{n}"), depth + 1);
                 }

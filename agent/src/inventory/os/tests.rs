@@ -15,10 +15,7 @@ fn os_release() {
     assert_eq!(o.family, OsFamily::Debian);
     let o = parse_os_release("ID=weird\nID_LIKE=\"suse opensuse\"");
     assert_eq!(o.family, OsFamily::Suse);
-    assert_eq!(
-        parse_os_release("\u{fffd}\u{fffd}").family,
-        OsFamily::Unknown
-    );
+    assert_eq!(parse_os_release("\u{fffd}\u{fffd}").family, OsFamily::Unknown);
 }
 
 #[test]
@@ -27,11 +24,8 @@ fn legacy_release_files() {
     assert_eq!((o.id.as_str(), o.version_id.as_str()), ("centos", "6.10"));
     assert_eq!(o.family, OsFamily::Rhel);
     assert_eq!(o.name, "CentOS");
-    let o = parse_legacy_release(
-        "redhat-release",
-        "Red Hat Enterprise Linux Server release 5.11 (Tikanga)",
-    )
-    .unwrap();
+    let o = parse_legacy_release("redhat-release", "Red Hat Enterprise Linux Server release 5.11 (Tikanga)")
+        .unwrap();
     assert_eq!((o.id.as_str(), o.version_id.as_str()), ("rhel", "5.11"));
     let o = parse_legacy_release(
         "SuSE-release",
@@ -55,21 +49,10 @@ fn tree_files() {
     std::fs::create_dir_all(r.join("lib/modules/4.18.0-513.el8.x86_64")).unwrap();
     std::fs::write(r.join("boot/vmlinuz-4.18.0-100.el8.x86_64"), "").unwrap();
     std::fs::write(r.join("boot/vmlinuz-0-rescue-abc"), "").unwrap();
-    std::fs::write(
-        r.join("etc/redhat-release"),
-        "CentOS release 6.10 (Final)\n",
-    )
-    .unwrap();
-    std::fs::write(
-        r.join("etc/sysconfig/network"),
-        "NETWORKING=yes\nHOSTNAME=web1.example.com\n",
-    )
-    .unwrap();
+    std::fs::write(r.join("etc/redhat-release"), "CentOS release 6.10 (Final)\n").unwrap();
+    std::fs::write(r.join("etc/sysconfig/network"), "NETWORKING=yes\nHOSTNAME=web1.example.com\n").unwrap();
     assert_eq!(read_os(r).unwrap().unwrap().id, "centos");
-    assert_eq!(
-        read_hostname(r).unwrap().as_deref(),
-        Some("web1.example.com")
-    );
+    assert_eq!(read_hostname(r).unwrap().as_deref(), Some("web1.example.com"));
     std::fs::write(r.join("etc/hostname"), "# set by installer\n\nweb2\n").unwrap();
     assert_eq!(read_hostname(r).unwrap().as_deref(), Some("web2"));
     std::fs::write(r.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();

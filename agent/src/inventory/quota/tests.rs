@@ -19,11 +19,7 @@ struct FakeCtl {
 impl FakeCtl {
     fn active(list: &[(QuotaType, DiskQuota)]) -> FakeCtl {
         FakeCtl {
-            entries: Some(
-                list.iter()
-                    .map(|(k, q)| ((*k as u8, q.id), q.clone()))
-                    .collect(),
-            ),
+            entries: Some(list.iter().map(|(k, q)| ((*k as u8, q.id), q.clone())).collect()),
             next_supported: true,
             fail_with: None,
             calls: Cell::new(0),
@@ -31,12 +27,7 @@ impl FakeCtl {
     }
 
     fn off() -> FakeCtl {
-        FakeCtl {
-            entries: None,
-            next_supported: true,
-            fail_with: None,
-            calls: Cell::new(0),
-        }
+        FakeCtl { entries: None, next_supported: true, fail_with: None, calls: Cell::new(0) }
     }
 
     fn check(
@@ -52,20 +43,16 @@ impl FakeCtl {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        self.entries.as_ref().ok_or(QuotactlError::NotActive {
-            device: device.display().to_string(),
-            kind: kind.name(),
-        })
+        self.entries
+            .as_ref()
+            .ok_or(QuotactlError::NotActive { device: device.display().to_string(), kind: kind.name() })
     }
 }
 
 impl QuotaCtl for FakeCtl {
     fn info(&self, device: &Path, kind: QuotaType) -> Result<KernelInfo, QuotactlError> {
         self.check(device, kind)?;
-        Ok(KernelInfo {
-            block_grace: 600,
-            inode_grace: 1200,
-        })
+        Ok(KernelInfo { block_grace: 600, inode_grace: 1200 })
     }
 
     fn format(&self, device: &Path, kind: QuotaType) -> Result<u32, QuotactlError> {
@@ -73,12 +60,7 @@ impl QuotaCtl for FakeCtl {
         Ok(4)
     }
 
-    fn next(
-        &self,
-        device: &Path,
-        kind: QuotaType,
-        id: u32,
-    ) -> Result<Option<DiskQuota>, QuotactlError> {
+    fn next(&self, device: &Path, kind: QuotaType, id: u32) -> Result<Option<DiskQuota>, QuotactlError> {
         let e = self.check(device, kind)?;
         if !self.next_supported {
             return Err(QuotactlError::Unsupported {
@@ -86,17 +68,12 @@ impl QuotaCtl for FakeCtl {
                 op: "Q_GETNEXTQUOTA",
             });
         }
-        Ok(e.range((kind as u8, id)..=(kind as u8, u32::MAX))
-            .next()
-            .map(|(_, q)| q.clone()))
+        Ok(e.range((kind as u8, id)..=(kind as u8, u32::MAX)).next().map(|(_, q)| q.clone()))
     }
 
     fn get(&self, device: &Path, kind: QuotaType, id: u32) -> Result<DiskQuota, QuotactlError> {
         let e = self.check(device, kind)?;
-        Ok(e.get(&(kind as u8, id)).cloned().unwrap_or(DiskQuota {
-            id,
-            ..Default::default()
-        }))
+        Ok(e.get(&(kind as u8, id)).cloned().unwrap_or(DiskQuota { id, ..Default::default() }))
     }
 }
 
@@ -132,10 +109,7 @@ fn mount(dir: &Path, mountpoint: &str, options: &[&str], is_mount_point: bool) -
 }
 
 fn names() -> Names {
-    Names {
-        users: [(1000, "alice".to_string())].into(),
-        groups: [(100, "users".to_string())].into(),
-    }
+    Names { users: [(1000, "alice".to_string())].into(), groups: [(100, "users".to_string())].into() }
 }
 
 fn write_files(dir: &Path, users: &[DiskQuota], groups: &[DiskQuota]) {
@@ -154,12 +128,7 @@ fn reads_active_kernel_quotas() {
         (QuotaType::User, q(u32::MAX, 1)),
         (QuotaType::Group, q(100, 300)),
     ]);
-    let m = [mount(
-        t.path(),
-        "/home",
-        &["rw", "usrquota", "grpquota"],
-        true,
-    )];
+    let m = [mount(t.path(), "/home", &["rw", "usrquota", "grpquota"], true)];
     let (fq, gaps) = collect_quotas(&m, true, &ctl, &names());
     assert!(gaps.is_empty(), "{gaps:?}");
     assert_eq!(fq.len(), 1);
@@ -198,10 +167,7 @@ fn old_kernels_are_asked_for_the_ids_of_the_quota_file() {
     let f = &fq[0];
     assert_eq!(f.source, QuotaSource::Kernel);
     // The kernel's values, for the file's ids.
-    assert_eq!(
-        f.users.iter().map(|u| u.id).collect::<Vec<_>>(),
-        vec![1000, 1001]
-    );
+    assert_eq!(f.users.iter().map(|u| u.id).collect::<Vec<_>>(), vec![1000, 1001]);
     assert_eq!(f.users[1].block_hard, 999);
     assert_eq!(f.users[0].block_hard, 0);
 }
@@ -241,12 +207,7 @@ fn kernel_errors_are_reported_and_files_used() {
     write_files(t.path(), &[q(1000, 100)], &[]);
     let mut ctl = FakeCtl::off();
     ctl.fail_with = Some(nix::libc::ENOTBLK);
-    let (fq, gaps) = collect_quotas(
-        &[mount(t.path(), "/data", &["quota"], true)],
-        true,
-        &ctl,
-        &names(),
-    );
+    let (fq, gaps) = collect_quotas(&[mount(t.path(), "/data", &["quota"], true)], true, &ctl, &names());
     assert_eq!(fq[0].source, QuotaSource::Files);
     assert_eq!(gaps.len(), 2, "{gaps:?}");
     assert!(gaps[0].starts_with("quotas of /data: quotactl"), "{gaps:?}");
@@ -257,34 +218,17 @@ fn which_mounts_are_looked_at() {
     let t = tempfile::tempdir().unwrap();
     let ctl = FakeCtl::off();
     // No options, no files, not the root: skipped without a word.
-    let (fq, gaps) = collect_quotas(
-        &[mount(t.path(), "/var", &["rw"], true)],
-        true,
-        &ctl,
-        &names(),
-    );
+    let (fq, gaps) = collect_quotas(&[mount(t.path(), "/var", &["rw"], true)], true, &ctl, &names());
     assert!(fq.is_empty() && gaps.is_empty());
     assert_eq!(ctl.calls.get(), 0);
     // The root without quotas: nothing to report either.
-    let (fq, gaps) = collect_quotas(
-        &[mount(t.path(), "/", &["rw"], true)],
-        false,
-        &ctl,
-        &names(),
-    );
+    let (fq, gaps) = collect_quotas(&[mount(t.path(), "/", &["rw"], true)], false, &ctl, &names());
     assert!(fq.is_empty() && gaps.is_empty());
     // Quota options but nothing readable: a gap that says why.
-    let (fq, gaps) = collect_quotas(
-        &[mount(t.path(), "/home", &["rw", "usrquota"], true)],
-        false,
-        &ctl,
-        &names(),
-    );
+    let (fq, gaps) =
+        collect_quotas(&[mount(t.path(), "/home", &["rw", "usrquota"], true)], false, &ctl, &names());
     assert!(fq.is_empty());
-    assert!(
-        gaps[0].contains("/home") && gaps[0].contains("usrquota"),
-        "{gaps:?}"
-    );
+    assert!(gaps[0].contains("/home") && gaps[0].contains("usrquota"), "{gaps:?}");
     // Pseudo file systems are never looked at.
     let mut p = mount(t.path(), "/proc", &["usrquota"], true);
     p.mount.kind = MountKind::Pseudo;
@@ -296,12 +240,7 @@ fn journalled_quota_option_names_the_file() {
     let t = tempfile::tempdir().unwrap();
     let u = build(QuotaFormat::VfsV1, QuotaType::User, &[q(1000, 5)], (1, 1));
     std::fs::write(t.path().join("my.quota.user"), u).unwrap();
-    let m = [mount(
-        t.path(),
-        "/",
-        &["usrjquota=my.quota.user", "jqfmt=vfsv1"],
-        true,
-    )];
+    let m = [mount(t.path(), "/", &["usrjquota=my.quota.user", "jqfmt=vfsv1"], true)];
     let (fq, gaps) = collect_quotas(&m, false, &FakeCtl::off(), &names());
     assert!(gaps.is_empty(), "{gaps:?}");
     assert_eq!(fq[0].format, "vfsv1");
@@ -311,18 +250,9 @@ fn journalled_quota_option_names_the_file() {
 #[test]
 fn corrupt_files_become_gaps() {
     let t = tempfile::tempdir().unwrap();
-    std::fs::write(
-        t.path().join("aquota.user"),
-        b"not a quota file at all, clearly",
-    )
-    .unwrap();
+    std::fs::write(t.path().join("aquota.user"), b"not a quota file at all, clearly").unwrap();
     write_group_only(t.path());
-    let (fq, gaps) = collect_quotas(
-        &[mount(t.path(), "/", &[], true)],
-        false,
-        &FakeCtl::off(),
-        &names(),
-    );
+    let (fq, gaps) = collect_quotas(&[mount(t.path(), "/", &[], true)], false, &FakeCtl::off(), &names());
     assert_eq!(fq.len(), 1);
     assert!(fq[0].users.is_empty());
     assert_eq!(fq[0].groups.len(), 1);

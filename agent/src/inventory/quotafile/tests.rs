@@ -55,33 +55,17 @@ pub(crate) fn build(
 
 fn encode(format: QuotaFormat, q: &DiskQuota) -> Vec<u8> {
     let mut v = Vec::new();
-    let itime = if *q == DiskQuota::default() {
-        1
-    } else {
-        q.itime
-    };
+    let itime = if *q == DiskQuota::default() { 1 } else { q.itime };
     v.extend_from_slice(&q.id.to_le_bytes());
     match format {
         QuotaFormat::VfsV0 => {
-            for x in [
-                q.inode_hard,
-                q.inode_soft,
-                q.cur_inodes,
-                q.block_hard,
-                q.block_soft,
-            ] {
+            for x in [q.inode_hard, q.inode_soft, q.cur_inodes, q.block_hard, q.block_soft] {
                 v.extend_from_slice(&(x as u32).to_le_bytes());
             }
         }
         QuotaFormat::VfsV1 => {
             v.extend_from_slice(&0u32.to_le_bytes());
-            for x in [
-                q.inode_hard,
-                q.inode_soft,
-                q.cur_inodes,
-                q.block_hard,
-                q.block_soft,
-            ] {
+            for x in [q.inode_hard, q.inode_soft, q.cur_inodes, q.block_hard, q.block_soft] {
                 v.extend_from_slice(&x.to_le_bytes());
             }
         }
@@ -114,11 +98,7 @@ fn sample() -> Vec<DiskQuota> {
     // The id-0 entry with nothing in it, and ids that spread over every tree level.
     v.push(DiskQuota::default());
     for id in [65_536, 16_777_216 + 5, u32::MAX - 1] {
-        v.push(DiskQuota {
-            id,
-            block_hard: 5,
-            ..Default::default()
-        });
+        v.push(DiskQuota { id, block_hard: 5, ..Default::default() });
     }
     v.sort_by_key(|q| q.id);
     v
@@ -147,16 +127,8 @@ fn v1_keeps_64_bit_limits() {
         cur_space: 1 << 50,
         ..Default::default()
     };
-    let bytes = build(
-        QuotaFormat::VfsV1,
-        QuotaType::User,
-        std::slice::from_ref(&big),
-        (0, 0),
-    );
-    assert_eq!(
-        parse_bytes(&bytes, QuotaType::User).unwrap().entries,
-        vec![big]
-    );
+    let bytes = build(QuotaFormat::VfsV1, QuotaType::User, std::slice::from_ref(&big), (0, 0));
+    assert_eq!(parse_bytes(&bytes, QuotaType::User).unwrap().entries, vec![big]);
 }
 
 #[test]
@@ -179,13 +151,8 @@ fn refuses_bad_headers() {
     ));
     let mut v = good.clone();
     v[4] = 7;
-    assert!(matches!(
-        parse_bytes(&v, QuotaType::User),
-        Err(QuotaFileError::BadVersion { version: 7, .. })
-    ));
-    let msg = parse_bytes(&[0u8; 64], QuotaType::User)
-        .unwrap_err()
-        .to_string();
+    assert!(matches!(parse_bytes(&v, QuotaType::User), Err(QuotaFileError::BadVersion { version: 7, .. })));
+    let msg = parse_bytes(&[0u8; 64], QuotaType::User).unwrap_err().to_string();
     assert!(msg.contains("test.quota"), "{msg}");
     assert!(msg.starts_with("quota file"), "{msg}");
 }
@@ -226,10 +193,7 @@ fn refuses_corrupt_trees() {
 fn header_block_count_cannot_force_big_allocations() {
     let mut v = build(QuotaFormat::VfsV1, QuotaType::User, &sample(), (1, 2));
     v[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert_eq!(
-        parse_bytes(&v, QuotaType::User).unwrap().entries.len(),
-        sample().len()
-    );
+    assert_eq!(parse_bytes(&v, QuotaType::User).unwrap().entries.len(), sample().len());
     // A sparse file past the cap is refused before anything is read.
     let f = tempfile::tempfile().unwrap();
     f.set_len(MAX_FILE_BYTES + 1).unwrap();
@@ -257,11 +221,7 @@ fn random_damage_never_panics() {
             let at = (next() % v.len() as u64) as usize;
             v[at] = next() as u8;
         }
-        let cut = if next() % 4 == 0 {
-            (next() % v.len() as u64) as usize
-        } else {
-            v.len()
-        };
+        let cut = if next() % 4 == 0 { (next() % v.len() as u64) as usize } else { v.len() };
         f.write_all_at(&v[..cut], 0).unwrap();
         f.set_len(cut as u64).unwrap();
         if let Ok(q) = parse_quota_file(&f, cut as u64, QuotaType::Group, "fuzz") {
@@ -273,11 +233,7 @@ fn random_damage_never_panics() {
 #[test]
 fn caps_entries() {
     let many: Vec<DiskQuota> = (0..MAX_ENTRIES as u32 + 10)
-        .map(|id| DiskQuota {
-            id,
-            cur_inodes: 1,
-            ..Default::default()
-        })
+        .map(|id| DiskQuota { id, cur_inodes: 1, ..Default::default() })
         .collect();
     let bytes = build(QuotaFormat::VfsV0, QuotaType::User, &many, (0, 0));
     let q = parse_bytes(&bytes, QuotaType::User).unwrap();
@@ -314,16 +270,13 @@ fn against_quota_tools(format: &str) {
     }
     fs.tool("setquota", &["-F", format, "-t", "-u", "3600", "7200"]);
     fs.tool("setquota", &["-F", format, "-t", "-g", "86400", "172800"]);
-    for (kind, flag, grace) in [
-        (QuotaType::User, "-u", (3600, 7200)),
-        (QuotaType::Group, "-g", (86400, 172800)),
-    ] {
+    for (kind, flag, grace) in
+        [(QuotaType::User, "-u", (3600, 7200)), (QuotaType::Group, "-g", (86400, 172800))]
+    {
         let q = read_quota_file(&fs.mnt.join(kind.file_names()[0]), kind).unwrap();
         assert_eq!(q.format.name(), format);
         assert_eq!((q.block_grace, q.inode_grace), grace);
-        let rep = parse_repquota_csv(
-            &fs.tool("repquota", &["-F", format, "-n", "-v", "-O", "csv", flag]),
-        );
+        let rep = parse_repquota_csv(&fs.tool("repquota", &["-F", format, "-n", "-v", "-O", "csv", flag]));
         assert!(rep.len() >= limits.len() / 2, "{rep:?}");
         for row in &rep {
             let e = q
@@ -333,40 +286,21 @@ fn against_quota_tools(format: &str) {
                 .unwrap_or_else(|| panic!("id {} missing from {:?}", row.id, q.entries));
             assert_eq!(e.cur_space.div_ceil(1024), row.block_used, "id {}", row.id);
             assert_eq!(
-                (
-                    e.block_soft,
-                    e.block_hard,
-                    e.cur_inodes,
-                    e.inode_soft,
-                    e.inode_hard
-                ),
-                (
-                    row.block_soft,
-                    row.block_hard,
-                    row.inode_used,
-                    row.inode_soft,
-                    row.inode_hard
-                ),
+                (e.block_soft, e.block_hard, e.cur_inodes, e.inode_soft, e.inode_hard),
+                (row.block_soft, row.block_hard, row.inode_used, row.inode_soft, row.inode_hard),
                 "id {}",
                 row.id
             );
         }
         // Every entry with usage or limits is one repquota shows.
-        for e in q
-            .entries
-            .iter()
-            .filter(|e| e.cur_space | e.cur_inodes | e.block_hard > 0)
-        {
+        for e in q.entries.iter().filter(|e| e.cur_space | e.cur_inodes | e.block_hard > 0) {
             assert!(rep.iter().any(|r| r.id == e.id), "extra id {}", e.id);
         }
     }
     // The limits set above, exactly.
     let u = read_quota_file(&fs.mnt.join("aquota.user"), QuotaType::User).unwrap();
     let e = u.entries.iter().find(|e| e.id == 70_000).unwrap();
-    assert_eq!(
-        (e.block_soft, e.block_hard, e.inode_soft, e.inode_hard),
-        (4_000_000, 4_200_000, 4000, 4200)
-    );
+    assert_eq!((e.block_soft, e.block_hard, e.inode_soft, e.inode_hard), (4_000_000, 4_200_000, 4000, 4200));
     let e = u.entries.iter().find(|e| e.id == 5555).unwrap();
     assert_eq!((e.cur_space, e.cur_inodes), (0, 0));
 
@@ -374,10 +308,7 @@ fn against_quota_tools(format: &str) {
     let bytes = std::fs::read(fs.mnt.join("aquota.user")).unwrap();
     let mut v = bytes.clone();
     v[BLOCK..BLOCK * 2].fill(0xff);
-    assert!(matches!(
-        parse_bytes(&v, QuotaType::User),
-        Err(QuotaFileError::Corrupt { .. })
-    ));
+    assert!(matches!(parse_bytes(&v, QuotaType::User), Err(QuotaFileError::Corrupt { .. })));
     assert!(parse_bytes(&bytes[..BLOCK + 10], QuotaType::User).is_err());
 }
 

@@ -59,30 +59,12 @@ fn raw_device_lists_every_kind_of_raw_use() {
     let r = run(&inv, Some(&scan), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::RAW_DEVICE);
     assert_eq!(f.severity, Severity::Warning);
-    assert!(has(
-        f,
-        "raw binding /dev/raw/raw1 → /dev/sdb1 (from /etc/sysconfig/rawdevices)"
-    ));
-    assert!(has(
-        f,
-        "swap partition /dev/sda2 (2.0 GiB, active, in fstab)"
-    ));
-    assert!(has(
-        f,
-        "/dev/sdb (disk, 100.0 GiB) has no file system and is not mounted"
-    ));
-    assert!(has(
-        f,
-        "/dev/vg0-oradata (lvm, 50.0 GiB) has no file system"
-    ));
-    assert!(has(
-        f,
-        "/dev/sdc1 (part, 10.0 GiB) holds a ext4 file system that is not mounted"
-    ));
-    assert!(has(
-        f,
-        "/etc/systemd/system/db.service line 3 (ExecStart) names /dev/sdb"
-    ));
+    assert!(has(f, "raw binding /dev/raw/raw1 → /dev/sdb1 (from /etc/sysconfig/rawdevices)"));
+    assert!(has(f, "swap partition /dev/sda2 (2.0 GiB, active, in fstab)"));
+    assert!(has(f, "/dev/sdb (disk, 100.0 GiB) has no file system and is not mounted"));
+    assert!(has(f, "/dev/vg0-oradata (lvm, 50.0 GiB) has no file system"));
+    assert!(has(f, "/dev/sdc1 (part, 10.0 GiB) holds a ext4 file system that is not mounted"));
+    assert!(has(f, "/etc/systemd/system/db.service line 3 (ExecStart) names /dev/sdb"));
     assert!(!has(f, "sda14") && !has(f, "loop0") && !has(f, "/dev/sda1"));
     assert_eq!(f.evidence.len(), 6, "{:?}", f.evidence);
     assert_eq!(f.data["config_references"].as_array().unwrap().len(), 1);
@@ -98,11 +80,6 @@ fn swap_files_and_mounted_devices_are_not_raw() {
         in_fstab: true,
         active: true,
     });
-    let r = run(
-        &inv,
-        Some(&plain_scan()),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    let r = run(&inv, Some(&plain_scan()), &plain_node(), &AssessOptions::default());
     assert!(r.find(codes::RAW_DEVICE).is_none(), "{}", r.render());
 }

@@ -22,10 +22,7 @@ use super::{NodeFacts, NodeOs, assess, scan_options};
 pub(super) const GIB: u64 = 1 << 30;
 
 pub(super) fn addr(s: &str, prefix: u8) -> IfAddr {
-    IfAddr {
-        address: s.parse::<IpAddr>().unwrap(),
-        prefix,
-    }
+    IfAddr { address: s.parse::<IpAddr>().unwrap(), prefix }
 }
 
 pub(super) fn mount(device: &str, mp: &str, fs: &str, used_gib: u64) -> Mount {
@@ -111,12 +108,7 @@ pub(super) fn plain_inventory() -> Inventory {
 }
 
 pub(super) fn listener(proto: &str, address: &str, port: u16, process: &str) -> Listener {
-    Listener {
-        proto: proto.into(),
-        address: address.into(),
-        port,
-        process: Some(process.into()),
-    }
+    Listener { proto: proto.into(), address: address.into(), port, process: Some(process.into()) }
 }
 
 pub(super) fn plain_scan() -> ScanResult {
@@ -151,17 +143,11 @@ pub(super) fn run(
 }
 
 pub(super) fn plain_report() -> Report {
-    run(
-        &plain_inventory(),
-        Some(&plain_scan()),
-        &plain_node(),
-        &AssessOptions::default(),
-    )
+    run(&plain_inventory(), Some(&plain_scan()), &plain_node(), &AssessOptions::default())
 }
 
 pub(super) fn get<'a>(r: &'a Report, code: &str) -> &'a Finding {
-    r.find(code)
-        .unwrap_or_else(|| panic!("no {code} finding in\n{}", r.render()))
+    r.find(code).unwrap_or_else(|| panic!("no {code} finding in\n{}", r.render()))
 }
 
 pub(super) fn has(f: &Finding, text: &str) -> bool {
@@ -171,11 +157,7 @@ pub(super) fn has(f: &Finding, text: &str) -> bool {
 #[test]
 fn a_plain_server_has_only_the_always_true_info_items() {
     let r = plain_report();
-    let got: Vec<(&str, Severity)> = r
-        .findings
-        .iter()
-        .map(|f| (f.code.as_str(), f.severity))
-        .collect();
+    let got: Vec<(&str, Severity)> = r.findings.iter().map(|f| (f.code.as_str(), f.severity)).collect();
     assert_eq!(
         got,
         [
@@ -207,12 +189,7 @@ fn every_finding_says_what_the_migration_does() {
 
 #[test]
 fn a_quick_assessment_says_what_it_did_not_check() {
-    let r = run(
-        &plain_inventory(),
-        None,
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    let r = run(&plain_inventory(), None, &plain_node(), &AssessOptions::default());
     assert!(!r.has_blockers());
     assert!(get(&r, codes::MAC_BOUND).title.contains("not searched"));
     assert!(get(&r, codes::XATTRS).title.contains("not counted"));
@@ -223,18 +200,12 @@ fn a_quick_assessment_says_what_it_did_not_check() {
 fn evidence_is_capped_but_data_is_complete() {
     let mut inv = plain_inventory();
     for i in 0..60 {
-        inv.mounts
-            .push(mount(&format!("/dev/sd{i}"), &format!("/d{i}"), "xfs", 1));
+        inv.mounts.push(mount(&format!("/dev/sd{i}"), &format!("/d{i}"), "xfs", 1));
     }
     let r = run(&inv, None, &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::FS_MERGE);
     assert_eq!(f.evidence.len(), super::MAX_EVIDENCE);
-    assert!(
-        f.evidence
-            .last()
-            .unwrap()
-            .contains("more (all of them in --json)")
-    );
+    assert!(f.evidence.last().unwrap().contains("more (all of them in --json)"));
     assert_eq!(f.data["local"].as_array().unwrap().len(), 61);
 }
 
@@ -251,10 +222,7 @@ fn the_scan_asks_for_the_source_macs_and_excludes() {
         mac: Some("00:00:00:00:00:00".into()),
         ..Default::default()
     });
-    let opts = AssessOptions {
-        excludes: vec!["/var/cache".into(), "srv/tmp".into()],
-        ..Default::default()
-    };
+    let opts = AssessOptions { excludes: vec!["/var/cache".into(), "srv/tmp".into()], ..Default::default() };
     let o = scan_options(&inv, &opts);
     assert_eq!(o.mac_addresses, ["52:54:00:12:34:56"]);
     assert_eq!(o.excludes, ["/var/cache", "/srv/tmp"]);

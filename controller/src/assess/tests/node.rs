@@ -9,11 +9,7 @@ fn probes_space_fs_xattrs_and_an_earlier_run() {
     let tmp = tempfile::tempdir().unwrap();
     let private = tmp.path().join("vz/private");
     let os_release = tmp.path().join("os-release");
-    fs::write(
-        &os_release,
-        "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12\"\n",
-    )
-    .unwrap();
+    fs::write(&os_release, "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12\"\n").unwrap();
 
     // the private root does not exist yet: its parent is probed
     let n = probe(&private, Some(101), &os_release);
@@ -40,11 +36,7 @@ fn probes_space_fs_xattrs_and_an_earlier_run() {
     assert_eq!(e.files, 4, "etc, etc/hostname, big (once), usr");
     assert!(e.bytes >= 64 * 1024);
     assert!(e.path.ends_with("vz/private/101"));
-    assert!(
-        probe(&private, Some(102), &os_release)
-            .existing_private
-            .is_none()
-    );
+    assert!(probe(&private, Some(102), &os_release).existing_private.is_none());
 }
 
 #[test]
@@ -57,10 +49,7 @@ fn missing_facts_become_gaps() {
 
 #[test]
 fn os_release_names() {
-    assert_eq!(
-        pretty_name("PRETTY_NAME='Rocky Linux 9.3'\n"),
-        "Rocky Linux 9.3"
-    );
+    assert_eq!(pretty_name("PRETTY_NAME='Rocky Linux 9.3'\n"), "Rocky Linux 9.3");
     assert_eq!(pretty_name("NAME=Alpine\nVERSION_ID=3.19\n"), "Alpine 3.19");
     assert_eq!(pretty_name(""), "unknown Linux");
 }

@@ -28,30 +28,19 @@ fn fsq(mp: &str, users: Vec<QuotaLimit>, groups: Vec<QuotaLimit>) -> FsQuota {
 fn with_quotas(quotas: Vec<FsQuota>, requested: Option<&str>) -> Report {
     let mut inv = plain_inventory();
     inv.quotas = quotas;
-    let opts = AssessOptions {
-        quota_partition: requested.map(str::to_string),
-        ..Default::default()
-    };
+    let opts = AssessOptions { quota_partition: requested.map(str::to_string), ..Default::default() };
     run(&inv, Some(&plain_scan()), &plain_node(), &opts)
 }
 
 #[test]
 fn one_partition_with_quotas_is_kept_by_default() {
     let r = with_quotas(
-        vec![fsq(
-            "/home",
-            vec![limit(1000, 1 << 20, 0), limit(1001, 0, 0)],
-            vec![limit(100, 1 << 20, 0)],
-        )],
+        vec![fsq("/home", vec![limit(1000, 1 << 20, 0), limit(1001, 0, 0)], vec![limit(100, 1 << 20, 0)])],
         None,
     );
     let f = get(&r, codes::QUOTA_PARTITION);
     assert_eq!(f.severity, Severity::Info);
-    assert!(
-        f.title.contains("/home are kept: 1 user and 1 group"),
-        "{}",
-        f.title
-    );
+    assert!(f.title.contains("/home are kept: 1 user and 1 group"), "{}", f.title);
     assert_eq!(f.data["chosen"], "/home");
     assert_eq!(f.data["carried"]["users"], 1);
     assert_eq!(f.data["dropped"]["users"], 0);
@@ -61,31 +50,21 @@ fn one_partition_with_quotas_is_kept_by_default() {
 fn two_candidates_without_a_choice_block() {
     let quotas = vec![
         fsq("/home", vec![limit(1000, 100, 0)], vec![]),
-        fsq(
-            "/srv",
-            vec![limit(1000, 100, 0), limit(1002, 100, 0)],
-            vec![],
-        ),
+        fsq("/srv", vec![limit(1000, 100, 0), limit(1002, 100, 0)], vec![]),
     ];
     let r = with_quotas(quotas.clone(), None);
     let f = get(&r, codes::QUOTA_PARTITION);
     assert_eq!(f.severity, Severity::Blocker);
     assert!(f.title.contains("/home, /srv"));
     assert!(f.action.contains("--quota-partition"));
-    assert!(has(
-        f,
-        "/srv (/dev/x4 ext4, vfsv1 quota): 2 user and 0 group limit(s) — candidate"
-    ));
+    assert!(has(f, "/srv (/dev/x4 ext4, vfsv1 quota): 2 user and 0 group limit(s) — candidate"));
 
     let r = with_quotas(quotas, Some("/srv"));
     let f = get(&r, codes::QUOTA_PARTITION);
     assert_eq!(f.severity, Severity::Warning);
     assert_eq!(f.data["carried"]["users"], 2);
     assert_eq!(f.data["dropped"]["users"], 1);
-    assert!(has(
-        f,
-        "/home (/dev/x5 ext4, vfsv1 quota): 1 user and 0 group limit(s) — dropped"
-    ));
+    assert!(has(f, "/home (/dev/x5 ext4, vfsv1 quota): 1 user and 0 group limit(s) — dropped"));
     assert!(f.action.contains("applied container-wide"));
 }
 
@@ -98,10 +77,7 @@ fn a_requested_partition_without_quotas_blocks() {
     assert!(f.title.contains("no source partition with quotas"));
     // quotas are on for /var but set no limits
     let r = with_quotas(
-        vec![
-            fsq("/home", vec![limit(1, 10, 0)], vec![]),
-            fsq("/var", vec![limit(1, 0, 0)], vec![]),
-        ],
+        vec![fsq("/home", vec![limit(1, 10, 0)], vec![]), fsq("/var", vec![limit(1, 0, 0)], vec![])],
         Some("/var"),
     );
     let f = get(&r, codes::QUOTA_PARTITION);
@@ -128,16 +104,8 @@ fn users_over_their_container_wide_limit_are_named() {
 fn quota_options_without_readable_limits_are_reported() {
     let mut inv = plain_inventory();
     inv.mounts[0].options.push("usrquota".into());
-    let r = run(
-        &inv,
-        Some(&plain_scan()),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    let r = run(&inv, Some(&plain_scan()), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::QUOTA_PARTITION);
     assert_eq!(f.severity, Severity::Warning);
-    assert!(has(
-        f,
-        "/: mounted with quota options, but its limits could not be read"
-    ));
+    assert!(has(f, "/: mounted with quota options, but its limits could not be read"));
 }

@@ -49,14 +49,8 @@ fn xattr_scan() -> ScanResult {
 }
 
 fn xattr_report(keep: bool, supported: bool) -> Report {
-    let node = NodeFacts {
-        xattrs_supported: supported,
-        ..plain_node()
-    };
-    let opts = AssessOptions {
-        keep_xattrs: keep,
-        ..Default::default()
-    };
+    let node = NodeFacts { xattrs_supported: supported, ..plain_node() };
+    let opts = AssessOptions { keep_xattrs: keep, ..Default::default() };
     run(&plain_inventory(), Some(&xattr_scan()), &node, &opts)
 }
 
@@ -68,15 +62,9 @@ fn xattrs_are_dropped_by_default_and_say_so() {
     assert!(f.title.contains("3 file(s)") && f.title.contains("drops them"));
     assert!(has(f, "user.*: 1 file(s), e.g. /srv/a"));
     assert!(has(f, "POSIX ACLs: 1 file(s), e.g. /srv/b"));
-    assert!(has(
-        f,
-        "file capabilities (security.capability): 1 file(s), e.g. /usr/bin/ping"
-    ));
+    assert!(has(f, "file capabilities (security.capability): 1 file(s), e.g. /usr/bin/ping"));
     assert!(f.action.contains("--keep-xattrs"));
-    assert!(
-        f.action
-            .contains("security.selinux labels are always dropped")
-    );
+    assert!(f.action.contains("security.selinux labels are always dropped"));
     assert_eq!(f.data["namespaces"]["acl"]["total"], 1);
 }
 
@@ -96,17 +84,8 @@ fn keep_xattrs_keeps_them_where_the_node_can() {
 #[test]
 fn high_ids_are_listed() {
     let mut scan = plain_scan();
-    scan.high_ids.push(HighId {
-        path: rel("home/ldapuser/x"),
-        uid: 70000,
-        gid: 70000,
-    });
-    let r = run(
-        &plain_inventory(),
-        Some(&scan),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    scan.high_ids.push(HighId { path: rel("home/ldapuser/x"), uid: 70000, gid: 70000 });
+    let r = run(&plain_inventory(), Some(&scan), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::HIGH_IDS);
     assert_eq!(f.severity, Severity::Warning);
     assert!(has(f, "/home/ldapuser/x (uid 70000, gid 70000)"));

@@ -7,39 +7,16 @@ use crate::assess::ExistingPrivate;
 #[test]
 fn kernel_modules_split_features_from_drivers() {
     let mut inv = plain_inventory();
-    inv.kernel_modules = [
-        "e1000e",
-        "iptable_nat",
-        "nf_conntrack",
-        "tun",
-        "snd-hda-intel",
-    ]
-    .map(String::from)
-    .to_vec();
-    let r = run(
-        &inv,
-        Some(&plain_scan()),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    inv.kernel_modules =
+        ["e1000e", "iptable_nat", "nf_conntrack", "tun", "snd-hda-intel"].map(String::from).to_vec();
+    let r = run(&inv, Some(&plain_scan()), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::KERNEL_MODULES);
     assert_eq!(f.severity, Severity::Warning);
-    assert!(has(
-        f,
-        "the node must provide: iptable_nat, nf_conntrack, tun"
-    ));
-    assert!(has(
-        f,
-        "hardware drivers, not needed in a container: e1000e, snd-hda-intel"
-    ));
+    assert!(has(f, "the node must provide: iptable_nat, nf_conntrack, tun"));
+    assert!(has(f, "hardware drivers, not needed in a container: e1000e, snd-hda-intel"));
 
     inv.kernel_modules = vec!["e1000e".into()];
-    let r = run(
-        &inv,
-        Some(&plain_scan()),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    let r = run(&inv, Some(&plain_scan()), &plain_node(), &AssessOptions::default());
     assert_eq!(get(&r, codes::KERNEL_MODULES).severity, Severity::Info);
 }
 
@@ -47,12 +24,7 @@ fn kernel_modules_split_features_from_drivers() {
 fn nested_container_runtimes_are_a_warning() {
     let mut inv = plain_inventory();
     inv.container_runtimes = vec!["docker".into(), "lxc".into()];
-    let r = run(
-        &inv,
-        Some(&plain_scan()),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    let r = run(&inv, Some(&plain_scan()), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::NESTED_CONTAINERS);
     assert_eq!(f.severity, Severity::Warning);
     assert!(f.title.contains("docker, lxc"));
@@ -68,18 +40,13 @@ fn windows(version: Option<&str>, node_os: NodeOs) -> Report {
         windows_version: version.map(str::to_string),
         ..Default::default()
     };
-    let node = NodeFacts {
-        os: node_os,
-        ..plain_node()
-    };
+    let node = NodeFacts { os: node_os, ..plain_node() };
     run(&inv, None, &node, &AssessOptions::default())
 }
 
 #[test]
 fn windows_sources_only_go_to_the_same_windows_version() {
-    let win = |v: &str| NodeOs::Windows {
-        version: v.to_string(),
-    };
+    let win = |v: &str| NodeOs::Windows { version: v.to_string() };
     let r = windows(Some("2008"), win("Windows Server 2008"));
     assert_eq!(get(&r, codes::WINDOWS_VERSION).severity, Severity::Info);
     assert!(!r.has_blockers());
@@ -95,10 +62,7 @@ fn windows_sources_only_go_to_the_same_windows_version() {
     let r = windows(Some("2003"), NodeOs::Linux);
     let f = get(&r, codes::WINDOWS_VERSION);
     assert_eq!(f.severity, Severity::Blocker);
-    assert!(
-        f.title
-            .contains("Windows Server 2003 can only move to a node running Windows Server 2003")
-    );
+    assert!(f.title.contains("Windows Server 2003 can only move to a node running Windows Server 2003"));
     assert!(has(f, "this node: Linux (Debian GNU/Linux 12 (bookworm))"));
 
     let r = windows(None, win("2008"));
@@ -111,26 +75,17 @@ fn windows_sources_only_go_to_the_same_windows_version() {
 #[test]
 fn sockets_and_scan_errors_are_listed() {
     let mut scan = plain_scan();
-    scan.sockets
-        .push(RelPath::new(b"var/spool/postfix/private/smtp".to_vec()).unwrap());
+    scan.sockets.push(RelPath::new(b"var/spool/postfix/private/smtp".to_vec()).unwrap());
     scan.errors.push(Problem {
         path: RelPath::new(b"srv/locked".to_vec()).unwrap(),
         reason: "cannot open directory: Permission denied".into(),
     });
-    let r = run(
-        &plain_inventory(),
-        Some(&scan),
-        &plain_node(),
-        &AssessOptions::default(),
-    );
+    let r = run(&plain_inventory(), Some(&scan), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::SKIPPED);
     assert_eq!(f.severity, Severity::Info);
     assert!(has(f, "1 socket(s), not copied"));
     assert!(has(f, "/var/spool/postfix/private/smtp"));
-    assert!(has(
-        f,
-        "could not be scanned: /srv/locked: cannot open directory"
-    ));
+    assert!(has(f, "could not be scanned: /srv/locked: cannot open directory"));
 }
 
 #[test]
@@ -149,17 +104,11 @@ fn partial_retry_says_how_to_resume_or_discard() {
         }),
         ..plain_node()
     };
-    let opts = AssessOptions {
-        ctid: Some(101),
-        ..Default::default()
-    };
+    let opts = AssessOptions { ctid: Some(101), ..Default::default() };
     let r = run(&plain_inventory(), Some(&plain_scan()), &node, &opts);
     let f = get(&r, codes::PARTIAL_RETRY);
     assert_eq!(f.severity, Severity::Info);
-    assert!(
-        f.title
-            .contains("42000 entries (5.0 GiB) for container 101")
-    );
+    assert!(f.title.contains("42000 entries (5.0 GiB) for container 101"));
     assert!(has(f, "/vz/private/101: 42000 entries, 5.0 GiB"));
     assert!(f.action.contains("p2c discard 101"));
     assert_eq!(f.data["existing"]["bytes"], 5 * GIB);

@@ -46,17 +46,12 @@ fn generated_files_are_not_originals() {
     let tree = f.tree();
     let p = rel("etc/gen");
     let mut ed = Editor::open(&tree).unwrap();
-    ed.write(&p, &format!("# {MARKER}\nv1\n"), 0o600, "made")
-        .unwrap();
-    ed.write(&p, &format!("# {MARKER}\nv2\n"), 0o600, "made")
-        .unwrap();
+    ed.write(&p, &format!("# {MARKER}\nv1\n"), 0o600, "made").unwrap();
+    ed.write(&p, &format!("# {MARKER}\nv2\n"), 0o600, "made").unwrap();
     assert!(!f.exists("etc/p2c/backup/etc/gen"));
     assert_eq!(f.mode("etc/gen"), 0o600);
     let c = ed.finish().unwrap();
-    assert_eq!(
-        (c[0].action.as_str(), c[0].backup.as_deref()),
-        ("created", None)
-    );
+    assert_eq!((c[0].action.as_str(), c[0].backup.as_deref()), ("created", None));
     assert_eq!(c.len(), 1);
 }
 
@@ -69,17 +64,11 @@ fn remove_rename_symlink_and_ghost_entries() {
     let tree = f.tree();
     let mut ed = Editor::open(&tree).unwrap();
     ed.remove(&rel("etc/a.d/gone"), "r").unwrap();
-    ed.rename(&rel("etc/a.d/S01x"), &rel("etc/a.d/K99x"), "d")
-        .unwrap();
-    ed.symlink(&rel("etc/link"), "/dev/null", Action::Disabled, "m")
-        .unwrap();
-    ed.symlink(&rel("etc/new"), "/proc/mounts", Action::Created, "c")
-        .unwrap();
+    ed.rename(&rel("etc/a.d/S01x"), &rel("etc/a.d/K99x"), "d").unwrap();
+    ed.symlink(&rel("etc/link"), "/dev/null", Action::Disabled, "m").unwrap();
+    ed.symlink(&rel("etc/new"), "/proc/mounts", Action::Created, "c").unwrap();
     let first = ed.finish().unwrap();
-    let actions: Vec<(&str, &str)> = first
-        .iter()
-        .map(|c| (c.path.as_str(), c.action.as_str()))
-        .collect();
+    let actions: Vec<(&str, &str)> = first.iter().map(|c| (c.path.as_str(), c.action.as_str())).collect();
     assert_eq!(
         actions,
         [
@@ -96,27 +85,13 @@ fn remove_rename_symlink_and_ghost_entries() {
 
     // The next run sees what the first one took away.
     let mut ed = Editor::open(&tree).unwrap();
-    let names: Vec<(String, bool)> = ed
-        .entries("etc/a.d")
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.name, e.kind.is_some()))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("K99x".to_string(), true),
-            ("S01x".to_string(), false),
-            ("gone".to_string(), false)
-        ]
-    );
+    let names: Vec<(String, bool)> =
+        ed.entries("etc/a.d").unwrap().into_iter().map(|e| (e.name, e.kind.is_some())).collect();
+    assert_eq!(names, [("K99x".to_string(), true), ("S01x".to_string(), false), ("gone".to_string(), false)]);
     ed.remove(&rel("etc/a.d/gone"), "").unwrap();
-    ed.rename(&rel("etc/a.d/S01x"), &rel("etc/a.d/K99x"), "")
-        .unwrap();
-    ed.symlink(&rel("etc/link"), "/dev/null", Action::Disabled, "")
-        .unwrap();
-    ed.symlink(&rel("etc/new"), "/proc/mounts", Action::Created, "")
-        .unwrap();
+    ed.rename(&rel("etc/a.d/S01x"), &rel("etc/a.d/K99x"), "").unwrap();
+    ed.symlink(&rel("etc/link"), "/dev/null", Action::Disabled, "").unwrap();
+    ed.symlink(&rel("etc/new"), "/proc/mounts", Action::Created, "").unwrap();
     assert_eq!(ed.finish().unwrap(), first);
 }
 
@@ -125,10 +100,8 @@ fn device_nodes_are_backed_up_as_devices() {
     let f = Fixture::new();
     let tree = f.tree();
     let mut ed = Editor::open(&tree).unwrap();
-    ed.char_device(&rel("dev/null"), (1, 5), 0o666, 0, "wrong numbers")
-        .unwrap();
-    ed.char_device(&rel("dev/null"), (1, 3), 0o666, 0, "right")
-        .unwrap();
+    ed.char_device(&rel("dev/null"), (1, 5), 0o666, 0, "wrong numbers").unwrap();
+    ed.char_device(&rel("dev/null"), (1, 3), 0o666, 0, "right").unwrap();
     let b = std::fs::symlink_metadata(f.path().join("etc/p2c/backup/dev/null")).unwrap();
     assert!(b.file_type().is_char_device());
     assert_eq!(b.rdev(), rustix::fs::makedev(1, 5));

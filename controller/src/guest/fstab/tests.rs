@@ -50,10 +50,7 @@ fn local_disks_and_swap_go_pseudo_and_network_stay() {
     );
     assert_eq!(
         out.network,
-        [
-            "nas.example:/export/data on /mnt/data (nfs)",
-            "//fs.example/share on /mnt/share (cifs)",
-        ]
+        ["nas.example:/export/data on /mnt/data (nfs)", "//fs.example/share on /mnt/share (cifs)",]
     );
     assert_eq!(rewrite(EXPECTED).text, EXPECTED);
 }
@@ -74,19 +71,10 @@ fn applies_with_backup_and_links_mtab() {
     assert_eq!(f.read("etc/p2c/backup/etc/mtab"), "stale copy\n");
     let c = ed.changes();
     assert_eq!(c.len(), 2);
-    assert_eq!(
-        (c[0].path.as_str(), c[0].action.as_str()),
-        ("/etc/fstab", "rewritten")
-    );
+    assert_eq!((c[0].path.as_str(), c[0].action.as_str()), ("/etc/fstab", "rewritten"));
     assert_eq!(c[0].backup.as_deref(), Some("/etc/p2c/backup/etc/fstab"));
-    assert!(
-        c[0].reason
-            .contains("nas.example:/export/data on /mnt/data (nfs)")
-    );
-    assert_eq!(
-        (c[1].path.as_str(), c[1].action.as_str()),
-        ("/etc/mtab", "rewritten")
-    );
+    assert!(c[0].reason.contains("nas.example:/export/data on /mnt/data (nfs)"));
+    assert_eq!((c[1].path.as_str(), c[1].action.as_str()), ("/etc/mtab", "rewritten"));
 }
 
 #[test]

@@ -193,11 +193,7 @@ pub(crate) fn strip(text: &str, nics: &Nics) -> Stripped {
         let w: Vec<&str> = l.split_whitespace().collect();
         w.first() == Some(&"iface") && w.get(1) == Some(&"lo")
     });
-    st.text = if dropped {
-        tidy(&out)
-    } else {
-        text.to_string()
-    };
+    st.text = if dropped { tidy(&out) } else { text.to_string() };
     st
 }
 
@@ -273,9 +269,7 @@ pub(crate) fn block(plan: &Plan, dns: &[String], with_lo: bool) -> String {
         s.push_str(&format!("\t{d}\n"));
     }
     if let Some((first, rest)) = plan.v6.split_first() {
-        s.push_str(&format!(
-            "\niface {VENET} inet6 static\n\taddress {first}\n\tnetmask 128\n"
-        ));
+        s.push_str(&format!("\niface {VENET} inet6 static\n\taddress {first}\n\tnetmask 128\n"));
         for a in rest {
             s.push_str(&format!("\tup ip -6 addr add {a}/128 dev {VENET}\n"));
         }

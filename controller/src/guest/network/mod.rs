@@ -102,16 +102,9 @@ impl Plan {
 
     /// `venet0 carries 10.0.0.10, 2001:db8::10` for the records.
     pub(crate) fn summary(&self) -> String {
-        let all: Vec<String> = self
-            .v4
-            .iter()
-            .map(ToString::to_string)
-            .chain(self.v6.iter().map(ToString::to_string))
-            .collect();
-        format!(
-            "{VENET} carries every address of the server: {}",
-            all.join(", ")
-        )
+        let all: Vec<String> =
+            self.v4.iter().map(ToString::to_string).chain(self.v6.iter().map(ToString::to_string)).collect();
+        format!("{VENET} carries every address of the server: {}", all.join(", "))
     }
 
     /// The record's reason for a file that now configures venet0 and no longer the NICs
@@ -126,10 +119,7 @@ impl Plan {
 
     /// `venet0:N` for each IPv4 address, in order.
     pub(crate) fn aliases(&self) -> impl Iterator<Item = (String, Ipv4Addr)> + '_ {
-        self.v4
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (format!("{VENET}:{i}"), *a))
+        self.v4.iter().enumerate().map(|(i, a)| (format!("{VENET}:{i}"), *a))
     }
 }
 
@@ -156,11 +146,7 @@ impl Nics {
             .filter(|i| i.mac.is_some() || !i.addresses.is_empty() || i.dhcp)
             .map(|i| Nic {
                 name: i.name.clone(),
-                addresses: i
-                    .addresses
-                    .iter()
-                    .map(|a| format!("{}/{}", a.address, a.prefix))
-                    .collect(),
+                addresses: i.addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix)).collect(),
                 dhcp: i.dhcp,
             })
             .collect();
@@ -201,8 +187,7 @@ impl Nics {
             "bond0",
             "br0",
         ];
-        self.known.iter().any(|n| glob(pattern, &n.name))
-            || SAMPLES.iter().any(|n| glob(pattern, n))
+        self.known.iter().any(|n| glob(pattern, &n.name)) || SAMPLES.iter().any(|n| glob(pattern, n))
     }
 
     /// Why the configs of `names` go (they name the server's NICs; which used DHCP).
@@ -225,11 +210,8 @@ impl Nics {
             "configures the server's network hardware {}, which the container does not have; every address is on {VENET} now",
             shown.join(", ")
         );
-        let dhcp: Vec<&str> = bases
-            .iter()
-            .copied()
-            .filter(|b| self.known.iter().any(|n| n.name == *b && n.dhcp))
-            .collect();
+        let dhcp: Vec<&str> =
+            bases.iter().copied().filter(|b| self.known.iter().any(|n| n.name == *b && n.dhcp)).collect();
         if !dhcp.is_empty() {
             r.push_str(&format!(
                 "; {} used DHCP: its address is static on {VENET} now (venet has no DHCP)",
@@ -294,8 +276,7 @@ pub(crate) fn is_venet(name: &str) -> bool {
 /// Kernel and udev names of hardware and of what is built on it.
 fn hardware_name(base: &str) -> bool {
     let digits_after = |p: &str| {
-        base.strip_prefix(p)
-            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+        base.strip_prefix(p).is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
     };
     // p1p1, p2p3: biosdevname's PCI slot names.
     let pci_slot = base.strip_prefix('p').is_some_and(|r| {

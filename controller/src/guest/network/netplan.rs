@@ -69,11 +69,7 @@ fn indent(line: &str) -> usize {
 
 fn key(line: &str) -> &str {
     let t = line.trim_start().trim_start_matches("- ");
-    t.split(':')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .trim_matches(['"', '\''])
+    t.split(':').next().unwrap_or_default().trim().trim_matches(['"', '\''])
 }
 
 fn is_filler(line: &str) -> bool {
@@ -83,15 +79,8 @@ fn is_filler(line: &str) -> bool {
 
 pub(crate) fn strip(text: &str) -> Stripped {
     let lines: Vec<&str> = text.lines().collect();
-    let unchanged = || Stripped {
-        text: text.to_string(),
-        devices: Vec::new(),
-        empty: false,
-    };
-    let Some(net) = lines
-        .iter()
-        .position(|l| indent(l) == 0 && key(l) == "network")
-    else {
+    let unchanged = || Stripped { text: text.to_string(), devices: Vec::new(), empty: false };
+    let Some(net) = lines.iter().position(|l| indent(l) == 0 && key(l) == "network") else {
         return unchanged();
     };
     let inline = lines[net]
@@ -101,19 +90,11 @@ pub(crate) fn strip(text: &str) -> Stripped {
     if !inline.is_empty() {
         // Flow style: `network: {ethernets: {...}}`.
         if DEVICE_KEYS.iter().any(|k| inline.contains(k)) {
-            return Stripped {
-                text: String::new(),
-                devices: Vec::new(),
-                empty: true,
-            };
+            return Stripped { text: String::new(), devices: Vec::new(), empty: true };
         }
         return unchanged();
     }
-    let Some(child) = lines[net + 1..]
-        .iter()
-        .find(|l| !is_filler(l))
-        .map(|l| indent(l))
-        .filter(|i| *i > 0)
+    let Some(child) = lines[net + 1..].iter().find(|l| !is_filler(l)).map(|l| indent(l)).filter(|i| *i > 0)
     else {
         return unchanged();
     };
@@ -169,11 +150,7 @@ pub(crate) fn strip(text: &str) -> Stripped {
     }
     let mut text = out.join("\n");
     text.push('\n');
-    Stripped {
-        text,
-        devices,
-        empty: !other,
-    }
+    Stripped { text, devices, empty: !other }
 }
 
 /// venet0's netplan file.
@@ -207,10 +184,7 @@ pub(crate) fn render(plan: &Plan) -> String {
             s.push_str(&format!("        search: [{}]\n", plan.search.join(", ")));
         }
         if !plan.nameservers.is_empty() {
-            s.push_str(&format!(
-                "        addresses: [{}]\n",
-                plan.nameservers.join(", ")
-            ));
+            s.push_str(&format!("        addresses: [{}]\n", plan.nameservers.join(", ")));
         }
     }
     s

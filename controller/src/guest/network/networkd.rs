@@ -68,11 +68,7 @@ impl Ini {
         Ini(out)
     }
 
-    pub(crate) fn get<'a>(
-        &'a self,
-        section: &'a str,
-        key: &'a str,
-    ) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn get<'a>(&'a self, section: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |(s, k, _)| s.eq_ignore_ascii_case(section) && k == key)
@@ -85,31 +81,21 @@ fn hardware(ini: &Ini, ext: &str, nics: &Nics) -> Option<Vec<String>> {
     if ext == "netdev" {
         let kind = ini.get("NetDev", "Kind").next().unwrap_or_default();
         let names: Vec<String> = ini.get("NetDev", "Name").map(str::to_string).collect();
-        let built_on_nics = matches!(
-            kind,
-            "bond" | "bridge" | "vlan" | "macvlan" | "macvtap" | "ipvlan" | "ipvtap"
-        );
+        let built_on_nics =
+            matches!(kind, "bond" | "bridge" | "vlan" | "macvlan" | "macvtap" | "ipvlan" | "ipvtap");
         return (built_on_nics || names.iter().any(|n| nics.is_physical(n))).then_some(names);
     }
     let mut names: Vec<String> = Vec::new();
     for key in ["Name", "OriginalName"] {
         for v in ini.get("Match", key) {
-            names.extend(
-                v.split_whitespace()
-                    .filter(|g| !g.starts_with('!'))
-                    .map(str::to_string),
-            );
+            names.extend(v.split_whitespace().filter(|g| !g.starts_with('!')).map(str::to_string));
         }
     }
-    let by_name = names
-        .iter()
-        .any(|g| nics.glob_is_physical(g) || is_venet(g));
+    let by_name = names.iter().any(|g| nics.glob_is_physical(g) || is_venet(g));
     let by_hardware = ["MACAddress", "PermanentMACAddress", "Path", "Driver"]
         .iter()
         .any(|k| ini.get("Match", k).next().is_some())
-        || ini
-            .get("Match", "Type")
-            .any(|t| matches!(t, "ether" | "wlan" | "wwan" | "infiniband"));
+        || ini.get("Match", "Type").any(|t| matches!(t, "ether" | "wlan" | "wwan" | "infiniband"));
     if by_name || by_hardware {
         if names.is_empty() {
             names.push("(matched by hardware)".to_string());

@@ -23,11 +23,7 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
         };
         let ini = Ini::parse(&text);
         let kind = ini.get("connection", "type").next().unwrap_or_default();
-        let ifname = ini
-            .get("connection", "interface-name")
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let ifname = ini.get("connection", "interface-name").next().unwrap_or_default().to_string();
         let hardware = matches!(
             kind,
             "ethernet"
@@ -45,11 +41,7 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
             || ini.get("ethernet", "mac-address").next().is_some()
             || ini.get("802-3-ethernet", "mac-address").next().is_some();
         if hardware {
-            let name = if ifname.is_empty() {
-                e.name.clone()
-            } else {
-                ifname
-            };
+            let name = if ifname.is_empty() { e.name.clone() } else { ifname };
             ed.remove(&e.path, plan.nics.reason(&[name]))?;
         }
     }

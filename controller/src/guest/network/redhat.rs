@@ -24,9 +24,7 @@ const PREFIXES: [&str; 5] = ["ifcfg-", "route-", "route6-", "rule-", "rule6-"];
 pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
     let aliases: Vec<String> = plan.aliases().map(|(n, _)| n).collect();
     for e in ed.entries(DIR)? {
-        let Some((prefix, dev)) = PREFIXES
-            .iter()
-            .find_map(|p| e.name.strip_prefix(p).map(|d| (*p, d)))
+        let Some((prefix, dev)) = PREFIXES.iter().find_map(|p| e.name.strip_prefix(p).map(|d| (*p, d)))
         else {
             continue;
         };
@@ -56,27 +54,16 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
     }
     if plan.has_addresses() {
         let summary = plan.summary();
-        ed.write(
-            &rel(&format!("{DIR}/ifcfg-{VENET}")),
-            &ifcfg_venet(plan),
-            0o644,
-            &summary,
-        )?;
+        ed.write(&rel(&format!("{DIR}/ifcfg-{VENET}")), &ifcfg_venet(plan), 0o644, &summary)?;
         for (name, a) in plan.aliases() {
             let text = ifcfg_alias(&name, &a.to_string());
             ed.write(&rel(&format!("{DIR}/ifcfg-{name}")), &text, 0o644, &summary)?;
         }
         if !plan.v4.is_empty() {
-            ed.write(
-                &rel(&format!("{DIR}/route-{VENET}")),
-                &route_venet(),
-                0o644,
-                &summary,
-            )?;
+            ed.write(&rel(&format!("{DIR}/route-{VENET}")), &route_venet(), 0o644, &summary)?;
         }
     }
-    let reason =
-        format!("default route through {VENET}; the physical network's gateway settings removed");
+    let reason = format!("default route through {VENET}; the physical network's gateway settings removed");
     let net = rel(NETWORK);
     let v6 = !plan.v6.is_empty();
     match ed.kind(&net)? {
@@ -98,18 +85,10 @@ fn ifcfg_hardware(text: &str, file_dev: &str, nics: &Nics) -> Option<String> {
     let hw_type = get("TYPE").is_some_and(|t| {
         matches!(
             t.to_ascii_lowercase().as_str(),
-            "ethernet"
-                | "wireless"
-                | "bond"
-                | "bridge"
-                | "vlan"
-                | "infiniband"
-                | "team"
-                | "teamport"
+            "ethernet" | "wireless" | "bond" | "bridge" | "vlan" | "infiniband" | "team" | "teamport"
         )
     });
-    let mac = get("HWADDR").is_some_and(|v| !v.is_empty())
-        || get("MACADDR").is_some_and(|v| !v.is_empty());
+    let mac = get("HWADDR").is_some_and(|v| !v.is_empty()) || get("MACADDR").is_some_and(|v| !v.is_empty());
     (nics.is_physical(&dev) || nics.is_physical(file_dev) || mac || hw_type).then_some(dev)
 }
 
@@ -122,10 +101,7 @@ pub(crate) fn ifcfg_venet(plan: &Plan) -> String {
     );
     if !plan.v6.is_empty() {
         let v6: Vec<String> = plan.v6.iter().map(|a| format!("{a}/128")).collect();
-        s.push_str(&format!(
-            "IPV6INIT=\"yes\"\nIPV6ADDR_SECONDARIES=\"{}\"\n",
-            v6.join(" ")
-        ));
+        s.push_str(&format!("IPV6INIT=\"yes\"\nIPV6ADDR_SECONDARIES=\"{}\"\n", v6.join(" ")));
     }
     s
 }
@@ -152,10 +128,8 @@ pub(crate) fn network_file(text: &str, v6: bool) -> String {
         .lines()
         .filter(|l| {
             let k = l.trim_start().split('=').next().unwrap_or_default();
-            !matches!(
-                k,
-                "GATEWAY" | "GATEWAYDEV" | "IPV6_DEFAULTGW" | "IPV6_DEFAULTDEV"
-            ) || (v6 && k == "IPV6_DEFAULTDEV")
+            !matches!(k, "GATEWAY" | "GATEWAYDEV" | "IPV6_DEFAULTGW" | "IPV6_DEFAULTDEV")
+                || (v6 && k == "IPV6_DEFAULTDEV")
         })
         .map(str::to_string)
         .collect();

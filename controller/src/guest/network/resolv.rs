@@ -9,11 +9,7 @@ use super::super::edit::{Editor, MARKER};
 use super::super::{GuestError, GuestOptions};
 use crate::tree::rel;
 
-pub(super) fn apply(
-    ed: &mut Editor,
-    distro: &Distro,
-    opts: &GuestOptions,
-) -> Result<(), GuestError> {
+pub(super) fn apply(ed: &mut Editor, distro: &Distro, opts: &GuestOptions) -> Result<(), GuestError> {
     if !opts.nameservers.is_empty() || !opts.search.is_empty() {
         let mut s = format!("# {MARKER} from the source server's DNS settings.\n");
         if !opts.search.is_empty() {

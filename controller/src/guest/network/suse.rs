@@ -36,30 +36,20 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
             ed.remove(&e.path, "")?;
             continue;
         };
-        let mac = text
-            .lines()
-            .any(|l| l.trim_start().starts_with("LLADDR=") && l.trim().len() > "LLADDR=''".len());
+        let mac =
+            text.lines().any(|l| l.trim_start().starts_with("LLADDR=") && l.trim().len() > "LLADDR=''".len());
         if plan.nics.is_physical(dev) || mac {
             ed.remove(&e.path, plan.nics.reason(&[dev.to_string()]))?;
         }
     }
     if plan.has_addresses() {
         let summary = plan.summary();
-        ed.write(
-            &rel(&format!("{DIR}/ifcfg-{VENET}")),
-            &ifcfg_venet(plan),
-            0o644,
-            &summary,
-        )?;
-        ed.write(
-            &rel(&format!("{DIR}/ifroute-{VENET}")),
-            &ifroute_venet(plan),
-            0o644,
-            &summary,
-        )?;
+        ed.write(&rel(&format!("{DIR}/ifcfg-{VENET}")), &ifcfg_venet(plan), 0o644, &summary)?;
+        ed.write(&rel(&format!("{DIR}/ifroute-{VENET}")), &ifroute_venet(plan), 0o644, &summary)?;
     }
     let routes = rel(&format!("{DIR}/routes"));
-    let reason = "routes through the physical network's gateways removed: the default route goes through venet0";
+    let reason =
+        "routes through the physical network's gateways removed: the default route goes through venet0";
     ed.rewrite(&routes, reason, |t| routes_file(t, plan))?;
     Ok(())
 }
@@ -83,12 +73,9 @@ pub(crate) fn ifcfg_venet(plan: &Plan) -> String {
 }
 
 pub(crate) fn ifroute_venet(plan: &Plan) -> String {
-    let mut s =
-        format!("# {MARKER}: default routes through {VENET} (OpenVZ's fake gateway for IPv4).\n");
+    let mut s = format!("# {MARKER}: default routes through {VENET} (OpenVZ's fake gateway for IPv4).\n");
     if !plan.v4.is_empty() {
-        s.push_str(&format!(
-            "{FAKE_GATEWAY} - 255.255.255.255 {VENET}\ndefault {FAKE_GATEWAY} - {VENET}\n"
-        ));
+        s.push_str(&format!("{FAKE_GATEWAY} - 255.255.255.255 {VENET}\ndefault {FAKE_GATEWAY} - {VENET}\n"));
     }
     if !plan.v6.is_empty() {
         s.push_str(&format!("default :: - {VENET}\n"));

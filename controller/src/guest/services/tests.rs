@@ -8,11 +8,7 @@ fn run(f: &Fixture) -> Vec<(String, String, Option<String>)> {
     let distro = detect(&tree).unwrap();
     let mut ed = Editor::open(&tree).unwrap();
     apply(&mut ed, &distro).unwrap();
-    let out = ed
-        .changes()
-        .iter()
-        .map(|c| (c.path.clone(), c.action.clone(), c.backup.clone()))
-        .collect();
+    let out = ed.changes().iter().map(|c| (c.path.clone(), c.action.clone(), c.backup.clone())).collect();
     ed.finish().unwrap();
     out
 }
@@ -38,18 +34,9 @@ fn systemd_units_are_masked() {
     // Debian ships hwclock.service masked already.
     f.link(&format!("{units}/hwclock.service"), "/dev/null");
     // A unit the admin wrote: backed up, then masked.
-    f.file(
-        "etc/systemd/system/chronyd.service",
-        "[Service]\nExecStart=/usr/sbin/chronyd\n",
-    );
+    f.file("etc/systemd/system/chronyd.service", "[Service]\nExecStart=/usr/sbin/chronyd\n");
     let changes = run(&f);
-    let masked = |u: &str| {
-        (
-            format!("/etc/systemd/system/{u}"),
-            "disabled".to_string(),
-            None,
-        )
-    };
+    let masked = |u: &str| (format!("/etc/systemd/system/{u}"), "disabled".to_string(), None);
     assert_eq!(
         changes,
         [
@@ -66,10 +53,7 @@ fn systemd_units_are_masked() {
             ),
         ]
     );
-    assert_eq!(
-        f.readlink("etc/systemd/system/systemd-udevd.service"),
-        "/dev/null"
-    );
+    assert_eq!(f.readlink("etc/systemd/system/systemd-udevd.service"), "/dev/null");
     assert!(!f.exists("etc/systemd/system/hwclock.service"));
     assert!(!f.exists("etc/systemd/system/ssh.service"));
     assert_eq!(
@@ -90,25 +74,13 @@ fn sysv_start_links_become_stop_links() {
     f.link("etc/rc0.d/K01udev", "../init.d/udev");
     let changes = run(&f);
     assert_eq!(f.readlink("etc/rcS.d/K98udev"), "../init.d/udev");
-    assert_eq!(
-        f.readlink("etc/rcS.d/K90hwclock.sh"),
-        "../init.d/hwclock.sh"
-    );
-    assert_eq!(
-        f.readlink("etc/rc2.d/K99irqbalance"),
-        "../init.d/irqbalance"
-    );
+    assert_eq!(f.readlink("etc/rcS.d/K90hwclock.sh"), "../init.d/hwclock.sh");
+    assert_eq!(f.readlink("etc/rc2.d/K99irqbalance"), "../init.d/irqbalance");
     assert!(f.exists("etc/rc2.d/S03ssh"));
     assert!(f.exists("etc/rc0.d/K01udev"));
     assert!(!f.exists("etc/rcS.d/S02udev"));
-    assert_eq!(
-        f.readlink("etc/p2c/backup/etc/rcS.d/S02udev"),
-        "../init.d/udev"
-    );
-    let paths: Vec<(&str, &str)> = changes
-        .iter()
-        .map(|(p, a, _)| (p.as_str(), a.as_str()))
-        .collect();
+    assert_eq!(f.readlink("etc/p2c/backup/etc/rcS.d/S02udev"), "../init.d/udev");
+    let paths: Vec<(&str, &str)> = changes.iter().map(|(p, a, _)| (p.as_str(), a.as_str())).collect();
     assert_eq!(
         paths,
         [
@@ -122,10 +94,7 @@ fn sysv_start_links_become_stop_links() {
     // RHEL: the stop priority comes from the script's chkconfig header.
     let g = Fixture::new();
     g.file("etc/inittab", "id:3:initdefault:\n");
-    g.file(
-        "etc/rc.d/init.d/smartd",
-        "#!/bin/sh\n# chkconfig: - 40 60\n",
-    );
+    g.file("etc/rc.d/init.d/smartd", "#!/bin/sh\n# chkconfig: - 40 60\n");
     g.link("etc/rc.d/rc3.d/S40smartd", "../init.d/smartd");
     g.link("etc/rc.d/rc3.d/S13irqbalance", "../init.d/irqbalance");
     run(&g);
