@@ -2,4 +2,5 @@
 
 mod guest_start;
 mod harness;
+mod migrate;
 mod quota;
