@@ -218,7 +218,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     drop(running);
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
         let r = match sync(&ctl2, &h2).await {
             Ok(()) if cutover => do_cutover(&ctl2, &h2).await,
@@ -229,6 +229,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
             set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
         }
     });
+    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -247,12 +248,13 @@ pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
     }
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = do_cutover(&ctl2, &h2).await {
             h2.log(format!("cutover stopped: {e}"));
             set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
         }
     });
+    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -494,14 +496,27 @@ async fn run_pass(
         let outcome = match started {
             Err(e) => Err(e.to_string()),
             Ok((_, reply)) => {
-                tokio::select! {
-                    o = done_rx => o.map_err(|_| "the transfer was dropped".to_string()),
-                    r = reply => match r {
-                        // The agent reports failure before (or without) opening the transfer.
-                        Ok(AgentReply::Result(r)) if !r.ok => Err(format!("agent: {}", r.message)),
-                        _ => Err("the agent ended the pass without a transfer".into()),
-                    },
-                    _ = closed.wait_for(|c| *c) => Err("the agent disconnected".into()),
+                let mut done_rx = done_rx;
+                // What ends first: the transfer, the agent's answer to StartPass, or the session.
+                let (done, why) = tokio::select! {
+                    o = &mut done_rx => (Some(o), String::new()),
+                    r = reply => (None, match r {
+                        Ok(AgentReply::Result(r)) if !r.ok => format!("agent: {}", r.message),
+                        _ => "the agent ended the pass without a transfer".to_string(),
+                    }),
+                    _ = closed.wait_for(|c| *c) => (None, "the agent disconnected".to_string()),
+                };
+                match done {
+                    Some(o) => o.map_err(|_| "the transfer was dropped".to_string()),
+                    None => {
+                        // A transfer that was opened ends on its own and says what it did; one
+                        // that was not is dropped here, which ends the wait at once.
+                        ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
+                        match tokio::time::timeout(Duration::from_secs(60), done_rx).await {
+                            Ok(Ok(o)) => Ok(o),
+                            _ => Err(why),
+                        }
+                    }
                 }
             }
         };

@@ -70,6 +70,8 @@ pub struct Inner {
     pub migrations: Mutex<HashMap<u32, Arc<MigrationHandle>>>,
     /// Copy slots: at most `max_concurrent` migrations transfer at once.
     pub copy_slots: Arc<Semaphore>,
+    /// Background work (migration drivers), stopped with the controller.
+    pub background: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// The controller's shared state; cheap to clone.
@@ -99,6 +101,7 @@ impl Controller {
             transfers: Mutex::new(HashMap::new()),
             migrations: Mutex::new(HashMap::new()),
             copy_slots,
+            background: Mutex::new(Vec::new()),
         })))
     }
 
@@ -137,6 +140,10 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        for t in self.controller.background.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        self.controller.transfers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.controller.sessions.close_all();
     }
 }

@@ -4,3 +4,4 @@ mod guest_start;
 mod harness;
 mod migrate;
 mod quota;
+mod resume;
