@@ -2,5 +2,7 @@
 
 mod guest_start;
 mod harness;
+mod hostile;
 mod migrate;
 mod quota;
+mod security;
