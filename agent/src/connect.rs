@@ -101,6 +101,34 @@ pub async fn channel(
     Err(ConnectError::Unreachable { addrs: addrs.join(", "), reason: last })
 }
 
+/// Asks the controller why it refuses this TLS identity: a bare handshake, then one read.
+/// Under TLS 1.3 the controller checks the client certificate after the agent considers the
+/// handshake done, so a refusal arrives as an alert on the first read, which a failed gRPC
+/// call does not always carry (it may only say "operation was canceled"). Returns the error
+/// the connection failed with, `None` if it did not fail within a short wait.
+pub async fn tls_probe(addr: &str, tls: Arc<rustls::ClientConfig>, proxy: Option<&str>) -> Option<String> {
+    let tcp = match tcp(addr, proxy).await {
+        Ok(t) => t,
+        Err(e) => return Some(e.to_string()),
+    };
+    let conn = tokio_rustls::TlsConnector::from(tls);
+    let mut stream = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        conn.connect(p2c_common::pki::server_name(), tcp),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Some(e.to_string()),
+        Err(_) => return None,
+    };
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut b)).await {
+        Ok(Err(e)) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
 /// The whole chain of an error, for messages that say why (TLS alerts hide in sources).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

@@ -95,10 +95,10 @@ pub fn skipped_mounts(root: &Path) -> HashSet<RelPath> {
         } else {
             mp.strip_prefix(root_bytes).and_then(|r| r.strip_prefix(b"/")).map(|r| r.to_vec())
         };
-        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok()) {
-            if !rel.is_root() {
-                out.insert(rel);
-            }
+        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok())
+            && !rel.is_root()
+        {
+            out.insert(rel);
         }
     }
     out
@@ -134,7 +134,7 @@ fn result(id: u64, ok: bool, message: String, payload: Vec<u8>) -> v1::AgentEven
 async fn session(settings: &AgentSettings, opts: &RunOptions) -> Result<(), SessionError> {
     let tls =
         Arc::new(p2c_common::pki::agent_config(&settings.ca_pem, &settings.cert_pem, &settings.key_pem)?);
-    let ch = connect::channel(&settings.config.controller, tls, settings.proxy()).await?;
+    let ch = connect::channel(&settings.config.controller, tls.clone(), settings.proxy()).await?;
     let mut client = client(ch);
     let (tx, rx) = mpsc::channel::<v1::AgentEvent>(64);
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
@@ -145,11 +145,13 @@ async fn session(settings: &AgentSettings, opts: &RunOptions) -> Result<(), Sess
         root: opts.root.as_os_str().as_encoded_bytes().to_vec(),
     };
     let _ = tx.send(v1::AgentEvent { event: Some(v1::agent_event::Event::Hello(hello)) }).await;
-    let mut inbound = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| SessionError::Refused(s.message().to_string()))?
-        .into_inner();
+    let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let why = refusal(&s, &settings.config.controller, tls, settings.proxy()).await;
+            return Err(SessionError::Refused(why));
+        }
+    };
     info!(agent = %settings.config.name, "connected to the controller");
     let mut tick = tokio::time::interval(Duration::from_secs(settings.config.heartbeat_secs.max(1)));
     let mut passes: HashMap<String, watch::Sender<bool>> = HashMap::new();
@@ -172,6 +174,51 @@ async fn session(settings: &AgentSettings, opts: &RunOptions) -> Result<(), Sess
             }
         }
     }
+}
+
+/// Why the controller refused a session, for the operator of the source. A certificate the
+/// controller does not accept fails the TLS handshake after the agent sent it (TLS 1.3), so
+/// the call itself may only say "transport error" or "operation was canceled": the
+/// controller's alert is looked for in the error's sources, then with a bare TLS probe.
+pub async fn refusal(
+    s: &tonic::Status,
+    addrs: &[String],
+    tls: Arc<rustls::ClientConfig>,
+    proxy: Option<String>,
+) -> String {
+    if let Some(hint) = certificate_hint(&connect::error_chain(s)) {
+        return hint.into();
+    }
+    if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable) {
+        for addr in addrs {
+            if let Some(hint) = connect::tls_probe(addr, tls.clone(), proxy.as_deref())
+                .await
+                .as_deref()
+                .and_then(certificate_hint)
+            {
+                return hint.into();
+            }
+        }
+    }
+    s.message().to_string()
+}
+
+/// What to do about a TLS alert the controller sent about this agent's certificate.
+fn certificate_hint(error: &str) -> Option<&'static str> {
+    if error.contains("CertificateRevoked") {
+        return Some(
+            "the controller revoked this agent's certificate; enrol it again with a new token \
+             (`p2c token create NAME` on the node, then `p2c-agent enroll`)",
+        );
+    }
+    if ["UnknownCA", "BadCertificate", "DecryptError", "CertificateUnknown"].iter().any(|a| error.contains(a))
+    {
+        return Some(
+            "the controller does not accept this agent's certificate (it was not issued by this \
+             controller's CA); enrol the agent with a token from this controller",
+        );
+    }
+    None
 }
 
 fn client(ch: Channel) -> AgentSessionClient<Channel> {
@@ -210,14 +257,12 @@ fn handle(
             let mut excludes: Vec<RelPath> =
                 sp.excludes.into_iter().filter_map(|x| RelPath::new(x).ok()).collect();
             // Never copy the agent's own identity into the container.
-            if let Ok(state) = settings.paths.dir.canonicalize() {
-                if let Ok(rel) = state.strip_prefix(&opts.root) {
-                    if let Ok(p) = RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec()) {
-                        if !p.is_root() {
-                            excludes.push(p);
-                        }
-                    }
-                }
+            if let Ok(state) = settings.paths.dir.canonicalize()
+                && let Ok(rel) = state.strip_prefix(&opts.root)
+                && let Ok(p) = RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec())
+                && !p.is_root()
+            {
+                excludes.push(p);
             }
             let safe_id: String = sp
                 .migration_id

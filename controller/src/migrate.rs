@@ -160,10 +160,10 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     p2c_common::pki::validate_agent_name(&opts.agent).map_err(|e| MigrateError::Other(e.to_string()))?;
     let ctid = opts.ctid;
     let mut running = ctl.migrations.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(h) = running.get(&ctid) {
-        if !h.state().is_idle() {
-            return Err(MigrateError::Running(ctid));
-        }
+    if let Some(h) = running.get(&ctid)
+        && !h.state().is_idle()
+    {
+        return Err(MigrateError::Running(ctid));
     }
     match ctl.store.migration(ctid)? {
         Some(row) if row.agent != opts.agent => {
@@ -376,7 +376,7 @@ fn prepare_storage(
     }
     let plan = QuotaPlan::compute(&sized, opts).map_err(|e| MigrateError::Quota(e.to_string()))?;
     let private_root = ctl.settings.vz_root.join("private");
-    std::fs::create_dir_all(&private_root)
+    root_only_dir(&private_root)
         .map_err(|e| MigrateError::Quota(format!("{}: {e}", private_root.display())))?;
     let selection = quota::select(&quota::Node::linux(), opts.layout, &private_root);
     let private = ctl.settings.private_dir(h.ctid);
@@ -384,6 +384,9 @@ fn prepare_storage(
     h.log(format!("quotas will be applied by {}", selection.backend.name()));
     let (root, mount) = if opts.layout == p2c_common::migration::Layout::Ploop {
         let mp = ctl.settings.root_dir(h.ctid);
+        if let Some(parent) = mp.parent() {
+            root_only_dir(parent).map_err(|e| MigrateError::Quota(format!("{}: {e}", parent.display())))?;
+        }
         // A crashed run may have left the image mounted there.
         let _ = std::process::Command::new("umount").arg(&mp).stderr(std::process::Stdio::null()).status();
         let g = quota::ploop::Ploop::new(quota::Node::linux())
@@ -394,6 +397,23 @@ fn prepare_storage(
         (private, None)
     };
     *guard = Some(QuotaState { plan, selection, root, mount });
+    Ok(())
+}
+
+/// Creates `dir` for root only, or takes group and other access away from it.
+///
+/// Container trees hold what the source server held: setuid-root binaries, device nodes such
+/// as `/dev/mem` (mode 0666), and each tree's own root takes the source root's mode (0755).
+/// What keeps unprivileged users of the node from running or opening those is the directory
+/// above the trees, which must therefore be root-only, as vzctl keeps `/vz/private`.
+fn root_only_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        warn!(dir = %dir.display(), "container trees were open to other users of the node ({mode:o}); making it 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))?;
+    }
     Ok(())
 }
 

@@ -282,7 +282,17 @@ impl v1::agent_session_server::AgentSession for AgentService {
     ) -> Result<Response<Self::TransferStream>, Status> {
         let name = identify(&self.ctl, &req)?;
         tracing::Span::current().record("agent", name.as_str());
-        let mut inbound = req.into_inner();
+        // A transfer lives only as long as its agent's session. When the session ends (the
+        // agent was revoked, went away, or connected again) the migration gives up on the
+        // pass, so the stream must stop too: a revoked agent must not keep writing into the
+        // tree, and a resumed pass must not share the tree with an orphaned one.
+        let session = self.ctl.sessions.get(&name).ok_or_else(|| {
+            Status::failed_precondition("open the session before a transfer; no pass is expected without one")
+        })?;
+        let mut session_closed = session.closed();
+        let mut inbound = Box::pin(req.into_inner().take_until(async move {
+            let _ = session_closed.wait_for(|closed| *closed).await;
+        }));
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.next())
             .await
             .map_err(|_| Status::deadline_exceeded("no Open within 30s"))?;

@@ -1,16 +1,18 @@
 //! Harness for p2c's integration tests: root checks, tracing, bounded waits, network-namespace
 //! hosts, loop-mounted file systems, source-tree fixtures with a tree comparator, real
-//! controllers and agents, Debian trees from debootstrap, a container start harness and a
-//! quota-capable kernel under qemu.
+//! controllers and agents, a scriptable hostile agent, tree snapshots, Debian trees from
+//! debootstrap, a container start harness and a quota-capable kernel under qemu.
 
 pub mod ctstart;
 pub mod debian;
+pub mod fake_agent;
 pub mod fixtures;
 pub mod linkproxy;
 pub mod loopfs;
 pub mod netns;
 pub mod node;
 pub mod quota;
+pub mod snapshot;
 pub mod trees;
 pub mod util;
 pub use util::{is_root, trace_init, unique_name, wait_for, wait_for_sync};

@@ -2,6 +2,8 @@
 
 mod guest_start;
 mod harness;
+mod hostile;
 mod migrate;
 mod quota;
 mod resume;
+mod security;

@@ -196,13 +196,19 @@ where
             .name(format!("verify-{}", job.ctid))
             .spawn(move || verify_chunks(chunk_in_rx, chunk_tx, expected, progress))
     };
+    // Fires when the writer stops. Before `Done` that means the pass failed (the writer's
+    // error, or the planner's, which ends the writer's input), and the reader must stop too:
+    // a hostile or stuck agent that just keeps the stream open must not hold the pass.
+    let (writer_end_tx, mut writer_end) = tokio::sync::oneshot::channel::<()>();
     let writer = {
         let job = job.clone();
         let out = outbound.clone();
         let expected = expected.clone();
-        std::thread::Builder::new()
-            .name(format!("write-{}", job.ctid))
-            .spawn(move || writer::run(&job, write_rx, chunk_rx, out, expected, in_flight))
+        std::thread::Builder::new().name(format!("write-{}", job.ctid)).spawn(move || {
+            let r = writer::run(&job, write_rx, chunk_rx, out, expected, in_flight);
+            let _ = writer_end_tx.send(());
+            r
+        })
     };
     let (planner, verifier, writer) = match (planner, verifier, writer) {
         (Ok(p), Ok(v), Ok(w)) => (p, v, w),
@@ -218,8 +224,18 @@ where
     // The reader: route inbound messages until Done, an error or the end of the stream.
     let read_result: Result<(), ReceiveError> = async {
         let mut next_seq = 0u64;
-        while let Some(msg) = inbound.next().await {
-            let msg = msg.map_err(|s| ReceiveError::Stream(s.message().to_string()))?;
+        loop {
+            let msg = tokio::select! {
+                m = inbound.next() => m,
+                _ = &mut writer_end => return Err(stopped()),
+            };
+            let Some(msg) = msg else { break };
+            let msg = msg.map_err(|s| match s.code() {
+                // gRPC refused a message over the size limit: a protocol violation the
+                // agent would repeat, not a lost link to resume after.
+                tonic::Code::OutOfRange => protocol(s.message()),
+                _ => ReceiveError::Stream(s.message().to_string()),
+            })?;
             match msg.msg {
                 Some(v1::transfer_up::Msg::Batch(b)) => {
                     if b.seq != next_seq {
@@ -258,20 +274,27 @@ where
                 None => return Err(protocol("empty message")),
             }
         }
-        Err(ReceiveError::Stream("the agent closed the transfer before the pass was done".into()))
+        Err(ReceiveError::Stream(
+            "the transfer ended before the pass was done (the agent closed it, or its session ended)".into(),
+        ))
     }
     .await;
 
     // Close the pipes so the threads end; the writer reports the real outcome.
     drop(plan_tx);
     drop(chunk_in_tx);
-    let writer_result = tokio::task::spawn_blocking(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         let w = writer.join();
-        let _ = planner.join();
+        let p = planner.join();
         let _ = verifier.join();
-        w
+        (w, p)
     })
     .await;
+    let (writer_result, plan_err) = match joined {
+        Ok((w, Ok(p))) => (Ok(w), p),
+        Ok((w, Err(_))) => (Ok(w), Some(ReceiveError::Internal("planner thread panicked".into()))),
+        Err(e) => (Err(e), None),
+    };
     let (mut summary, write_err) = match writer_result {
         Ok(Ok((summary, err))) => (summary, err),
         _ => (PassSummary::default(), Some(ReceiveError::Internal("writer thread panicked".into()))),
@@ -280,11 +303,20 @@ where
     summary.seconds = started.elapsed().as_secs_f64();
     summary.wire_bytes = job.progress.wire_bytes.load(Ordering::Relaxed);
     summary.local_bytes = job.progress.local_bytes.load(Ordering::Relaxed);
-    // The first error in the pipeline is the cause; later ones are consequences.
-    let err = match (read_result, write_err) {
-        (Err(ReceiveError::Stream(_)), Some(w)) if !matches!(w, ReceiveError::Internal(_)) => Some(w),
-        (Err(r), _) => Some(r),
-        (Ok(()), w) => w,
+    // The first error in the pipeline is the cause; later ones are consequences: a stage
+    // whose input or output ended reports `Stream` or `Internal`. A planner error (a hostile
+    // entry) ends the writer's input, so it must win over the writer's "transfer ended",
+    // which would otherwise read as a lost link and make the pass retry forever.
+    let consequence = |e: &ReceiveError| matches!(e, ReceiveError::Stream(_) | ReceiveError::Internal(_));
+    let err = match (read_result, plan_err, write_err) {
+        (Err(r @ ReceiveError::Protocol(_)), _, _) => Some(r),
+        (_, Some(p), _) => Some(p),
+        (_, None, Some(w)) if !consequence(&w) => Some(w),
+        // Only consequences left: a lost link (retryable) explains the others.
+        (Err(r @ ReceiveError::Stream(_)), None, _) => Some(r),
+        (_, None, Some(w @ ReceiveError::Stream(_))) => Some(w),
+        (Err(r), None, _) => Some(r),
+        (Ok(()), None, w) => w,
     };
     let result = v1::PassResult {
         ok: err.is_none(),
@@ -330,18 +362,27 @@ fn verify_chunks(
             }
             Some((hash, len)) => {
                 progress.wire_bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                // Decompression is bounded by the announced length: a frame that inflates
+                // past it fails here instead of filling memory.
                 let data = if c.compressed {
                     match dec.as_mut().map(|d| d.decompress(&c.data, len as usize)) {
-                        Some(Ok(d)) => d,
-                        _ => Vec::new(),
+                        Some(Ok(d)) => Some(d),
+                        _ => None,
                     }
                 } else {
-                    c.data.to_vec()
+                    Some(c.data.to_vec())
                 };
-                if data.len() != len as usize || Hash32::of(&data) != hash {
-                    ChunkMsg::Invalid(format!("chunk {}/{} does not match its hash", c.seq, c.index))
-                } else {
-                    ChunkMsg::Data { seq: c.seq, index: c.index, data }
+                match data {
+                    Some(data) if data.len() == len as usize && Hash32::of(&data) == hash => {
+                        ChunkMsg::Data { seq: c.seq, index: c.index, data }
+                    }
+                    Some(_) => {
+                        ChunkMsg::Invalid(format!("chunk {}/{} does not match its hash", c.seq, c.index))
+                    }
+                    None => ChunkMsg::Invalid(format!(
+                        "chunk {}/{} does not decompress to its announced {len} bytes",
+                        c.seq, c.index
+                    )),
                 }
             }
         };

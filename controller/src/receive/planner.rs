@@ -12,6 +12,9 @@ use super::{Expected, Outbound, PassJob, PlannedBatch, ReceiveError, WriterMsg, 
 use crate::config::DedupScope;
 use crate::state;
 
+/// Plans batches until the reader stops sending them. Returns the error that stopped
+/// planning, if any: it is the cause of the pass's failure (the writer then only sees its
+/// input end), so the caller reports it rather than a lost connection.
 pub(crate) fn run(
     job: &PassJob,
     mut batches: mpsc::Receiver<v1::EntryBatch>,
@@ -20,13 +23,10 @@ pub(crate) fn run(
     out: Outbound,
     expected: Expected,
     in_flight: Arc<Mutex<HashSet<Hash32>>>,
-) {
+) -> Option<ReceiveError> {
     let conn = match state::connect(&job.db) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = out.blocking_send(Err(tonic::Status::internal(e.to_string())));
-            return;
-        }
+        Err(e) => return Some(e.into()),
     };
     while let Some(batch) = batches.blocking_recv() {
         match plan(job, &conn, batch, &expected, &in_flight) {
@@ -34,18 +34,16 @@ pub(crate) fn run(
                 if out.blocking_send(Ok(need)).is_err()
                     || writer.blocking_send(WriterMsg::Batch(planned)).is_err()
                 {
-                    return;
+                    return None;
                 }
             }
-            Err(e) => {
-                let _ = out.blocking_send(Err(tonic::Status::invalid_argument(e.to_string())));
-                return;
-            }
+            Err(e) => return Some(e),
         }
     }
     if let Ok(d) = done.blocking_recv() {
         let _ = writer.blocking_send(d);
     }
+    None
 }
 
 fn have_chunk(job: &PassJob, conn: &Connection, hash: &Hash32) -> Result<bool, ReceiveError> {

@@ -381,13 +381,38 @@ impl<'a> Writer<'a> {
             TreeError::Io { source, .. } if source.raw_os_error() == Some(libc_enoent()) => {
                 protocol(format!("{path}: its parent directory was not sent first"))
             }
-            TreeError::Io { source, .. } if source.raw_os_error() == Some(libc_enotdir()) => {
-                protocol(format!("{path}: its parent is not a directory"))
+            // The tree refuses to resolve through anything but real directories (a planted
+            // symlink gives ENOTDIR or ELOOP): name what is in the way.
+            TreeError::Io { source, .. }
+                if source.raw_os_error() == Some(libc_enotdir())
+                    || source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+            {
+                match self.blocked_by(&parent) {
+                    Some((p, kind)) => {
+                        protocol(format!("{path}: its parent {p} is a {kind}, not a directory"))
+                    }
+                    None => protocol(format!("{path}: its parent is not a directory")),
+                }
             }
             other => other.into(),
         })?;
         self.parent = Some(Dir::clone_of(&d)?);
         Ok(d)
+    }
+
+    /// The first component of `dir` (a path the tree could not open as a directory) that is
+    /// not a directory, with its type.
+    fn blocked_by(&self, dir: &RelPath) -> Option<(RelPath, &'static str)> {
+        let mut cur = RelPath::ROOT;
+        for c in dir.components() {
+            cur = cur.join(c).ok()?;
+            let st = self.tree.lstat(&cur).ok()??;
+            let ft = FileType::from_raw_mode(st.st_mode);
+            if ft != FileType::Directory {
+                return Some((cur, crate::tree::type_name(ft)));
+            }
+        }
+        None
     }
 
     // ------------------------------------------------------------------ regular files
@@ -803,10 +828,21 @@ impl<'a> Writer<'a> {
     }
 
     fn apply_hardlink(&mut self, e: &Entry, target: &RelPath) -> Result<(), ReceiveError> {
-        let tst = self
-            .tree
-            .lstat(target)?
-            .ok_or_else(|| protocol(format!("{}: hard link to {target}, which was not sent", e.path)))?;
+        let tst = match self.tree.lstat(target) {
+            Ok(Some(st)) => st,
+            missing => {
+                // Never resolved through a planted symlink: say so rather than "not sent".
+                if let Some((p, kind)) = target.parent().and_then(|t| self.blocked_by(&t)) {
+                    return Err(protocol(format!(
+                        "{}: hard link to {target}, beneath {p}, which is a {kind}",
+                        e.path
+                    )));
+                }
+                missing?.ok_or_else(|| {
+                    protocol(format!("{}: hard link to {target}, which was not sent", e.path))
+                })?
+            }
+        };
         if FileType::from_raw_mode(tst.st_mode) == FileType::Directory {
             return Err(protocol(format!("{}: hard link to a directory", e.path)));
         }
@@ -830,6 +866,13 @@ impl<'a> Writer<'a> {
     fn finish(&mut self, changed: Vec<Problem>, skipped: Vec<Problem>) -> Result<(), ReceiveError> {
         if self.open.is_some() {
             return Err(protocol("the pass ended inside a segmented file"));
+        }
+        // Every chunk sent must have been asked for, even where no file waited for it (the
+        // verifier flags the others). The reader stopped at Done, so this ends promptly.
+        while let Some(m) = self.chunks.blocking_recv() {
+            if let ChunkMsg::Invalid(m) = m {
+                return Err(protocol(m));
+            }
         }
         self.advance_to(None)?;
         // Deepest first, so a deleted directory's records go with it.
