@@ -115,3 +115,22 @@ impl AgentSettings {
             .filter(|p| !p.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployed_example_parses() {
+        let cfg: AgentConfig = toml::from_str(include_str!("../../deploy/examples/agent.toml")).unwrap();
+        assert_eq!(cfg.name, "web01");
+        assert_eq!(cfg.controller.len(), 2);
+        assert!(cfg.proxy.is_some());
+        p2c_common::pki::validate_agent_name(&cfg.name).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<AgentConfig>("name = \"a\"\ncontroller = [\"x:1\"]\nbogus = 1").is_err());
+    }
+}

@@ -223,3 +223,19 @@ mod tests {
         assert!(parse("listen = \"127.0.0.1:1\"\n[transfer]\nchunk_min = 1").unwrap_err().contains("chunk"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_deployed_example_parses_and_validates() {
+        let text = include_str!("../../deploy/examples/controller.toml");
+        let cfg: ControllerConfig = toml::from_str(text).unwrap();
+        let s = Settings::from_config(Path::new("/var/lib/p2c"), cfg).unwrap();
+        assert_eq!(s.advertise.len(), 2);
+        assert_eq!(s.max_concurrent, 4);
+        assert_eq!(s.converge_bytes, 64 << 20);
+        assert_eq!(s.chunking, ChunkParams::default());
+    }
+}
