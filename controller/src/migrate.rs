@@ -10,16 +10,16 @@ use p2c_common::inventory::{INVENTORY_SCHEMA, Inventory};
 use p2c_common::migration::{MigrateOptions, MigrationState, MigrationSummary, PassSummary, VerifySummary};
 use p2c_common::paths::RelPath;
 use p2c_proto::v1;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, oneshot};
 use tracing::{info, warn};
 
 use std::path::PathBuf;
 
 use crate::ctconf::CtConf;
 use crate::quota::{self, QuotaPlan};
-use crate::receive::{PassJob, Progress};
+use crate::receive::{PassJob, PassOutcome, Progress};
 use crate::server::{Controller, TransferSlot};
-use crate::session::{AgentReply, CallError};
+use crate::session::{AgentConn, AgentReply, CallError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -43,6 +43,8 @@ pub enum MigrateError {
     Blocked(usize, String),
     #[error("copy pass {pass} failed: {reason}")]
     Pass { pass: u32, reason: String },
+    #[error("cutover aborted, the container was not finalised: {0}")]
+    CutoverAborted(String),
     #[error("finalising the container failed: {0}")]
     Finalise(String),
     #[error("quota: {0}")]
@@ -74,6 +76,10 @@ pub struct MigrationHandle {
     pub cutover: Notify,
     pub cutover_requested: AtomicBool,
     pub started: Instant,
+    /// When the current copy pass started (for its rate and ETA).
+    pub pass_started: Mutex<Option<Instant>>,
+    /// What the migration waits for before it can copy (a copy slot, its agent), if anything.
+    pub waiting: Mutex<Option<String>>,
     /// The quota plan, how it is applied, and the mounted image of a ploop container.
     pub quota: Mutex<Option<QuotaState>>,
 }
@@ -92,7 +98,7 @@ impl MigrationHandle {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn log(&self, msg: impl Into<String>) {
+    pub(crate) fn log(&self, msg: impl Into<String>) {
         let m = msg.into();
         info!(ctid = self.ctid, agent = %self.agent, "{m}");
         let _ = self.events.send(Event::Log(m));
@@ -101,13 +107,22 @@ impl MigrationHandle {
     pub fn summary(&self) -> MigrationSummary {
         self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// What the migration waits for, if anything (shown by `p2c status`).
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_waiting(&self, what: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
 }
 
 fn now() -> u64 {
     crate::state::now()
 }
 
-fn set_state(ctl: &Controller, h: &MigrationHandle, st: MigrationState, error: Option<String>) {
+pub(crate) fn set_state(ctl: &Controller, h: &MigrationHandle, st: MigrationState, error: Option<String>) {
     *h.state.lock().unwrap_or_else(|p| p.into_inner()) = st;
     let summary = {
         let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,6 +227,8 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
         cutover: Notify::new(),
         cutover_requested: AtomicBool::new(false),
         started: Instant::now(),
+        pass_started: Mutex::new(None),
+        waiting: Mutex::new(None),
         quota: Mutex::new(None),
     });
     running.insert(ctid, h.clone());
@@ -221,12 +238,11 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     tokio::spawn(async move {
         let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
         let r = match sync(&ctl2, &h2).await {
-            Ok(()) if cutover => do_cutover(&ctl2, &h2).await,
+            Ok(()) if cutover => crate::cutover::run(&ctl2, &h2).await,
             other => other,
         };
         if let Err(e) = r {
-            h2.log(format!("migration stopped: {e}"));
-            set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
+            stopped(&ctl2, &h2, e);
         }
     });
     Ok((h, sub))
@@ -248,12 +264,23 @@ pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
     tokio::spawn(async move {
-        if let Err(e) = do_cutover(&ctl2, &h2).await {
-            h2.log(format!("cutover stopped: {e}"));
-            set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
+        if let Err(e) = crate::cutover::run(&ctl2, &h2).await {
+            stopped(&ctl2, &h2, e);
         }
     });
     Ok((h, sub))
+}
+
+/// Records why a migration stopped: an aborted cutover leaves it synced (the source runs on
+/// and the cutover can be tried again), anything else failed.
+fn stopped(ctl: &Controller, h: &MigrationHandle, e: MigrateError) {
+    if let MigrateError::CutoverAborted(_) = e {
+        h.log(format!("{e}; run `p2c cutover {}` to try again", h.ctid));
+        set_state(ctl, h, MigrationState::Synced, Some(e.to_string()));
+    } else {
+        h.log(format!("migration stopped: {e}"));
+        set_state(ctl, h, MigrationState::Failed, Some(e.to_string()));
+    }
 }
 
 async fn inventory(ctl: &Controller, h: &MigrationHandle) -> Result<Inventory, MigrateError> {
@@ -291,7 +318,7 @@ pub async fn fetch_inventory(
     Ok(inv)
 }
 
-fn excludes(opts: &MigrateOptions) -> Result<Vec<RelPath>, MigrateError> {
+pub(crate) fn excludes(opts: &MigrateOptions) -> Result<Vec<RelPath>, MigrateError> {
     opts.assess
         .excludes
         .iter()
@@ -319,7 +346,7 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
     let conv = ctl.settings.converge_bytes.max(opts.converge_bytes.unwrap_or(0));
     let max_passes = if opts.max_passes > 0 { opts.max_passes } else { ctl.settings.max_passes };
     for i in 0..max_passes {
-        let s = run_pass(ctl, h, &excludes, &opts).await?;
+        let s = run_pass(ctl, h, &excludes, &opts, None).await?;
         if i == 0 || !ctl.settings.conf_path(h.ctid).exists() {
             write_conf(ctl, h, &inv, &opts)?;
         }
@@ -350,7 +377,7 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
 
 /// Plans the quotas, picks how the node applies them and prepares the private area (a btrfs
 /// subvolume, a ploop image mounted at the container's root...) before any file arrives.
-fn prepare_storage(
+pub(crate) fn prepare_storage(
     ctl: &Controller,
     h: &MigrationHandle,
     inv: &Inventory,
@@ -431,29 +458,41 @@ fn time_string() -> String {
         .unwrap_or_else(|_| format!("unix time {}", now()))
 }
 
+/// How long a pass may go without any progress before it is cancelled and tried again, so a
+/// stuck agent does not keep its copy slot for ever.
+const STALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the end of an interrupted transfer is awaited before the next attempt.
+const WIND_DOWN: Duration = Duration::from_secs(10);
+/// Attempts of one pass before the migration fails.
+const PASS_ATTEMPTS: u32 = 20;
+
 /// Runs one copy pass, resuming on a new connection if the link breaks.
-async fn run_pass(
+///
+/// The migration holds a copy slot only while its agent is connected and a transfer runs:
+/// it waits for an absent agent, and between attempts, without one, so that the others copy
+/// meanwhile. A `slot` handed in (the cutover's, taken before the services stopped) is kept
+/// through every attempt.
+pub(crate) async fn run_pass(
     ctl: &Controller,
     h: &Arc<MigrationHandle>,
     excludes: &[RelPath],
     opts: &MigrateOptions,
+    mut slot: Option<OwnedSemaphorePermit>,
 ) -> Result<PassSummary, MigrateError> {
-    let _slot = ctl
-        .copy_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| MigrateError::Other("shutting down".into()))?;
+    let keep_slot = slot.is_some();
     let mut attempts = 0;
     loop {
+        let conn = wait_agent(ctl, h).await?;
+        if slot.is_none() {
+            let permit = copy_slot(ctl, h).await?;
+            if *conn.closed().borrow() {
+                continue; // the agent left while the migration queued
+            }
+            slot = Some(permit);
+        }
         let pass = h.pass.fetch_add(1, Ordering::Relaxed);
         h.progress.reset();
-        let conn = ctl.sessions.wait_for(&h.agent, Duration::from_secs(600)).await.ok_or_else(|| {
-            MigrateError::Pass {
-                pass,
-                reason: format!("agent {} is not connected and did not come back within 10 minutes", h.agent),
-            }
-        })?;
+        *h.pass_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let migration_id = format!("ct{}", h.ctid);
         let limits = h
             .quota
@@ -489,22 +528,7 @@ async fn run_pass(
             chunking: Some(ctl.settings.chunking.into()),
         });
         h.log(format!("copy pass {pass} started"));
-        let started = conn.send(cmd).await;
-        let mut closed = conn.closed();
-        let outcome = match started {
-            Err(e) => Err(e.to_string()),
-            Ok((_, reply)) => {
-                tokio::select! {
-                    o = done_rx => o.map_err(|_| "the transfer was dropped".to_string()),
-                    r = reply => match r {
-                        // The agent reports failure before (or without) opening the transfer.
-                        Ok(AgentReply::Result(r)) if !r.ok => Err(format!("agent: {}", r.message)),
-                        _ => Err("the agent ended the pass without a transfer".into()),
-                    },
-                    _ = closed.wait_for(|c| *c) => Err("the agent disconnected".into()),
-                }
-            }
-        };
+        let outcome = transfer(h, &conn, cmd, done_rx, &migration_id).await;
         ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
         let (summary, err, retry) = match outcome {
             Ok(o) => (o.summary, o.error, o.retryable),
@@ -518,8 +542,11 @@ async fn run_pass(
         }
         match err {
             None => return Ok(summary),
-            Some(reason) if retry && attempts < 20 => {
+            Some(reason) if retry && attempts < PASS_ATTEMPTS => {
                 attempts += 1;
+                if !keep_slot {
+                    slot = None;
+                }
                 h.log(format!("pass {pass} interrupted ({reason}); resuming when the agent is back"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -528,102 +555,114 @@ async fn run_pass(
     }
 }
 
-/// This migration's share of the node-wide cap, or its own limit if lower.
-fn bandwidth(ctl: &Controller, opts: &MigrateOptions) -> u64 {
-    let node = ctl.settings.node_bwlimit;
-    let share = if node == 0 {
-        0
-    } else {
-        let active = ctl.settings.max_concurrent - ctl.copy_slots.available_permits();
-        node / active.max(1) as u64
-    };
-    match (share, opts.bwlimit) {
-        (0, b) => b,
-        (s, 0) => s,
-        (s, b) => s.min(b),
+/// The agent's session, waiting up to 10 minutes for it to (re)connect.
+async fn wait_agent(ctl: &Controller, h: &MigrationHandle) -> Result<Arc<AgentConn>, MigrateError> {
+    if let Some(c) = ctl.sessions.get(&h.agent) {
+        return Ok(c);
     }
+    h.set_waiting(Some(format!("agent {} to connect", h.agent)));
+    let conn = ctl.sessions.wait_for(&h.agent, Duration::from_secs(600)).await;
+    h.set_waiting(None);
+    conn.ok_or_else(|| MigrateError::Pass {
+        pass: h.pass.load(Ordering::Relaxed),
+        reason: format!("agent {} is not connected and did not come back within 10 minutes", h.agent),
+    })
 }
 
-async fn do_cutover(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
-    set_state(ctl, h, MigrationState::CuttingOver, None);
-    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let t0 = Instant::now();
-    let conn = ctl
-        .sessions
-        .wait_for(&h.agent, Duration::from_secs(60))
-        .await
-        .ok_or_else(|| CallError::NotConnected(h.agent.clone()))?;
-    if let Some(hook) = &opts.pre_cutover_hook {
-        h.log(format!("running the pre-cutover hook on the source: {hook}"));
-        agent_command(
-            &conn,
-            v1::controller_command::Command::RunHook(v1::RunHook {
-                command: hook.clone(),
-                timeout_secs: 600,
-            }),
-            610,
-        )
-        .await?;
+/// One of the node's copy slots, queueing (first come, first served) when all are taken.
+pub(crate) async fn copy_slot(
+    ctl: &Controller,
+    h: &MigrationHandle,
+) -> Result<OwnedSemaphorePermit, MigrateError> {
+    if let Ok(p) = ctl.copy_slots.clone().try_acquire_owned() {
+        return Ok(p);
     }
-    if !opts.stop_services.is_empty() {
-        h.log(format!("stopping services on the source: {}", opts.stop_services.join(", ")));
-        agent_command(
-            &conn,
-            v1::controller_command::Command::StopServices(v1::StopServices {
-                services: opts.stop_services.clone(),
-                start: false,
-            }),
-            300,
-        )
-        .await?;
-    }
-    let inv = fetch_inventory(ctl, &conn).await?;
-    prepare_storage(ctl, h, &inv, None, &opts)?;
-    let excludes = excludes(&opts)?;
-    let s = run_pass(ctl, h, &excludes, &opts).await?;
-    h.log(format!("final pass {} done: {} written, {} deleted", s.pass, s.written, s.deleted));
-    set_state(ctl, h, MigrationState::Finalising, None);
-    finalise(ctl, h, &inv, &opts).await?;
-    let downtime = t0.elapsed().as_secs_f64();
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).downtime_seconds = Some(downtime);
-    if let Some(hook) = &opts.post_cutover_hook {
-        h.log(format!("running the post-cutover hook on the source: {hook}"));
-        if let Err(e) = agent_command(
-            &conn,
-            v1::controller_command::Command::RunHook(v1::RunHook {
-                command: hook.clone(),
-                timeout_secs: 600,
-            }),
-            610,
-        )
-        .await
-        {
-            h.summary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .warnings
-                .push(format!("post-cutover hook: {e}"));
+    h.log(format!(
+        "waiting for a copy slot ({} migrations copy at once on this node)",
+        ctl.settings.max_concurrent
+    ));
+    h.set_waiting(Some("a copy slot".into()));
+    let permit = ctl.copy_slots.clone().acquire_owned().await;
+    h.set_waiting(None);
+    permit.map_err(|_| MigrateError::Other("the controller is shutting down".into()))
+}
+
+/// Asks the agent to run the pass and waits for the transfer's outcome, or the reason there
+/// is none.
+async fn transfer(
+    h: &MigrationHandle,
+    conn: &AgentConn,
+    cmd: v1::controller_command::Command,
+    mut done: oneshot::Receiver<PassOutcome>,
+    migration_id: &str,
+) -> Result<PassOutcome, String> {
+    let (_, mut reply) = conn.send(cmd).await.map_err(|e| e.to_string())?;
+    let mut closed = conn.closed();
+    // After the agent's answer, a disconnection or a cancel, the transfer may still be
+    // ending: take its outcome if it comes, and never let a new attempt write the tree
+    // while the old one still does.
+    tokio::select! {
+        o = &mut done => o.map_err(|_| "the transfer was dropped".to_string()),
+        r = &mut reply => {
+            // The agent answers StartPass when its side ended; a failure before any transfer
+            // has no outcome to wait for.
+            let failed = match r {
+                Ok(AgentReply::Result(r)) if !r.ok => Some(format!("agent: {}", r.message)),
+                _ => None,
+            };
+            let within = if failed.is_some() { Duration::from_secs(2) } else { WIND_DOWN };
+            wind_down(&mut done, within)
+                .await
+                .ok_or_else(|| failed.unwrap_or_else(|| "the agent ended the pass without a transfer".into()))
+        }
+        () = async { drop(closed.wait_for(|c| *c).await) } => {
+            wind_down(&mut done, WIND_DOWN).await.ok_or_else(|| "the agent disconnected".to_string())
+        }
+        _ = stalled(&h.progress, STALL_TIMEOUT) => {
+            let cancel = v1::CancelPass { migration_id: migration_id.to_string() };
+            let _ = conn.send(v1::controller_command::Command::CancelPass(cancel)).await;
+            let _ = wind_down(&mut done, WIND_DOWN).await;
+            Err(format!("no progress for {}s; the pass was cancelled", STALL_TIMEOUT.as_secs()))
         }
     }
-    h.log(format!("container {} is ready; downtime {:.1}s", h.ctid, downtime));
-    set_state(ctl, h, MigrationState::Done, None);
-    Ok(())
 }
 
-async fn agent_command(
-    conn: &crate::session::AgentConn,
-    cmd: v1::controller_command::Command,
-    secs: u64,
-) -> Result<v1::CommandResult, MigrateError> {
-    match conn.call(cmd, Duration::from_secs(secs)).await? {
-        AgentReply::Result(r) if r.ok => Ok(r),
-        AgentReply::Result(r) => Err(MigrateError::Other(format!("agent: {}", r.message))),
-        AgentReply::Inventory(_) => Err(MigrateError::Other("agent answered with an inventory".into())),
+/// The transfer's outcome if it comes within `within`.
+async fn wind_down(done: &mut oneshot::Receiver<PassOutcome>, within: Duration) -> Option<PassOutcome> {
+    tokio::time::timeout(within, done).await.ok().and_then(Result::ok)
+}
+
+/// Returns once `p` has not moved for `limit`.
+async fn stalled(p: &Progress, limit: Duration) {
+    let snapshot = || {
+        [&p.files_total, &p.files_done, &p.bytes_done, &p.wire_bytes, &p.local_bytes]
+            .map(|a| a.load(Ordering::Relaxed))
+    };
+    let tick = (limit / 20).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let (mut last, mut since) = (snapshot(), Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = snapshot();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+/// The rate the agent paces itself to: this migration's own limit, capped by the node's
+/// (which the controller also enforces across all transfers together, see `throttle`).
+fn bandwidth(ctl: &Controller, opts: &MigrateOptions) -> u64 {
+    match (ctl.settings.node_bwlimit, opts.bwlimit) {
+        (0, b) => b,
+        (n, 0) => n,
+        (n, b) => n.min(b),
     }
 }
 
 /// Config, guest rewrite, verification against the last manifest, then quotas.
-async fn finalise(
+pub(crate) async fn finalise(
     ctl: &Controller,
     h: &Arc<MigrationHandle>,
     inv: &Inventory,

@@ -9,6 +9,8 @@ pub mod fixtures;
 pub mod loopfs;
 pub mod netns;
 pub mod node;
+pub mod procs;
 pub mod quota;
+pub mod sources;
 pub mod util;
 pub use util::{is_root, trace_init, unique_name, wait_for, wait_for_sync};

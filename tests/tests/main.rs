@@ -3,3 +3,4 @@
 mod guest_start;
 mod harness;
 mod quota;
+mod waves;

@@ -1,0 +1,1 @@
+//! Several source hosts at once.
