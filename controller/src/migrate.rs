@@ -577,10 +577,7 @@ pub(crate) async fn copy_slot(
     if let Ok(p) = ctl.copy_slots.clone().try_acquire_owned() {
         return Ok(p);
     }
-    h.log(format!(
-        "waiting for a copy slot ({} migrations copy at once on this node)",
-        ctl.settings.max_concurrent
-    ));
+    h.log(format!("waiting for a copy slot (this node runs {} copies at once)", ctl.settings.max_concurrent));
     h.set_waiting(Some("a copy slot".into()));
     let permit = ctl.copy_slots.clone().acquire_owned().await;
     h.set_waiting(None);
