@@ -153,7 +153,14 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
             }
         }
     }
-    // Anything in the tree the manifest does not list.
+    // Anything in the tree the manifest does not list, except the directories the guest
+    // rewrite had to create to hold its own files.
+    let made: HashSet<RelPath> = opts
+        .rewritten
+        .iter()
+        .chain(opts.own_dirs.iter())
+        .flat_map(|p| std::iter::successors(p.parent(), |q| q.parent()))
+        .collect();
     let mut stack = vec![RelPath::ROOT];
     while let Some(dir) = stack.pop() {
         for (name, ft) in tree.list(&dir)? {
@@ -165,7 +172,7 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
             if opts.own_dirs.iter().any(|o| p.starts_with(o)) || opts.rewritten.contains(&p) {
                 continue;
             }
-            if !seen.contains(p.as_bytes()) {
+            if !seen.contains(p.as_bytes()) && !made.contains(&p) {
                 bad(&mut sum, format!("{}: not in the source manifest", p.display()));
                 continue;
             }

@@ -2,5 +2,6 @@
 
 mod guest_start;
 mod harness;
+mod migrate;
 mod quota;
 mod waves;
