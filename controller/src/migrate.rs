@@ -462,7 +462,7 @@ fn time_string() -> String {
 /// stuck agent does not keep its copy slot for ever.
 const STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the end of an interrupted transfer is awaited before the next attempt.
-const WIND_DOWN: Duration = Duration::from_secs(10);
+const WIND_DOWN: Duration = Duration::from_secs(60);
 /// Attempts of one pass before the migration fails.
 const PASS_ATTEMPTS: u32 = 20;
 
@@ -528,7 +528,7 @@ pub(crate) async fn run_pass(
             chunking: Some(ctl.settings.chunking.into()),
         });
         h.log(format!("copy pass {pass} started"));
-        let outcome = transfer(h, &conn, cmd, done_rx, &migration_id).await;
+        let outcome = transfer(ctl, h, &conn, cmd, done_rx, &migration_id).await;
         ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
         let (summary, err, retry) = match outcome {
             Ok(o) => (o.summary, o.error, o.retryable),
@@ -587,6 +587,7 @@ pub(crate) async fn copy_slot(
 /// Asks the agent to run the pass and waits for the transfer's outcome, or the reason there
 /// is none.
 async fn transfer(
+    ctl: &Controller,
     h: &MigrationHandle,
     conn: &AgentConn,
     cmd: v1::controller_command::Command,
@@ -613,6 +614,8 @@ async fn transfer(
                 .ok_or_else(|| failed.unwrap_or_else(|| "the agent ended the pass without a transfer".into()))
         }
         () = async { drop(closed.wait_for(|c| *c).await) } => {
+            // A transfer not opened yet never will be on this session.
+            ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(migration_id);
             wind_down(&mut done, WIND_DOWN).await.ok_or_else(|| "the agent disconnected".to_string())
         }
         _ = stalled(&h.progress, STALL_TIMEOUT) => {

@@ -51,7 +51,10 @@ async fn an_absent_agent_gives_up_its_copy_slot_and_resumes_when_back() {
         .unwrap();
     assert_done(&quick);
     assert_container_matches(&quick_root, &node.private(402), &quick, &[]);
-    let away = node.status_of(401).await.unwrap();
+    let away = wait_for("the slow migration to wait for its agent", Duration::from_secs(10), || async {
+        node.status_of(401).await.ok().filter(|s| s.waiting.is_some())
+    })
+    .await;
     assert_eq!(away.state, MigrationState::Copying, "{away:?}");
     assert_eq!(away.waiting.as_deref(), Some("agent slow01 to connect"), "{away:?}");
 
