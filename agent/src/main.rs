@@ -137,13 +137,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Inventory { root, facts: f, json } => {
+        // The inventory has no text form: JSON either way (`--json` is accepted for symmetry
+        // with the other commands).
+        Command::Inventory { root, facts: f, json: _ } => {
             let inv = p2c_agent::inventory::collect(&CollectOptions { facts: facts(f, &root), root });
-            if json.json {
-                println!("{}", serde_json::to_string_pretty(&inv)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&inv)?);
-            }
+            println!("{}", serde_json::to_string_pretty(&inv)?);
             Ok(())
         }
     }

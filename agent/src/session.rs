@@ -103,10 +103,10 @@ pub fn skipped_mounts(root: &Path) -> HashSet<RelPath> {
         } else {
             mp.strip_prefix(root_bytes).and_then(|r| r.strip_prefix(b"/")).map(|r| r.to_vec())
         };
-        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok()) {
-            if !rel.is_root() {
-                out.insert(rel);
-            }
+        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok())
+            && !rel.is_root()
+        {
+            out.insert(rel);
         }
     }
     out
@@ -218,14 +218,12 @@ fn handle(
             let mut excludes: Vec<RelPath> =
                 sp.excludes.into_iter().filter_map(|x| RelPath::new(x).ok()).collect();
             // Never copy the agent's own identity into the container.
-            if let Ok(state) = settings.paths.dir.canonicalize() {
-                if let Ok(rel) = state.strip_prefix(&opts.root) {
-                    if let Ok(p) = RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec()) {
-                        if !p.is_root() {
-                            excludes.push(p);
-                        }
-                    }
-                }
+            if let Ok(state) = settings.paths.dir.canonicalize()
+                && let Ok(rel) = state.strip_prefix(&opts.root)
+                && let Ok(p) = RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec())
+                && !p.is_root()
+            {
+                excludes.push(p);
             }
             let safe_id: String = sp
                 .migration_id

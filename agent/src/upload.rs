@@ -350,8 +350,7 @@ fn produce(
         std::thread::spawn(move || {
             let mut cache = cache::Reader::open(&cache_path);
             let mut w = walker;
-            let mut seq = 0u64;
-            for found in w.by_ref() {
+            for (seq, found) in (0u64..).zip(w.by_ref()) {
                 let cached = if matches!(found.kind, Kind::File) {
                     let key: Vec<u8> =
                         found.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
@@ -371,7 +370,6 @@ fn produce(
                 if work_tx.send(Work { seq, found, cached }).is_err() {
                     break;
                 }
-                seq += 1;
             }
             *wp.lock().unwrap_or_else(|e| e.into_inner()) = std::mem::take(&mut w.problems);
         })
@@ -720,10 +718,9 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
                     msg.reason = "changed while being read".into();
                     if let Some(b) =
                         shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq)
+                        && let Some(f) = b.files.get_mut(fi)
                     {
-                        if let Some(f) = b.files.get_mut(fi) {
-                            f.failed = true;
-                        }
+                        f.failed = true;
                     }
                 }
             }

@@ -114,10 +114,8 @@ fn follow(
     let replay_report = sub.is_none();
     let mut sub = sub.unwrap_or_else(|| h.events.subscribe());
     tokio::spawn(async move {
-        if replay_report {
-            if let Some(r) = h.summary().report {
-                let _ = tx.send(Ok(to_event(Event::Report(Box::new(r))))).await;
-            }
+        if replay_report && let Some(r) = h.summary().report {
+            let _ = tx.send(Ok(to_event(Event::Report(Box::new(r))))).await;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -324,12 +322,12 @@ impl v1::admin_server::Admin for AdminService {
     async fn discard(&self, req: Request<v1::CtidRef>) -> Result<Response<v1::JsonReply>, Status> {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
-        if let Some(h) = self.ctl.migrations.lock().unwrap_or_else(|p| p.into_inner()).get(&ctid) {
-            if !h.state().is_idle() {
-                return Err(Status::failed_precondition(format!(
-                    "CT {ctid} is being migrated; wait for it to stop"
-                )));
-            }
+        if let Some(h) = self.ctl.migrations.lock().unwrap_or_else(|p| p.into_inner()).get(&ctid)
+            && !h.state().is_idle()
+        {
+            return Err(Status::failed_precondition(format!(
+                "CT {ctid} is being migrated; wait for it to stop"
+            )));
         }
         let known = self.ctl.store.migration(ctid).map_err(|e| Status::internal(e.to_string()))?.is_some();
         if !known {

@@ -163,8 +163,7 @@ mod tests {
 
     #[test]
     fn hostile_values_cannot_escape_the_quotes() {
-        let mut inv = Inventory::default();
-        inv.hostname = "web\"; rm -rf / #$(x)`y`".into();
+        let mut inv = Inventory { hostname: "web\"; rm -rf / #$(x)`y`".into(), ..Default::default() };
         inv.os.id = "debian".into();
         inv.os.version_id = "12".into();
         inv.dns.search = vec!["ex$ample.com\nX=1".into()];

@@ -175,10 +175,10 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     p2c_common::pki::validate_agent_name(&opts.agent).map_err(|e| MigrateError::Other(e.to_string()))?;
     let ctid = opts.ctid;
     let mut running = ctl.migrations.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(h) = running.get(&ctid) {
-        if !h.state().is_idle() {
-            return Err(MigrateError::Running(ctid));
-        }
+    if let Some(h) = running.get(&ctid)
+        && !h.state().is_idle()
+    {
+        return Err(MigrateError::Running(ctid));
     }
     match ctl.store.migration(ctid)? {
         Some(row) if row.agent != opts.agent => {

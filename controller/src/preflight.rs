@@ -25,18 +25,18 @@ pub async fn report(
     opts: &AssessOptions,
 ) -> (Report, Option<ScanResult>) {
     let mut scan = None;
-    if !opts.quick {
-        if let Some(conn) = ctl.sessions.get(agent) {
-            let req = v1::ScanRequest::from(&crate::assess::scan_options(inv, opts));
-            match conn.call(v1::controller_command::Command::Scan(req), Duration::from_secs(3600)).await {
-                Ok(AgentReply::Result(r)) if r.ok => match ScanResult::from_json(&r.payload_json) {
-                    Ok(s) => scan = Some(s),
-                    Err(e) => warn!(agent, "scan result refused: {e}"),
-                },
-                Ok(AgentReply::Result(r)) => warn!(agent, "scan failed: {}", r.message),
-                Ok(_) => warn!(agent, "unexpected answer to a scan"),
-                Err(e) => warn!(agent, "scan failed: {e}"),
-            }
+    if !opts.quick
+        && let Some(conn) = ctl.sessions.get(agent)
+    {
+        let req = v1::ScanRequest::from(&crate::assess::scan_options(inv, opts));
+        match conn.call(v1::controller_command::Command::Scan(req), Duration::from_secs(3600)).await {
+            Ok(AgentReply::Result(r)) if r.ok => match ScanResult::from_json(&r.payload_json) {
+                Ok(s) => scan = Some(s),
+                Err(e) => warn!(agent, "scan result refused: {e}"),
+            },
+            Ok(AgentReply::Result(r)) => warn!(agent, "scan failed: {}", r.message),
+            Ok(_) => warn!(agent, "unexpected answer to a scan"),
+            Err(e) => warn!(agent, "scan failed: {e}"),
         }
     }
     let private_root = ctl.settings.vz_root.join("private");

@@ -116,15 +116,13 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
                     }
                 }
             }
-            EntryData::Symlink { target } => {
-                if tree.readlink(&e.path)?.as_deref() != Some(&target[..]) {
-                    bad(&mut sum, format!("{p}: symlink target differs"));
-                }
+            EntryData::Symlink { target } if tree.readlink(&e.path)?.as_deref() != Some(&target[..]) => {
+                bad(&mut sum, format!("{p}: symlink target differs"));
             }
-            EntryData::CharDevice { major, minor } | EntryData::BlockDevice { major, minor } => {
-                if rustix::fs::major(st.st_rdev) != *major || rustix::fs::minor(st.st_rdev) != *minor {
-                    bad(&mut sum, format!("{p}: device numbers differ"));
-                }
+            EntryData::CharDevice { major, minor } | EntryData::BlockDevice { major, minor }
+                if rustix::fs::major(st.st_rdev) != *major || rustix::fs::minor(st.st_rdev) != *minor =>
+            {
+                bad(&mut sum, format!("{p}: device numbers differ"));
             }
             _ => {}
         }

@@ -32,7 +32,7 @@ async fn every_case_is_carried_exactly() {
         s.passes.iter().flat_map(|p| p.skipped.iter().map(|x| x.path.display())).collect();
     for sock in cases.skipped() {
         let shown = format!("/{}", sock.display());
-        assert!(reported.iter().any(|r| *r == shown), "socket {shown} not reported in {reported:?}");
+        assert!(reported.contains(&shown), "socket {shown} not reported in {reported:?}");
         assert!(!node.private(101).join(sock).exists(), "socket {shown} was copied");
     }
     // Everything else is identical: type, mode, owner, size, content, mtime (ns), link

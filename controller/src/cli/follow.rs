@@ -47,23 +47,20 @@ pub async fn follow(mut stream: Streaming<v1::MigrateEvent>, json: bool) -> anyh
                     p2c_common::units::human_bytes(p.bytes_sent)
                 ));
             }
-            Some(v1::migrate_event::Event::Log(l)) => {
-                if !json {
-                    bar.suspend(|| eprintln!("{l}"));
-                }
+            Some(v1::migrate_event::Event::Log(l)) if !json => {
+                bar.suspend(|| eprintln!("{l}"));
             }
-            Some(v1::migrate_event::Event::ReportJson(r)) => {
-                if !json {
-                    if let Ok(r) = serde_json::from_slice::<Report>(&r) {
-                        bar.suspend(|| println!("{}", r.render()));
-                    }
+            Some(v1::migrate_event::Event::ReportJson(r)) if !json => {
+                if let Ok(r) = serde_json::from_slice::<Report>(&r) {
+                    bar.suspend(|| println!("{}", r.render()));
                 }
             }
             Some(v1::migrate_event::Event::SummaryJson(s)) => {
                 summary = serde_json::from_slice(&s).ok();
                 break;
             }
-            None => {}
+            // Logs and the report are for a terminal, not for --json.
+            Some(v1::migrate_event::Event::Log(_) | v1::migrate_event::Event::ReportJson(_)) | None => {}
         }
     }
     bar.finish_and_clear();

@@ -23,7 +23,7 @@ async fn wait_for_names_what_it_waited_for() {
 #[tokio::test]
 #[should_panic(expected = "waiting for a hung attempt")]
 async fn wait_for_bounds_a_hung_attempt() {
-    wait_for("a hung attempt", Duration::from_millis(100), || std::future::pending::<bool>()).await;
+    wait_for("a hung attempt", Duration::from_millis(100), std::future::pending::<bool>).await;
 }
 
 #[test]

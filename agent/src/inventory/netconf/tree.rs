@@ -46,7 +46,7 @@ pub fn read_tree(root: &Path) -> (NetConfig, Vec<String>) {
         |t, src, n| parse_ifcfg_rhel(t, &n["ifcfg-".len()..], src),
     );
     if fsread::below(root, "/etc/sysconfig/network").is_file() {
-        r.one("/etc/sysconfig/network", |t, src| parse_rhel_network(t, src));
+        r.one("/etc/sysconfig/network", parse_rhel_network);
     } else {
         r.each(
             "/etc/sysconfig/network",
