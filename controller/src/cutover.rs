@@ -24,8 +24,10 @@ use crate::session::{AgentConn, AgentReply};
 /// What the agent gets to run a hook (its own timeout) and the answer's timeout on top.
 const HOOK_TIMEOUT_SECS: u32 = 600;
 const HOOK_MARGIN: Duration = Duration::from_secs(15);
-/// Longest wait for a StopServices answer (the agent allows each service 120 s).
-const SERVICES_TIMEOUT: Duration = Duration::from_secs(300);
+/// The agent allows each service 120 s to stop or start; the answer may take that long for
+/// each, plus a margin.
+const PER_SERVICE: Duration = Duration::from_secs(120);
+const SERVICES_MARGIN: Duration = Duration::from_secs(30);
 /// Longest wait for the agent to be connected at a step of the cutover.
 const AGENT_WAIT: Duration = Duration::from_secs(60);
 
@@ -139,7 +141,7 @@ async fn stop(conn: &AgentConn, services: &[String]) -> Result<(), (String, Vec<
         services: services.to_vec(),
         start: false,
     });
-    match conn.call(cmd, SERVICES_TIMEOUT).await {
+    match conn.call(cmd, services_timeout(services)).await {
         Ok(AgentReply::Result(r)) if r.ok => Ok(()),
         // The agent's report says which stopped; an answer without one (a refusal) stopped
         // nothing.
@@ -157,6 +159,10 @@ async fn stop(conn: &AgentConn, services: &[String]) -> Result<(), (String, Vec<
     }
 }
 
+fn services_timeout(services: &[String]) -> Duration {
+    PER_SERVICE * u32::try_from(services.len()).unwrap_or(u32::MAX).max(1) + SERVICES_MARGIN
+}
+
 /// Starts the services that were stopped again; returns a note for the error message.
 async fn start_again(ctl: &Controller, h: &MigrationHandle, services: &[String]) -> String {
     if services.is_empty() {
@@ -170,7 +176,7 @@ async fn start_again(ctl: &Controller, h: &MigrationHandle, services: &[String])
     });
     let r = match agent(ctl, h).await {
         Err(e) => Err(e),
-        Ok(conn) => match conn.call(cmd, SERVICES_TIMEOUT).await {
+        Ok(conn) => match conn.call(cmd, services_timeout(services)).await {
             Ok(AgentReply::Result(r)) if r.ok => Ok(()),
             Ok(AgentReply::Result(r)) => Err(r.message),
             Ok(AgentReply::Inventory(_)) => Err("the agent answered with an inventory".into()),

@@ -114,10 +114,10 @@ async fn apply(mut c: AdminClient<Channel>, file: &std::path::Path, json: bool) 
             }
             Some((ctid, line)) = logs.recv() => view.log(ctid, &line),
             _ = tick.tick() => {
-                if let Ok(r) = c.status(v1::StatusRequest { ctid: 0 }).await {
-                    if let Ok(entries) = serde_json::from_slice::<Vec<StatusEntry>>(&r.into_inner().json) {
-                        view.update(&entries);
-                    }
+                if let Ok(r) = c.status(v1::StatusRequest { ctid: 0 }).await
+                    && let Ok(entries) = serde_json::from_slice::<Vec<StatusEntry>>(&r.into_inner().json)
+                {
+                    view.update(&entries);
                 }
             }
         }
