@@ -235,7 +235,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     drop(running);
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
         let r = match sync(&ctl2, &h2).await {
             Ok(()) if cutover => crate::cutover::run(&ctl2, &h2).await,
@@ -245,6 +245,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
             stopped(&ctl2, &h2, e);
         }
     });
+    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -263,11 +264,12 @@ pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
     }
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = crate::cutover::run(&ctl2, &h2).await {
             stopped(&ctl2, &h2, e);
         }
     });
+    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -596,40 +598,38 @@ async fn transfer(
 ) -> Result<PassOutcome, String> {
     let (_, mut reply) = conn.send(cmd).await.map_err(|e| e.to_string())?;
     let mut closed = conn.closed();
-    // After the agent's answer, a disconnection or a cancel, the transfer may still be
-    // ending: take its outcome if it comes, and never let a new attempt write the tree
-    // while the old one still does.
-    tokio::select! {
-        o = &mut done => o.map_err(|_| "the transfer was dropped".to_string()),
-        r = &mut reply => {
-            // The agent answers StartPass when its side ended; a failure before any transfer
-            // has no outcome to wait for.
-            let failed = match r {
-                Ok(AgentReply::Result(r)) if !r.ok => Some(format!("agent: {}", r.message)),
-                _ => None,
-            };
-            let within = if failed.is_some() { Duration::from_secs(2) } else { WIND_DOWN };
-            wind_down(&mut done, within)
-                .await
-                .ok_or_else(|| failed.unwrap_or_else(|| "the agent ended the pass without a transfer".into()))
-        }
-        () = async { drop(closed.wait_for(|c| *c).await) } => {
-            // A transfer not opened yet never will be on this session.
-            ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(migration_id);
-            wind_down(&mut done, WIND_DOWN).await.ok_or_else(|| "the agent disconnected".to_string())
-        }
-        _ = stalled(&h.progress, STALL_TIMEOUT) => {
+    // What ends first: the transfer, the agent's answer to StartPass, the session, or the
+    // progress.
+    let why = tokio::select! {
+        o = &mut done => return o.map_err(|_| "the transfer was dropped".to_string()),
+        r = &mut reply => match r {
+            Ok(AgentReply::Result(r)) if !r.ok => format!("agent: {}", r.message),
+            _ => "the agent ended the pass without a transfer".to_string(),
+        },
+        () = async { drop(closed.wait_for(|c| *c).await) } => "the agent disconnected".to_string(),
+        () = stalled(&h.progress, STALL_TIMEOUT) => {
             let cancel = v1::CancelPass { migration_id: migration_id.to_string() };
             let _ = conn.send(v1::controller_command::Command::CancelPass(cancel)).await;
-            let _ = wind_down(&mut done, WIND_DOWN).await;
-            Err(format!("no progress for {}s; the pass was cancelled", STALL_TIMEOUT.as_secs()))
+            // Retried whatever the cancelled transfer says, unless it finished after all.
+            return match wind_down(ctl, &mut done, migration_id).await {
+                Some(o) if o.error.is_none() => Ok(o),
+                _ => Err(format!("no progress for {}s; the pass was cancelled", STALL_TIMEOUT.as_secs())),
+            };
         }
-    }
+    };
+    wind_down(ctl, &mut done, migration_id).await.ok_or(why)
 }
 
-/// The transfer's outcome if it comes within `within`.
-async fn wind_down(done: &mut oneshot::Receiver<PassOutcome>, within: Duration) -> Option<PassOutcome> {
-    tokio::time::timeout(within, done).await.ok().and_then(Result::ok)
+/// The outcome of a transfer that is ending: one that was opened ends on its own and says
+/// what it did (awaited so that no new attempt writes the tree while it still does); one that
+/// was not is dropped here, which ends the wait at once.
+async fn wind_down(
+    ctl: &Controller,
+    done: &mut oneshot::Receiver<PassOutcome>,
+    migration_id: &str,
+) -> Option<PassOutcome> {
+    ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(migration_id);
+    tokio::time::timeout(WIND_DOWN, done).await.ok().and_then(Result::ok)
 }
 
 /// Returns once `p` has not moved for `limit`.

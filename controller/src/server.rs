@@ -72,6 +72,8 @@ pub struct Inner {
     pub copy_slots: Arc<Semaphore>,
     /// The node-wide bandwidth cap every transfer shares.
     pub throttle: Arc<crate::throttle::NodeThrottle>,
+    /// Background work (migration drivers), stopped with the controller.
+    pub background: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// The controller's shared state; cheap to clone.
@@ -103,6 +105,7 @@ impl Controller {
             migrations: Mutex::new(HashMap::new()),
             copy_slots,
             throttle,
+            background: Mutex::new(Vec::new()),
         })))
     }
 
@@ -141,6 +144,10 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        for t in self.controller.background.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        self.controller.transfers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.controller.sessions.close_all();
     }
 }

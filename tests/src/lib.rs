@@ -6,11 +6,13 @@
 pub mod ctstart;
 pub mod debian;
 pub mod fixtures;
+pub mod linkproxy;
 pub mod loopfs;
 pub mod netns;
 pub mod node;
 pub mod procs;
 pub mod quota;
 pub mod sources;
+pub mod trees;
 pub mod util;
 pub use util::{is_root, trace_init, unique_name, wait_for, wait_for_sync};

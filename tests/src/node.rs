@@ -222,8 +222,14 @@ pub struct Agent {
 impl Agent {
     /// Enrols with a fresh token and starts the session, treating `root` as the server.
     pub async fn start(node: &Node, name: &str, root: &Path) -> anyhow::Result<Agent> {
+        Self::start_via(node, name, root, &node.addr.to_string()).await
+    }
+
+    /// Like [`Agent::start`], dialling the controller at `addr` (e.g. through a proxy).
+    pub async fn start_via(node: &Node, name: &str, root: &Path, addr: &str) -> anyhow::Result<Agent> {
         let state = tempfile::Builder::new().prefix("p2c-agent").tempdir()?;
-        let token = node.token(name, 600);
+        let token = p2c_controller::admin::issue_token(node.controller(), name, 600, vec![addr.to_string()])?
+            .encode();
         p2c_agent::enroll::enroll(p2c_agent::enroll::EnrollOptions {
             token: &token,
             state_dir: state.path(),

@@ -4,4 +4,5 @@ mod guest_start;
 mod harness;
 mod migrate;
 mod quota;
+mod resume;
 mod waves;

@@ -135,6 +135,12 @@ struct Writer<'a> {
     total_inodes: u64,
     problems: Vec<Problem>,
     copy_buf: Vec<u8>,
+    /// Keys of recorded entries the source no longer has, removed when the pass ends.
+    deleted: Vec<Vec<u8>>,
+    /// When the store last got this pass's progress (commits also happen inside batches so
+    /// that a crash loses little).
+    last_commit: std::time::Instant,
+    uncommitted_bytes: u64,
 }
 
 impl<'a> Writer<'a> {
@@ -174,6 +180,9 @@ impl<'a> Writer<'a> {
             total_inodes: 0,
             problems: Vec::new(),
             copy_buf: Vec::new(),
+            deleted: Vec::new(),
+            last_commit: std::time::Instant::now(),
+            uncommitted_bytes: 0,
         })
     }
 
@@ -220,14 +229,9 @@ impl<'a> Writer<'a> {
                 _ => {}
             }
             let Some(rec) = self.cursor.page.pop_front() else { return Ok(None) };
-            if let Some(path) = index::key_path(&rec.key)
-                && !path.is_root()
-            {
-                self.parent = None;
-                self.tree.remove(&path)?;
-                self.summary.deleted += 1;
-            }
-            self.commit.deletes.push(rec.key);
+            // Removed at the end of the pass: until then a renamed file's old name can still
+            // give its data to the new one.
+            self.deleted.push(rec.key);
         }
     }
 
@@ -249,10 +253,7 @@ impl<'a> Writer<'a> {
     }
 
     fn end_batch(&mut self, seq: u64) -> Result<(), ReceiveError> {
-        let commit = std::mem::take(&mut self.commit);
-        if !commit.is_empty() {
-            index::commit_batch(&mut self.conn, self.job.ctid, &commit)?;
-        }
+        self.flush()?;
         self.recent.clear();
         {
             let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -694,6 +695,23 @@ impl<'a> Writer<'a> {
             }
         }
         self.commit.upserts.push(FileRecord { key: open.key, digest: open.entry_digest, kind: 1 });
+        self.uncommitted_bytes += open.size;
+        if self.uncommitted_bytes >= 8 << 20
+            || self.last_commit.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Records what is written so far (without acknowledging the batch).
+    fn flush(&mut self) -> Result<(), ReceiveError> {
+        let commit = std::mem::take(&mut self.commit);
+        if !commit.is_empty() {
+            index::commit_batch(&mut self.conn, self.job.ctid, &commit)?;
+        }
+        self.last_commit = std::time::Instant::now();
+        self.uncommitted_bytes = 0;
         Ok(())
     }
 
@@ -814,6 +832,19 @@ impl<'a> Writer<'a> {
             return Err(protocol("the pass ended inside a segmented file"));
         }
         self.advance_to(None)?;
+        // Deepest first, so a deleted directory's records go with it.
+        let mut deleted = std::mem::take(&mut self.deleted);
+        deleted.sort_by(|a, b| b.cmp(a));
+        for key in deleted {
+            if let Some(path) = index::key_path(&key)
+                && !path.is_root()
+            {
+                self.parent = None;
+                self.tree.remove(&path)?;
+                self.summary.deleted += 1;
+            }
+            self.commit.deletes.push(key);
+        }
         // Directory times last, deepest first, once their contents are final.
         self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
         for (p, t) in std::mem::take(&mut self.dirs) {
