@@ -7,6 +7,7 @@ pub mod connect;
 pub mod enroll;
 pub mod inventory;
 pub mod scan;
+pub mod services;
 pub mod session;
 pub mod upload;
 pub mod walk;

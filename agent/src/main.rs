@@ -51,6 +51,13 @@ enum Command {
         /// Where facts come from (default: live for /, tree otherwise).
         #[arg(long, value_enum)]
         facts: Option<Facts>,
+        /// With --root DIR: stop and start services and run cutover hooks anyway, using only
+        /// the tree's own init scripts (DIR/etc/init.d); for tests and staged trees.
+        #[arg(long)]
+        allow_service_control: bool,
+        /// Longest wait between reconnection attempts, in seconds.
+        #[arg(long, default_value_t = 30)]
+        max_backoff: u64,
     },
     /// Print this server's inventory (what the controller will see).
     Inventory {
@@ -108,11 +115,13 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { state_dir, root, facts: f } => {
+        Command::Run { state_dir, root, facts: f, allow_service_control, max_backoff } => {
             let settings = p2c_agent::config::AgentSettings::load(&state_dir)?;
             let root = root.canonicalize().map_err(|e| anyhow::anyhow!("--root {}: {e}", root.display()))?;
             let mut opts = p2c_agent::session::RunOptions::new(&root);
             opts.facts = facts(f, &root);
+            opts.allow_service_control = allow_service_control;
+            opts.max_backoff = std::time::Duration::from_secs(max_backoff.max(1));
             rt.block_on(async move {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {

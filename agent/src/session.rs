@@ -28,12 +28,20 @@ pub struct RunOptions {
     pub facts: FactsFrom,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Stop services and run hooks even though the root is a directory, not `/` (the tree's
+    /// own init scripts only; for tests and staged trees).
+    pub allow_service_control: bool,
 }
 
 impl RunOptions {
     pub fn new(root: &Path) -> Self {
         let facts = if root == Path::new("/") { FactsFrom::Live } else { FactsFrom::Tree };
-        Self { root: root.to_path_buf(), facts, max_backoff: Duration::from_secs(30) }
+        Self {
+            root: root.to_path_buf(),
+            facts,
+            max_backoff: Duration::from_secs(30),
+            allow_service_control: false,
+        }
     }
 }
 
@@ -326,12 +334,32 @@ fn handle(
                 let _ = tx.send(ev).await;
             });
         }
+        Some(v1::controller_command::Command::StopServices(req)) => {
+            let (root, allow) = (opts.root.clone(), opts.allow_service_control);
+            tokio::spawn(async move {
+                let (ok, msg, payload) = match crate::services::refusal(&root, allow) {
+                    Some(why) => (false, why, Vec::new()),
+                    None => crate::services::stop_services(&root, &req.services, req.start).await,
+                };
+                let _ = tx.send(result(id, ok, msg, payload)).await;
+            });
+        }
+        Some(v1::controller_command::Command::RunHook(req)) => {
+            let (root, allow) = (opts.root.clone(), opts.allow_service_control);
+            tokio::spawn(async move {
+                let (ok, msg, payload) = match crate::services::refusal(&root, allow) {
+                    Some(why) => (false, why, Vec::new()),
+                    None => crate::services::hook::run_hook(&root, &req.command, req.timeout_secs).await,
+                };
+                let _ = tx.send(result(id, ok, msg, payload)).await;
+            });
+        }
         Some(v1::controller_command::Command::Ping(_)) => {
             tokio::spawn(async move {
                 let _ = tx.send(result(id, true, "pong".into(), Vec::new())).await;
             });
         }
-        Some(_) | None => {
+        None => {
             tokio::spawn(async move {
                 let _ = tx
                     .send(result(id, false, "this agent does not support that command".into(), Vec::new()))

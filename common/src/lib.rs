@@ -13,6 +13,7 @@ pub mod mountinfo;
 pub mod paths;
 pub mod pki;
 pub mod scan;
+pub mod services;
 pub mod telemetry;
 pub mod token;
 pub mod units;

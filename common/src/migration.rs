@@ -214,6 +214,9 @@ pub struct StatusEntry {
     pub eta_seconds: Option<u64>,
     pub error: Option<String>,
     pub updated_unix: u64,
+    /// What the migration waits for before it can copy (a copy slot, its agent), if anything.
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 /// A line of `p2c agents`.

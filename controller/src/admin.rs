@@ -275,13 +275,19 @@ impl v1::admin_server::Admin for AdminService {
         for r in rows.into_iter().filter(|r| ctid == 0 || r.ctid == ctid) {
             let summary: Option<MigrationSummary> =
                 r.summary.as_deref().and_then(|j| serde_json::from_str(j).ok());
+            let mut waiting = None;
             let (state, pass, done, total, rate, eta) = match live.get(&r.ctid) {
                 Some(h) => {
                     let p = &h.progress;
                     let done = p.bytes_done.load(Ordering::Relaxed);
                     let total = p.bytes_total.load(Ordering::Relaxed);
-                    let secs = h.started.elapsed().as_secs_f64().max(0.001);
-                    let rate = (done as f64 / secs) as u64;
+                    waiting = h.waiting();
+                    // The rate of the pass running now, not averaged over queueing and
+                    // earlier passes.
+                    let since = *h.pass_started.lock().unwrap_or_else(|p| p.into_inner());
+                    let secs = since.unwrap_or(h.started).elapsed().as_secs_f64().max(0.001);
+                    let copying = !h.state().is_idle() && waiting.is_none();
+                    let rate = if copying { (done as f64 / secs) as u64 } else { 0 };
                     let eta = if rate > 0 && total > done { Some((total - done) / rate) } else { None };
                     (h.state(), h.pass.load(Ordering::Relaxed).saturating_sub(1), done, total, rate, eta)
                 }
@@ -304,6 +310,7 @@ impl v1::admin_server::Admin for AdminService {
                 eta_seconds: eta,
                 error: summary.as_ref().and_then(|s| s.error.clone()),
                 updated_unix: r.updated,
+                waiting,
             });
         }
         if ctid != 0 && out.is_empty() {

@@ -10,16 +10,16 @@ use p2c_common::inventory::{INVENTORY_SCHEMA, Inventory};
 use p2c_common::migration::{MigrateOptions, MigrationState, MigrationSummary, PassSummary, VerifySummary};
 use p2c_common::paths::RelPath;
 use p2c_proto::v1;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, oneshot};
 use tracing::{info, warn};
 
 use std::path::PathBuf;
 
 use crate::ctconf::CtConf;
 use crate::quota::{self, QuotaPlan};
-use crate::receive::{PassJob, Progress};
+use crate::receive::{PassJob, PassOutcome, Progress};
 use crate::server::{Controller, TransferSlot};
-use crate::session::{AgentReply, CallError};
+use crate::session::{AgentConn, AgentReply, CallError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -43,6 +43,8 @@ pub enum MigrateError {
     Blocked(usize, String),
     #[error("copy pass {pass} failed: {reason}")]
     Pass { pass: u32, reason: String },
+    #[error("cutover aborted, the container was not finalised: {0}")]
+    CutoverAborted(String),
     #[error("finalising the container failed: {0}")]
     Finalise(String),
     #[error("quota: {0}")]
@@ -74,6 +76,10 @@ pub struct MigrationHandle {
     pub cutover: Notify,
     pub cutover_requested: AtomicBool,
     pub started: Instant,
+    /// When the current copy pass started (for its rate and ETA).
+    pub pass_started: Mutex<Option<Instant>>,
+    /// What the migration waits for before it can copy (a copy slot, its agent), if anything.
+    pub waiting: Mutex<Option<String>>,
     /// The quota plan, how it is applied, and the mounted image of a ploop container.
     pub quota: Mutex<Option<QuotaState>>,
 }
@@ -92,7 +98,7 @@ impl MigrationHandle {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn log(&self, msg: impl Into<String>) {
+    pub(crate) fn log(&self, msg: impl Into<String>) {
         let m = msg.into();
         info!(ctid = self.ctid, agent = %self.agent, "{m}");
         let _ = self.events.send(Event::Log(m));
@@ -101,13 +107,22 @@ impl MigrationHandle {
     pub fn summary(&self) -> MigrationSummary {
         self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// What the migration waits for, if anything (shown by `p2c status`).
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_waiting(&self, what: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
 }
 
 fn now() -> u64 {
     crate::state::now()
 }
 
-fn set_state(ctl: &Controller, h: &MigrationHandle, st: MigrationState, error: Option<String>) {
+pub(crate) fn set_state(ctl: &Controller, h: &MigrationHandle, st: MigrationState, error: Option<String>) {
     *h.state.lock().unwrap_or_else(|p| p.into_inner()) = st;
     let summary = {
         let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,6 +227,8 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
         cutover: Notify::new(),
         cutover_requested: AtomicBool::new(false),
         started: Instant::now(),
+        pass_started: Mutex::new(None),
+        waiting: Mutex::new(None),
         quota: Mutex::new(None),
     });
     running.insert(ctid, h.clone());
@@ -221,12 +238,11 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     let task = tokio::spawn(async move {
         let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
         let r = match sync(&ctl2, &h2).await {
-            Ok(()) if cutover => do_cutover(&ctl2, &h2).await,
+            Ok(()) if cutover => crate::cutover::run(&ctl2, &h2).await,
             other => other,
         };
         if let Err(e) = r {
-            h2.log(format!("migration stopped: {e}"));
-            set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
+            stopped(&ctl2, &h2, e);
         }
     });
     ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
@@ -249,13 +265,24 @@ pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
     let task = tokio::spawn(async move {
-        if let Err(e) = do_cutover(&ctl2, &h2).await {
-            h2.log(format!("cutover stopped: {e}"));
-            set_state(&ctl2, &h2, MigrationState::Failed, Some(e.to_string()));
+        if let Err(e) = crate::cutover::run(&ctl2, &h2).await {
+            stopped(&ctl2, &h2, e);
         }
     });
     ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
     Ok((h, sub))
+}
+
+/// Records why a migration stopped: an aborted cutover leaves it synced (the source runs on
+/// and the cutover can be tried again), anything else failed.
+fn stopped(ctl: &Controller, h: &MigrationHandle, e: MigrateError) {
+    if let MigrateError::CutoverAborted(_) = e {
+        h.log(format!("{e}; run `p2c cutover {}` to try again", h.ctid));
+        set_state(ctl, h, MigrationState::Synced, Some(e.to_string()));
+    } else {
+        h.log(format!("migration stopped: {e}"));
+        set_state(ctl, h, MigrationState::Failed, Some(e.to_string()));
+    }
 }
 
 async fn inventory(ctl: &Controller, h: &MigrationHandle) -> Result<Inventory, MigrateError> {
@@ -293,7 +320,7 @@ pub async fn fetch_inventory(
     Ok(inv)
 }
 
-fn excludes(opts: &MigrateOptions) -> Result<Vec<RelPath>, MigrateError> {
+pub(crate) fn excludes(opts: &MigrateOptions) -> Result<Vec<RelPath>, MigrateError> {
     opts.assess
         .excludes
         .iter()
@@ -321,7 +348,7 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
     let conv = ctl.settings.converge_bytes.max(opts.converge_bytes.unwrap_or(0));
     let max_passes = if opts.max_passes > 0 { opts.max_passes } else { ctl.settings.max_passes };
     for i in 0..max_passes {
-        let s = run_pass(ctl, h, &excludes, &opts).await?;
+        let s = run_pass(ctl, h, &excludes, &opts, None).await?;
         if i == 0 || !ctl.settings.conf_path(h.ctid).exists() {
             write_conf(ctl, h, &inv, &opts)?;
         }
@@ -352,7 +379,7 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
 
 /// Plans the quotas, picks how the node applies them and prepares the private area (a btrfs
 /// subvolume, a ploop image mounted at the container's root...) before any file arrives.
-fn prepare_storage(
+pub(crate) fn prepare_storage(
     ctl: &Controller,
     h: &MigrationHandle,
     inv: &Inventory,
@@ -453,29 +480,41 @@ fn time_string() -> String {
         .unwrap_or_else(|_| format!("unix time {}", now()))
 }
 
+/// How long a pass may go without any progress before it is cancelled and tried again, so a
+/// stuck agent does not keep its copy slot for ever.
+const STALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the end of an interrupted transfer is awaited before the next attempt.
+const WIND_DOWN: Duration = Duration::from_secs(60);
+/// Attempts of one pass before the migration fails.
+const PASS_ATTEMPTS: u32 = 20;
+
 /// Runs one copy pass, resuming on a new connection if the link breaks.
-async fn run_pass(
+///
+/// The migration holds a copy slot only while its agent is connected and a transfer runs:
+/// it waits for an absent agent, and between attempts, without one, so that the others copy
+/// meanwhile. A `slot` handed in (the cutover's, taken before the services stopped) is kept
+/// through every attempt.
+pub(crate) async fn run_pass(
     ctl: &Controller,
     h: &Arc<MigrationHandle>,
     excludes: &[RelPath],
     opts: &MigrateOptions,
+    mut slot: Option<OwnedSemaphorePermit>,
 ) -> Result<PassSummary, MigrateError> {
-    let _slot = ctl
-        .copy_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| MigrateError::Other("shutting down".into()))?;
+    let keep_slot = slot.is_some();
     let mut attempts = 0;
     loop {
+        let conn = wait_agent(ctl, h).await?;
+        if slot.is_none() {
+            let permit = copy_slot(ctl, h).await?;
+            if *conn.closed().borrow() {
+                continue; // the agent left while the migration queued
+            }
+            slot = Some(permit);
+        }
         let pass = h.pass.fetch_add(1, Ordering::Relaxed);
         h.progress.reset();
-        let conn = ctl.sessions.wait_for(&h.agent, Duration::from_secs(600)).await.ok_or_else(|| {
-            MigrateError::Pass {
-                pass,
-                reason: format!("agent {} is not connected and did not come back within 10 minutes", h.agent),
-            }
-        })?;
+        *h.pass_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let migration_id = format!("ct{}", h.ctid);
         let limits = h
             .quota
@@ -511,35 +550,7 @@ async fn run_pass(
             chunking: Some(ctl.settings.chunking.into()),
         });
         h.log(format!("copy pass {pass} started"));
-        let started = conn.send(cmd).await;
-        let mut closed = conn.closed();
-        let outcome = match started {
-            Err(e) => Err(e.to_string()),
-            Ok((_, reply)) => {
-                let mut done_rx = done_rx;
-                // What ends first: the transfer, the agent's answer to StartPass, or the session.
-                let (done, why) = tokio::select! {
-                    o = &mut done_rx => (Some(o), String::new()),
-                    r = reply => (None, match r {
-                        Ok(AgentReply::Result(r)) if !r.ok => format!("agent: {}", r.message),
-                        _ => "the agent ended the pass without a transfer".to_string(),
-                    }),
-                    _ = closed.wait_for(|c| *c) => (None, "the agent disconnected".to_string()),
-                };
-                match done {
-                    Some(o) => o.map_err(|_| "the transfer was dropped".to_string()),
-                    None => {
-                        // A transfer that was opened ends on its own and says what it did; one
-                        // that was not is dropped here, which ends the wait at once.
-                        ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
-                        match tokio::time::timeout(Duration::from_secs(60), done_rx).await {
-                            Ok(Ok(o)) => Ok(o),
-                            _ => Err(why),
-                        }
-                    }
-                }
-            }
-        };
+        let outcome = transfer(ctl, h, &conn, cmd, done_rx, &migration_id).await;
         ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
         let (summary, err, retry) = match outcome {
             Ok(o) => (o.summary, o.error, o.retryable),
@@ -553,8 +564,11 @@ async fn run_pass(
         }
         match err {
             None => return Ok(summary),
-            Some(reason) if retry && attempts < 20 => {
+            Some(reason) if retry && attempts < PASS_ATTEMPTS => {
                 attempts += 1;
+                if !keep_slot {
+                    slot = None;
+                }
                 h.log(format!("pass {pass} interrupted ({reason}); resuming when the agent is back"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -563,102 +577,112 @@ async fn run_pass(
     }
 }
 
-/// This migration's share of the node-wide cap, or its own limit if lower.
-fn bandwidth(ctl: &Controller, opts: &MigrateOptions) -> u64 {
-    let node = ctl.settings.node_bwlimit;
-    let share = if node == 0 {
-        0
-    } else {
-        let active = ctl.settings.max_concurrent - ctl.copy_slots.available_permits();
-        node / active.max(1) as u64
-    };
-    match (share, opts.bwlimit) {
-        (0, b) => b,
-        (s, 0) => s,
-        (s, b) => s.min(b),
+/// The agent's session, waiting up to 10 minutes for it to (re)connect.
+async fn wait_agent(ctl: &Controller, h: &MigrationHandle) -> Result<Arc<AgentConn>, MigrateError> {
+    if let Some(c) = ctl.sessions.get(&h.agent) {
+        return Ok(c);
     }
+    h.set_waiting(Some(format!("agent {} to connect", h.agent)));
+    let conn = ctl.sessions.wait_for(&h.agent, Duration::from_secs(600)).await;
+    h.set_waiting(None);
+    conn.ok_or_else(|| MigrateError::Pass {
+        pass: h.pass.load(Ordering::Relaxed),
+        reason: format!("agent {} is not connected and did not come back within 10 minutes", h.agent),
+    })
 }
 
-async fn do_cutover(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
-    set_state(ctl, h, MigrationState::CuttingOver, None);
-    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let t0 = Instant::now();
-    let conn = ctl
-        .sessions
-        .wait_for(&h.agent, Duration::from_secs(60))
-        .await
-        .ok_or_else(|| CallError::NotConnected(h.agent.clone()))?;
-    if let Some(hook) = &opts.pre_cutover_hook {
-        h.log(format!("running the pre-cutover hook on the source: {hook}"));
-        agent_command(
-            &conn,
-            v1::controller_command::Command::RunHook(v1::RunHook {
-                command: hook.clone(),
-                timeout_secs: 600,
-            }),
-            610,
-        )
-        .await?;
+/// One of the node's copy slots, queueing (first come, first served) when all are taken.
+pub(crate) async fn copy_slot(
+    ctl: &Controller,
+    h: &MigrationHandle,
+) -> Result<OwnedSemaphorePermit, MigrateError> {
+    if let Ok(p) = ctl.copy_slots.clone().try_acquire_owned() {
+        return Ok(p);
     }
-    if !opts.stop_services.is_empty() {
-        h.log(format!("stopping services on the source: {}", opts.stop_services.join(", ")));
-        agent_command(
-            &conn,
-            v1::controller_command::Command::StopServices(v1::StopServices {
-                services: opts.stop_services.clone(),
-                start: false,
-            }),
-            300,
-        )
-        .await?;
-    }
-    let inv = fetch_inventory(ctl, &conn).await?;
-    prepare_storage(ctl, h, &inv, None, &opts)?;
-    let excludes = excludes(&opts)?;
-    let s = run_pass(ctl, h, &excludes, &opts).await?;
-    h.log(format!("final pass {} done: {} written, {} deleted", s.pass, s.written, s.deleted));
-    set_state(ctl, h, MigrationState::Finalising, None);
-    finalise(ctl, h, &inv, &opts).await?;
-    let downtime = t0.elapsed().as_secs_f64();
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).downtime_seconds = Some(downtime);
-    if let Some(hook) = &opts.post_cutover_hook {
-        h.log(format!("running the post-cutover hook on the source: {hook}"));
-        if let Err(e) = agent_command(
-            &conn,
-            v1::controller_command::Command::RunHook(v1::RunHook {
-                command: hook.clone(),
-                timeout_secs: 600,
-            }),
-            610,
-        )
-        .await
-        {
-            h.summary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .warnings
-                .push(format!("post-cutover hook: {e}"));
+    h.log(format!("waiting for a copy slot (this node runs {} copies at once)", ctl.settings.max_concurrent));
+    h.set_waiting(Some("a copy slot".into()));
+    let permit = ctl.copy_slots.clone().acquire_owned().await;
+    h.set_waiting(None);
+    permit.map_err(|_| MigrateError::Other("the controller is shutting down".into()))
+}
+
+/// Asks the agent to run the pass and waits for the transfer's outcome, or the reason there
+/// is none.
+async fn transfer(
+    ctl: &Controller,
+    h: &MigrationHandle,
+    conn: &AgentConn,
+    cmd: v1::controller_command::Command,
+    mut done: oneshot::Receiver<PassOutcome>,
+    migration_id: &str,
+) -> Result<PassOutcome, String> {
+    let (_, mut reply) = conn.send(cmd).await.map_err(|e| e.to_string())?;
+    let mut closed = conn.closed();
+    // What ends first: the transfer, the agent's answer to StartPass, the session, or the
+    // progress.
+    let why = tokio::select! {
+        o = &mut done => return o.map_err(|_| "the transfer was dropped".to_string()),
+        r = &mut reply => match r {
+            Ok(AgentReply::Result(r)) if !r.ok => format!("agent: {}", r.message),
+            _ => "the agent ended the pass without a transfer".to_string(),
+        },
+        () = async { drop(closed.wait_for(|c| *c).await) } => "the agent disconnected".to_string(),
+        () = stalled(&h.progress, STALL_TIMEOUT) => {
+            let cancel = v1::CancelPass { migration_id: migration_id.to_string() };
+            let _ = conn.send(v1::controller_command::Command::CancelPass(cancel)).await;
+            // Retried whatever the cancelled transfer says, unless it finished after all.
+            return match wind_down(ctl, &mut done, migration_id).await {
+                Some(o) if o.error.is_none() => Ok(o),
+                _ => Err(format!("no progress for {}s; the pass was cancelled", STALL_TIMEOUT.as_secs())),
+            };
+        }
+    };
+    wind_down(ctl, &mut done, migration_id).await.ok_or(why)
+}
+
+/// The outcome of a transfer that is ending: one that was opened ends on its own and says
+/// what it did (awaited so that no new attempt writes the tree while it still does); one that
+/// was not is dropped here, which ends the wait at once.
+async fn wind_down(
+    ctl: &Controller,
+    done: &mut oneshot::Receiver<PassOutcome>,
+    migration_id: &str,
+) -> Option<PassOutcome> {
+    ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(migration_id);
+    tokio::time::timeout(WIND_DOWN, done).await.ok().and_then(Result::ok)
+}
+
+/// Returns once `p` has not moved for `limit`.
+async fn stalled(p: &Progress, limit: Duration) {
+    let snapshot = || {
+        [&p.files_total, &p.files_done, &p.bytes_done, &p.wire_bytes, &p.local_bytes]
+            .map(|a| a.load(Ordering::Relaxed))
+    };
+    let tick = (limit / 20).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let (mut last, mut since) = (snapshot(), Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = snapshot();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
         }
     }
-    h.log(format!("container {} is ready; downtime {:.1}s", h.ctid, downtime));
-    set_state(ctl, h, MigrationState::Done, None);
-    Ok(())
 }
 
-async fn agent_command(
-    conn: &crate::session::AgentConn,
-    cmd: v1::controller_command::Command,
-    secs: u64,
-) -> Result<v1::CommandResult, MigrateError> {
-    match conn.call(cmd, Duration::from_secs(secs)).await? {
-        AgentReply::Result(r) if r.ok => Ok(r),
-        AgentReply::Result(r) => Err(MigrateError::Other(format!("agent: {}", r.message))),
-        AgentReply::Inventory(_) => Err(MigrateError::Other("agent answered with an inventory".into())),
+/// The rate the agent paces itself to: this migration's own limit, capped by the node's
+/// (which the controller also enforces across all transfers together, see `throttle`).
+fn bandwidth(ctl: &Controller, opts: &MigrateOptions) -> u64 {
+    match (ctl.settings.node_bwlimit, opts.bwlimit) {
+        (0, b) => b,
+        (n, 0) => n,
+        (n, b) => n.min(b),
     }
 }
 
 /// Config, guest rewrite, verification against the last manifest, then quotas.
-async fn finalise(
+pub(crate) async fn finalise(
     ctl: &Controller,
     h: &Arc<MigrationHandle>,
     inv: &Inventory,

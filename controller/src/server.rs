@@ -70,6 +70,8 @@ pub struct Inner {
     pub migrations: Mutex<HashMap<u32, Arc<MigrationHandle>>>,
     /// Copy slots: at most `max_concurrent` migrations transfer at once.
     pub copy_slots: Arc<Semaphore>,
+    /// The node-wide bandwidth cap every transfer shares.
+    pub throttle: Arc<crate::throttle::NodeThrottle>,
     /// Background work (migration drivers), stopped with the controller.
     pub background: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -92,6 +94,7 @@ impl Controller {
         let revoked = Arc::new(Revoked::default());
         revoked.add(store.revoked_fingerprints()?);
         let copy_slots = Arc::new(Semaphore::new(settings.max_concurrent));
+        let throttle = Arc::new(crate::throttle::NodeThrottle::new(settings.node_bwlimit));
         Ok(Controller(Arc::new(Inner {
             settings,
             store,
@@ -101,6 +104,7 @@ impl Controller {
             transfers: Mutex::new(HashMap::new()),
             migrations: Mutex::new(HashMap::new()),
             copy_slots,
+            throttle,
             background: Mutex::new(Vec::new()),
         })))
     }

@@ -320,8 +320,13 @@ impl v1::agent_session_server::AgentSession for AgentService {
         let slot =
             slot.ok_or_else(|| Status::failed_precondition("no pass of that migration is expected now"))?;
         let (tx, rx) = mpsc::channel(256);
+        let throttle = self.ctl.throttle.clone();
         tokio::spawn(async move {
-            let outcome = crate::receive::run_pass(slot.job, inbound, tx).await;
+            let outcome = if throttle.rate() > 0 {
+                crate::receive::run_pass(slot.job, crate::throttle::paced(inbound, throttle), tx).await
+            } else {
+                crate::receive::run_pass(slot.job, inbound, tx).await
+            };
             let _ = slot.done.send(outcome);
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

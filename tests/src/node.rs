@@ -5,12 +5,27 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use p2c_common::migration::{MigrateOptions, MigrationSummary};
+use p2c_common::migration::{MigrateOptions, MigrationSummary, StatusEntry};
 use p2c_controller::config::Settings;
 use p2c_controller::server::{Running, start};
 use p2c_proto::v1;
 use p2c_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
+
+/// What [`Node::start_with`] changes from the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Listen address (default `127.0.0.1:0`); with port 0 the kernel picks one.
+    pub listen: Option<String>,
+    /// Addresses written into tokens (needed when `listen` is a wildcard).
+    pub advertise: Vec<String>,
+    /// Copy slots (`transfer.max_concurrent`).
+    pub max_concurrent: Option<usize>,
+    /// Node-wide bandwidth cap in bytes per second (`transfer.node_bwlimit`).
+    pub node_bwlimit: Option<u64>,
+    /// Live passes before giving up on convergence (`transfer.max_passes`).
+    pub max_passes: Option<u32>,
+}
 
 /// A controller running in this process.
 pub struct Node {
@@ -22,18 +37,40 @@ pub struct Node {
 impl Node {
     /// `p2c-controller init` into a temp dir, then serve on an ephemeral port.
     pub async fn start() -> anyhow::Result<Node> {
+        Self::start_with(NodeOptions::default()).await
+    }
+
+    /// [`Node::start`] with another listen address, the addresses tokens name, and transfer
+    /// settings.
+    pub async fn start_with(o: NodeOptions) -> anyhow::Result<Node> {
         let dir = tempfile::Builder::new().prefix("p2c-node").tempdir()?;
-        Self::init_in(dir.path(), "127.0.0.1:0")?;
-        let running = start(Settings::load(&dir.path().join("state"))?).await?;
+        let listen = o.listen.as_deref().unwrap_or("127.0.0.1:0");
+        Self::init_with(dir.path(), listen, o.advertise.clone())?;
+        let mut settings = Settings::load(&dir.path().join("state"))?;
+        if let Some(n) = o.max_concurrent {
+            settings.max_concurrent = n;
+        }
+        if let Some(b) = o.node_bwlimit {
+            settings.node_bwlimit = b;
+        }
+        if let Some(p) = o.max_passes {
+            settings.max_passes = p;
+        }
+        let running = start(settings).await?;
         let addr = running.addr;
         Ok(Node { dir, running: Some(running), addr })
     }
 
     pub fn init_in(dir: &Path, listen: &str) -> anyhow::Result<()> {
+        Self::init_with(dir, listen, Vec::new())
+    }
+
+    /// `p2c-controller init` with the addresses agents dial (required with a wildcard listen).
+    pub fn init_with(dir: &Path, listen: &str, advertise: Vec<String>) -> anyhow::Result<()> {
         p2c_controller::init::init(&p2c_controller::init::InitOptions {
             state_dir: dir.join("state"),
             listen: listen.into(),
-            advertise: Vec::new(),
+            advertise,
             vz_root: Some(dir.join("vz")),
             conf_dir: Some(dir.join("etc/vz/conf")),
         })?;
@@ -116,6 +153,54 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `p2c status --json`: every migration's state, pass, bytes, rate and ETA.
+    pub async fn status(&self) -> anyhow::Result<Vec<StatusEntry>> {
+        let r = self
+            .admin()
+            .await?
+            .status(v1::StatusRequest { ctid: 0 })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(serde_json::from_slice(&r.into_inner().json)?)
+    }
+
+    /// The status line of CT `ctid`.
+    pub async fn status_of(&self, ctid: u32) -> anyhow::Result<StatusEntry> {
+        self.status()
+            .await?
+            .into_iter()
+            .find(|s| s.ctid == ctid)
+            .with_context(|| format!("`p2c status` does not list CT {ctid}"))
+    }
+
+    /// Starts `p2c migrate` through the admin socket and follows it in the background; the
+    /// task yields the final summary.
+    pub async fn spawn_migrate(
+        &self,
+        opts: &MigrateOptions,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<MigrationSummary>>> {
+        let mut c = self.admin().await?;
+        let mut s = c
+            .migrate(v1::JsonRequest { json: serde_json::to_vec(opts)? })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        Ok(tokio::spawn(async move { summary_of(&mut s).await }))
+    }
+
+    /// Runs `p2c cutover CTID` and returns the final summary.
+    pub async fn cutover(&self, ctid: u32) -> anyhow::Result<MigrationSummary> {
+        let mut c = self.admin().await?;
+        let mut s = c
+            .cutover(v1::CtidRef { ctid })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        summary_of(&mut s).await
+    }
+}
+
 /// Reads a migration event stream to its summary.
 pub async fn summary_of(s: &mut tonic::Streaming<v1::MigrateEvent>) -> anyhow::Result<MigrationSummary> {
     while let Some(ev) = s.message().await? {
@@ -157,6 +242,25 @@ impl Agent {
         Ok(agent)
     }
 
+    /// [`Agent::start`] for an agent that stops and starts the tree's own init scripts
+    /// (`ROOT/etc/init.d`) and runs hooks in it (`--allow-service-control`).
+    pub async fn start_with_services(node: &Node, name: &str, root: &Path) -> anyhow::Result<Agent> {
+        let state = tempfile::Builder::new().prefix("p2c-agent").tempdir()?;
+        let token = node.token(name, 600);
+        p2c_agent::enroll::enroll(p2c_agent::enroll::EnrollOptions {
+            token: &token,
+            state_dir: state.path(),
+            controller: Vec::new(),
+            proxy: None,
+        })
+        .await?;
+        let mut opts = Self::options(root, p2c_agent::inventory::FactsFrom::Tree);
+        opts.allow_service_control = true;
+        let agent = Self::run_with(state, name, opts)?;
+        node.wait_connected(name, Duration::from_secs(20)).await?;
+        Ok(agent)
+    }
+
     /// Starts the session of an already enrolled agent.
     pub fn run(
         state: tempfile::TempDir,
@@ -164,10 +268,24 @@ impl Agent {
         root: &Path,
         facts: p2c_agent::inventory::FactsFrom,
     ) -> anyhow::Result<Agent> {
-        let settings = p2c_agent::config::AgentSettings::load(state.path())?;
+        Self::run_with(state, name, Self::options(root, facts))
+    }
+
+    /// The run options tests use: facts as given, reconnecting within a second.
+    pub fn options(root: &Path, facts: p2c_agent::inventory::FactsFrom) -> p2c_agent::session::RunOptions {
         let mut opts = p2c_agent::session::RunOptions::new(root);
         opts.facts = facts;
         opts.max_backoff = Duration::from_secs(1);
+        opts
+    }
+
+    /// Starts the session of an already enrolled agent with `opts`.
+    pub fn run_with(
+        state: tempfile::TempDir,
+        name: &str,
+        opts: p2c_agent::session::RunOptions,
+    ) -> anyhow::Result<Agent> {
+        let settings = p2c_agent::config::AgentSettings::load(state.path())?;
         let (stop, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(p2c_agent::session::run(settings, opts, rx));
         Ok(Agent { state, name: name.to_string(), stop, task })

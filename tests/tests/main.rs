@@ -7,3 +7,4 @@ mod migrate;
 mod quota;
 mod resume;
 mod security;
+mod waves;

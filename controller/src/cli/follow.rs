@@ -73,7 +73,9 @@ pub async fn follow(mut stream: Streaming<v1::MigrateEvent>, json: bool) -> anyh
         print!("{}", super::render::summary(&s));
     }
     match s.state {
-        MigrationState::Done | MigrationState::Synced => Ok(0),
+        // A synced migration with an error is a cutover that was aborted and rolled back.
+        MigrationState::Done => Ok(0),
+        MigrationState::Synced if s.error.is_none() => Ok(0),
         _ => {
             if let Some(e) = &s.error {
                 eprintln!("error: {e}");

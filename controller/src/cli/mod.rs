@@ -2,7 +2,9 @@
 
 pub mod client;
 mod follow;
+pub mod plan;
 mod render;
+mod wave_view;
 
 use std::path::PathBuf;
 
@@ -52,6 +54,9 @@ pub enum Command {
     },
     /// Migrate a source server into container CTID.
     Migrate(Box<MigrateArgs>),
+    /// Wave plans: many servers migrated together from one TOML file.
+    #[command(subcommand)]
+    Plan(plan::PlanCmd),
     /// Every migration's state, pass, bytes, rate and ETA.
     Status {
         /// Only this container.
@@ -299,6 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             return follow(stream.into_inner(), args.json.json).await;
         }
+        Command::Plan(cmd) => return plan::run(c, cmd).await,
         Command::Cutover { ctid, json } => {
             let stream = c.cutover(v1::CtidRef { ctid }).await.map_err(client::status)?;
             return follow(stream.into_inner(), json.json).await;

@@ -109,7 +109,7 @@ pub fn status(list: &[StatusEntry]) -> String {
     }
     let mut out = format!(
         "{:<8} {:<16} {:<13} {:>4} {:>22} {:>12} {:>8}  {}\n",
-        "CTID", "AGENT", "STATE", "PASS", "BYTES", "RATE", "ETA", "ERROR"
+        "CTID", "AGENT", "STATE", "PASS", "BYTES", "RATE", "ETA", "NOTE"
     );
     for s in list {
         out.push_str(&format!(
@@ -127,10 +127,19 @@ pub fn status(list: &[StatusEntry]) -> String {
             s.eta_seconds
                 .map(|e| human_duration(std::time::Duration::from_secs(e)))
                 .unwrap_or_else(|| "-".into()),
-            s.error.clone().unwrap_or_default()
+            note(s)
         ));
     }
     out
+}
+
+/// The last column of `p2c status`: the error, or what the migration waits for.
+fn note(s: &StatusEntry) -> String {
+    match (&s.error, &s.waiting) {
+        (Some(e), _) => e.clone(),
+        (None, Some(w)) => format!("waiting for {w}"),
+        (None, None) => String::new(),
+    }
 }
 
 pub fn verify(ctid: u32, v: &VerifySummary) -> String {
