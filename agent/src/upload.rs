@@ -289,7 +289,9 @@ pub async fn run_pass(
 }
 
 fn walk_options(p: &PassParams, xattrs: bool) -> WalkOptions {
-    WalkOptions { excludes: p.excludes.clone(), no_descend: p.no_descend.clone(), xattrs }
+    // Regular files' attributes are read by the hash workers, and only for files the cache
+    // does not vouch for.
+    WalkOptions { excludes: p.excludes.clone(), no_descend: p.no_descend.clone(), xattrs, file_xattrs: false }
 }
 
 fn count(p: &PassParams, out: &Out, shared: &Shared) {
@@ -531,7 +533,7 @@ fn hash_worker(
 
 fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
     let f = w.found;
-    let meta = meta_of(&f);
+    let mut meta = meta_of(&f);
     let single = |data: EntryData| Ready {
         seq: w.seq,
         entries: vec![Entry { path: f.path.clone(), meta: meta.clone(), data, segment: 0, more: false }],
@@ -556,6 +558,10 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
                 ns(st.st_mtime, st.st_mtime_nsec as i64),
                 ns(st.st_ctime, st.st_ctime_nsec as i64),
             );
+            meta.xattrs = match &w.cached {
+                Some(r) => r.xattrs.clone(),
+                None => crate::walk::read_xattrs(src.as_os_str().as_encoded_bytes()),
+            };
             let (chunks, digest) = match w.cached {
                 Some(r) => (r.chunks, r.digest),
                 None => match chunk_file(&src, chunker, ident) {
@@ -584,6 +590,7 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
                 ctime_ns: ident.4,
                 digest,
                 chunks: chunks.clone(),
+                xattrs: meta.xattrs.clone(),
             };
             let mut entries = Vec::new();
             let segs: Vec<&[ChunkRef]> =
