@@ -291,11 +291,16 @@ impl<'a> Writer<'a> {
         {
             return Err(protocol(format!("{} is out of walk order or repeated", e.path)));
         }
+        // The cursor reads on from the last key processed: `last_key` moves only after it.
+        let old = self.advance_to(Some(&key))?;
         self.last_key = Some(key.clone());
         if excluded {
+            // Copied before, excluded now: it leaves the container.
+            if let Some(rec) = old {
+                self.deleted.push(rec.key);
+            }
             return Ok(());
         }
-        let old = self.advance_to(Some(&key))?;
         self.summary.entries += 1;
         if let Some(m) = self.manifest.as_mut() {
             m.push(e)?;
@@ -308,6 +313,9 @@ impl<'a> Writer<'a> {
         self.check_limits()?;
         let digest = e.digest();
         let unchanged = old.as_ref().is_some_and(|r| r.digest == digest && r.kind == kind_code(&e.data));
+        if old.is_some() && !unchanged {
+            tracing::debug!(path = %e.path, "changed since the last pass");
+        }
         self.job.progress.files_done.fetch_add(1, Ordering::Relaxed);
         match &e.data {
             EntryData::Regular { size, digest: content, chunks } => {
