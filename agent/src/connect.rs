@@ -92,6 +92,7 @@ pub async fn channel(
             .keep_alive_while_idle(true)
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024))
+            .max_frame_size(Some(1 << 20))
             .connect_timeout(CONNECT_TIMEOUT);
         match ep.connect_with_connector(connector).await {
             Ok(ch) => return Ok(ch),

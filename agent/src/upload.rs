@@ -77,6 +77,9 @@ const WINDOW: usize = 12;
 const BATCH_ENTRIES: usize = 1024;
 const BATCH_CHUNKS: usize = 32768;
 const BATCH_DATA: u64 = 32 * 1024 * 1024;
+/// Chunks one sender job reads; and what one chunk message carries at most.
+const NEED_SLICE: usize = 128;
+const MESSAGE_DATA: usize = 1 << 20;
 
 /// Where each chunk of a batch can be read again.
 struct ChunkSrc {
@@ -199,7 +202,9 @@ pub async fn run_pass(
         })
     };
     // Chunk senders.
-    let (need_tx, need_rx) = std::sync::mpsc::sync_channel::<(u64, u32)>(65536);
+    // Needs go to the senders in slices, so a big file's chunks are read and sent by both.
+    // Unbounded, but what it holds is bounded by the window of unconfirmed batches.
+    let (need_tx, need_rx) = std::sync::mpsc::channel::<(u64, Vec<u32>)>();
     let need_rx = Arc::new(Mutex::new(need_rx));
     for _ in 0..2 {
         let (rx, out, shared) = (need_rx.clone(), out_tx.clone(), shared.clone());
@@ -237,8 +242,8 @@ pub async fn run_pass(
                 Some(Err(s)) => break Err(UploadError::Refused(s.message().to_string())),
                 Some(Ok(m)) => match m.msg {
                     Some(v1::transfer_down::Msg::Need(n)) => {
-                        for i in n.indexes {
-                            if need_tx.try_send((n.seq, i)).is_err() {
+                        for slice in n.indexes.chunks(NEED_SLICE) {
+                            if need_tx.send((n.seq, slice.to_vec())).is_err() {
                                 break;
                             }
                         }
@@ -692,81 +697,102 @@ impl std::io::Read for OffsetReader<'_> {
 
 /// Answers the controller's needs: reads each chunk again, checks it, compresses it.
 fn send_chunks(
-    rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>,
+    rx: &Mutex<std::sync::mpsc::Receiver<(u64, Vec<u32>)>>,
     out: &Out,
     shared: &Shared,
     zstd_level: i32,
 ) {
     let mut comp = if zstd_level == 0 { None } else { zstd::bulk::Compressor::new(zstd_level).ok() };
     let mut open: Option<(PathBuf, File)> = None;
-    let mut buf = Vec::new();
     loop {
         let job = {
             let g = rx.lock().unwrap_or_else(|e| e.into_inner());
             g.recv()
         };
-        let Ok((seq, index)) = job else { return };
-        if shared.stopped() {
-            return;
-        }
-        let src = {
-            let o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
-            o.get(&seq).and_then(|b| {
-                let c = b.chunks.get(index as usize)?;
-                let f = b.files.get(c.file)?;
-                Some((c.file, c.chunk, f.path.clone(), f.ident))
-            })
-        };
-        let mut msg = v1::ChunkData { seq, index, ..Default::default() };
-        match src {
-            None => {
-                msg.unavailable = true;
-                msg.reason = "no such chunk in an unconfirmed batch".into();
+        let Ok((seq, indexes)) = job else { return };
+        let mut batch = Vec::with_capacity(indexes.len());
+        let mut size = 0usize;
+        for index in indexes {
+            if shared.stopped() {
+                return;
             }
-            Some((fi, c, path, ident)) => {
-                if open.as_ref().is_none_or(|(p, _)| *p != path) {
-                    open = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                        .open(&path)
-                        .ok()
-                        .map(|f| (path.clone(), f));
+            let msg = read_chunk(shared, &mut open, &mut comp, seq, index);
+            size += msg.data.len();
+            batch.push(msg);
+            if size >= MESSAGE_DATA {
+                if !send_batch(out, shared, std::mem::take(&mut batch)) {
+                    return;
                 }
-                buf.resize(c.len as usize, 0);
-                // The bytes read are the bytes hashed if the file kept its identity (any write
-                // changes its ctime); the controller checks the hash of every chunk anyway.
-                let ok = open.as_ref().is_some_and(|(_, f)| {
-                    f.read_exact_at(&mut buf, c.offset).is_ok()
-                        && rustix::fs::fstat(f).is_ok_and(|st| same(&st, ident))
-                });
-                if ok {
-                    let packed =
-                        comp.as_mut().and_then(|z| z.compress(&buf).ok()).filter(|z| z.len() < buf.len());
-                    match packed {
-                        Some(z) => {
-                            msg.data = z.into();
-                            msg.compressed = true;
-                        }
-                        None => msg.data = buf.clone().into(),
-                    }
-                } else {
-                    msg.unavailable = true;
-                    msg.reason = "changed while being read".into();
-                    if let Some(b) =
-                        shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq)
-                        && let Some(f) = b.files.get_mut(fi)
-                    {
-                        f.failed = true;
-                    }
-                }
+                size = 0;
             }
         }
-        shared.throttle(msg.data.len());
-        shared.sent_bytes.fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-        if out.blocking_send(up(v1::transfer_up::Msg::Chunk(msg))).is_err() {
+        if !batch.is_empty() && !send_batch(out, shared, batch) {
             return;
         }
     }
+}
+
+fn send_batch(out: &Out, shared: &Shared, chunks: Vec<v1::ChunkData>) -> bool {
+    let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+    shared.throttle(bytes);
+    shared.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    out.blocking_send(up(v1::transfer_up::Msg::Chunks(v1::ChunkBatch { chunks }))).is_ok()
+}
+
+/// Reads one needed chunk again and packs it (or says why it cannot be sent).
+fn read_chunk(
+    shared: &Shared,
+    open: &mut Option<(PathBuf, File)>,
+    comp: &mut Option<zstd::bulk::Compressor<'static>>,
+    seq: u64,
+    index: u32,
+) -> v1::ChunkData {
+    let src = {
+        let o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+        o.get(&seq).and_then(|b| {
+            let c = b.chunks.get(index as usize)?;
+            let f = b.files.get(c.file)?;
+            Some((c.file, c.chunk, f.path.clone(), f.ident))
+        })
+    };
+    let mut msg = v1::ChunkData { seq, index, ..Default::default() };
+    let Some((fi, c, path, ident)) = src else {
+        msg.unavailable = true;
+        msg.reason = "no such chunk in an unconfirmed batch".into();
+        return msg;
+    };
+    if open.as_ref().is_none_or(|(p, _)| *p != path) {
+        *open = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .ok()
+            .map(|f| (path.clone(), f));
+    }
+    let mut buf = vec![0u8; c.len as usize];
+    // The bytes read are the bytes hashed if the file kept its identity (any write changes
+    // its ctime); the controller checks the hash of every chunk anyway.
+    let ok = open.as_ref().is_some_and(|(_, f)| {
+        f.read_exact_at(&mut buf, c.offset).is_ok() && rustix::fs::fstat(f).is_ok_and(|st| same(&st, ident))
+    });
+    if !ok {
+        msg.unavailable = true;
+        msg.reason = "changed while being read".into();
+        if let Some(b) = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq)
+            && let Some(f) = b.files.get_mut(fi)
+        {
+            f.failed = true;
+        }
+        return msg;
+    }
+    match comp.as_mut().and_then(|z| z.compress(&buf).ok()).filter(|z| z.len() < buf.len()) {
+        Some(z) => {
+            msg.data = z.into();
+            msg.compressed = true;
+        }
+        None => msg.data = buf.into(),
+    }
+    msg
 }
 
 fn same(st: &rustix::fs::Stat, ident: Ident) -> bool {

@@ -204,6 +204,8 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024))
+        // Chunk data arrives in frames of up to 1 MiB instead of HTTP/2's default 16 KiB.
+        .max_frame_size(Some(1 << 20))
         .add_service(v1::enrollment_server::EnrollmentServer::new(crate::enroll::EnrollService::new(
             ctl.clone(),
         )))

@@ -411,6 +411,23 @@ impl Dir {
         Ok((std::fs::File::from(fd), tmp))
     }
 
+    /// Creates `name` itself if nothing is there (`None` if something is): a new file is
+    /// written in place, saving the temporary name and the rename. Whoever does so must
+    /// remove it if it is not completed, and must not take a file it finds there as complete.
+    pub fn create_new(&self, name: &[u8]) -> Result<Option<std::fs::File>> {
+        match rustix::fs::openat2(
+            &self.fd,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+            resolve(),
+        ) {
+            Ok(fd) => Ok(Some(std::fs::File::from(fd))),
+            Err(rustix::io::Errno::EXIST) => Ok(None),
+            Err(e) => Err(self.err(name, "create", e)),
+        }
+    }
+
     /// Moves a temporary file over `name`. A directory at `name` is removed first.
     pub fn commit(&self, tmp: &[u8], name: &[u8]) -> Result<()> {
         match rustix::fs::renameat(&self.fd, tmp, &self.fd, name) {

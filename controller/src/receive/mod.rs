@@ -141,12 +141,15 @@ pub(crate) struct PlannedBatch {
     pub remote: Vec<bool>,
 }
 
+/// Most chunks one message may carry.
+const MAX_CHUNKS_PER_MESSAGE: usize = 4096;
+
 /// A chunk from the agent, checked.
 pub(crate) enum ChunkMsg {
     Data {
         seq: u64,
         index: u32,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     /// The agent could not read it (the file changed): the file is retried next pass.
     Unavailable {
@@ -179,8 +182,8 @@ where
     let in_flight: Arc<Mutex<std::collections::HashSet<Hash32>>> = Arc::default();
     let (plan_tx, plan_rx) = mpsc::channel::<v1::EntryBatch>(4);
     let (write_tx, write_rx) = mpsc::channel::<WriterMsg>(8);
-    let (chunk_in_tx, chunk_in_rx) = mpsc::channel::<v1::ChunkData>(64);
-    let (chunk_tx, chunk_rx) = mpsc::channel::<ChunkMsg>(64);
+    let (chunk_in_tx, chunk_in_rx) = mpsc::channel::<Vec<v1::ChunkData>>(16);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<ChunkMsg>>(16);
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<WriterMsg>();
     let planner = {
@@ -255,7 +258,13 @@ where
                     plan_tx.send(b).await.map_err(|_| stopped())?;
                 }
                 Some(v1::transfer_up::Msg::Chunk(c)) => {
-                    chunk_in_tx.send(c).await.map_err(|_| stopped())?;
+                    chunk_in_tx.send(vec![c]).await.map_err(|_| stopped())?;
+                }
+                Some(v1::transfer_up::Msg::Chunks(b)) => {
+                    if b.chunks.len() > MAX_CHUNKS_PER_MESSAGE {
+                        return Err(protocol("too many chunks in one message"));
+                    }
+                    chunk_in_tx.send(b.chunks).await.map_err(|_| stopped())?;
                 }
                 Some(v1::transfer_up::Msg::Estimate(e)) => {
                     job.progress.files_total.store(e.files, Ordering::Relaxed);
@@ -349,49 +358,59 @@ fn stopped() -> ReceiveError {
 
 /// Decompresses and checks chunks against what was requested.
 fn verify_chunks(
-    mut rx: mpsc::Receiver<v1::ChunkData>,
-    tx: mpsc::Sender<ChunkMsg>,
+    mut rx: mpsc::Receiver<Vec<v1::ChunkData>>,
+    tx: mpsc::Sender<Vec<ChunkMsg>>,
     expected: Expected,
     progress: Arc<Progress>,
 ) {
     let mut dec = zstd::bulk::Decompressor::new().ok();
-    while let Some(c) = rx.blocking_recv() {
-        let want = expected.lock().unwrap_or_else(|p| p.into_inner()).remove(&(c.seq, c.index));
-        let msg = match want {
-            None => ChunkMsg::Invalid(format!("chunk {}/{} was not requested", c.seq, c.index)),
-            Some(_) if c.unavailable => {
-                let mut reason = c.reason;
-                reason.truncate(512);
-                ChunkMsg::Unavailable { seq: c.seq, index: c.index, reason }
-            }
-            Some((hash, len)) => {
-                progress.wire_bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-                // Decompression is bounded by the announced length: a frame that inflates
-                // past it fails here instead of filling memory.
-                let data = if c.compressed {
-                    match dec.as_mut().map(|d| d.decompress(&c.data, len as usize)) {
-                        Some(Ok(d)) => Some(d),
-                        _ => None,
-                    }
-                } else {
-                    Some(c.data.to_vec())
-                };
-                match data {
-                    Some(data) if data.len() == len as usize && Hash32::of(&data) == hash => {
-                        ChunkMsg::Data { seq: c.seq, index: c.index, data }
-                    }
-                    Some(_) => {
-                        ChunkMsg::Invalid(format!("chunk {}/{} does not match its hash", c.seq, c.index))
-                    }
-                    None => ChunkMsg::Invalid(format!(
-                        "chunk {}/{} does not decompress to its announced {len} bytes",
-                        c.seq, c.index
-                    )),
-                }
-            }
-        };
-        if tx.blocking_send(msg).is_err() {
+    while let Some(batch) = rx.blocking_recv() {
+        let mut out = Vec::with_capacity(batch.len());
+        for c in batch {
+            out.push(verify_one(c, &expected, &progress, &mut dec));
+        }
+        if tx.blocking_send(out).is_err() {
             return;
+        }
+    }
+}
+
+fn verify_one(
+    c: v1::ChunkData,
+    expected: &Expected,
+    progress: &Progress,
+    dec: &mut Option<zstd::bulk::Decompressor<'static>>,
+) -> ChunkMsg {
+    let want = expected.lock().unwrap_or_else(|p| p.into_inner()).remove(&(c.seq, c.index));
+    match want {
+        None => ChunkMsg::Invalid(format!("chunk {}/{} was not requested", c.seq, c.index)),
+        Some(_) if c.unavailable => {
+            let mut reason = c.reason;
+            reason.truncate(512);
+            ChunkMsg::Unavailable { seq: c.seq, index: c.index, reason }
+        }
+        Some((hash, len)) => {
+            progress.wire_bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+            // Decompression is bounded by the announced length: a frame that inflates
+            // past it fails here instead of filling memory. Plain data is not copied.
+            let data = if c.compressed {
+                match dec.as_mut().map(|d| d.decompress(&c.data, len as usize)) {
+                    Some(Ok(d)) => Some(bytes::Bytes::from(d)),
+                    _ => None,
+                }
+            } else {
+                Some(c.data)
+            };
+            match data {
+                Some(data) if data.len() == len as usize && Hash32::of(&data) == hash => {
+                    ChunkMsg::Data { seq: c.seq, index: c.index, data }
+                }
+                Some(_) => ChunkMsg::Invalid(format!("chunk {}/{} does not match its hash", c.seq, c.index)),
+                None => ChunkMsg::Invalid(format!(
+                    "chunk {}/{} does not decompress to its announced {len} bytes",
+                    c.seq, c.index
+                )),
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 pub(crate) fn run(
     job: &PassJob,
     mut rx: mpsc::Receiver<WriterMsg>,
-    chunks: mpsc::Receiver<ChunkMsg>,
+    chunks: mpsc::Receiver<Vec<ChunkMsg>>,
     out: Outbound,
     expected: Expected,
     in_flight: Arc<Mutex<HashSet<Hash32>>>,
@@ -93,15 +93,26 @@ struct OpenFile {
     size: u64,
     content: ContentHasher,
     last_end: u64,
-    dir: Dir,
+    dir: Arc<Dir>,
     file: Option<File>,
-    tmp: Vec<u8>,
+    /// The temporary name the file is written under; `None` when it is written in place
+    /// (nothing was at its name: its record, written last, is what marks it complete).
+    tmp: Option<Vec<u8>>,
     /// Chunks written so far: hash → offset in this file (for repeats inside the file).
     written: HashMap<Hash32, u64>,
     chunks: Vec<ChunkRef>,
     /// Unchanged: segments are checked and consumed, nothing is written.
     skip: bool,
     failed: Option<String>,
+}
+
+impl OpenFile {
+    /// Removes the unfinished file: its temporary name, or its own name when it was being
+    /// written in place (nothing was there before).
+    fn discard(&self) {
+        let name = self.tmp.as_deref().unwrap_or(self.path.file_name());
+        let _ = rustix::fs::unlinkat(self.dir.fd(), name, rustix::fs::AtFlags::empty());
+    }
 }
 
 /// The merge of the pass's entries with the store's record of the tree.
@@ -119,8 +130,8 @@ struct Writer<'a> {
     out: Outbound,
     expected: Expected,
     in_flight: Arc<Mutex<HashSet<Hash32>>>,
-    chunks: mpsc::Receiver<ChunkMsg>,
-    pending: HashMap<(u64, u32), Vec<u8>>,
+    chunks: mpsc::Receiver<Vec<ChunkMsg>>,
+    pending: HashMap<(u64, u32), bytes::Bytes>,
     pending_bytes: usize,
     unavailable: HashMap<(u64, u32), String>,
     cursor: Cursor,
@@ -131,7 +142,7 @@ struct Writer<'a> {
     recent: HashMap<Hash32, ChunkLocation>,
     commit: BatchCommit,
     batch_remote: Vec<Hash32>,
-    parent: Option<Dir>,
+    parent: Option<Arc<Dir>>,
     other_trees: HashMap<u32, Option<Tree>>,
     summary: PassSummary,
     total_bytes: u64,
@@ -151,7 +162,7 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     fn new(
         job: &'a PassJob,
-        chunks: mpsc::Receiver<ChunkMsg>,
+        chunks: mpsc::Receiver<Vec<ChunkMsg>>,
         out: Outbound,
         expected: Expected,
         in_flight: Arc<Mutex<HashSet<Hash32>>>,
@@ -320,7 +331,7 @@ impl<'a> Writer<'a> {
         match &e.data {
             EntryData::Regular { size, digest: content, chunks } => {
                 let skip = unchanged && self.still_there(e)?;
-                self.open_file(e, key, digest, *size, *content, skip)?;
+                self.open_file(e, key, digest, *size, *content, skip, old.is_some())?;
                 self.write_chunks(seq, base, chunks, remote)?;
                 if !e.more {
                     self.close_file()?;
@@ -384,12 +395,12 @@ impl<'a> Writer<'a> {
         })
     }
 
-    fn parent_dir(&mut self, path: &RelPath) -> Result<Dir, ReceiveError> {
+    fn parent_dir(&mut self, path: &RelPath) -> Result<Arc<Dir>, ReceiveError> {
         let parent = path.parent().ok_or_else(|| protocol("the root has no parent"))?;
         if let Some(d) = &self.parent
             && *d.rel() == parent
         {
-            return Ok(Dir::clone_of(d)?);
+            return Ok(d.clone());
         }
         let d = self.tree.dir(&parent).map_err(|e| match e {
             TreeError::Io { source, .. } if source.raw_os_error() == Some(libc_enoent()) => {
@@ -410,7 +421,8 @@ impl<'a> Writer<'a> {
             }
             other => other.into(),
         })?;
-        self.parent = Some(Dir::clone_of(&d)?);
+        let d = Arc::new(d);
+        self.parent = Some(d.clone());
         Ok(d)
     }
 
@@ -440,15 +452,23 @@ impl<'a> Writer<'a> {
         size: u64,
         digest: Hash32,
         skip: bool,
+        recorded: bool,
     ) -> Result<(), ReceiveError> {
         let dir = self.parent_dir(&e.path)?;
+        // Writes at chunk offsets leave holes between extents; a hole at the end is made when
+        // the file is closed. A file the store does not know, with nothing at its name, is
+        // written in place; anything else under a temporary name renamed over it at the end.
         let (file, tmp) = if skip {
-            (None, Vec::new())
+            (None, None)
         } else {
-            // Writes at chunk offsets leave holes between extents; a hole at the end is made
-            // when the file is closed.
-            let (f, tmp) = dir.create_temp(e.path.file_name())?;
-            (Some(f), tmp)
+            let direct = if recorded { None } else { dir.create_new(e.path.file_name())? };
+            match direct {
+                Some(f) => (Some(f), None),
+                None => {
+                    let (f, tmp) = dir.create_temp(e.path.file_name())?;
+                    (Some(f), Some(tmp))
+                }
+            }
         };
         self.open = Some(OpenFile {
             path: e.path.clone(),
@@ -538,7 +558,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Waits for chunk (seq, idx); `Err(reason)` inside `Ok` when the agent could not read it.
-    fn take_chunk(&mut self, seq: u64, idx: u32) -> Result<Result<Vec<u8>, String>, ReceiveError> {
+    fn take_chunk(&mut self, seq: u64, idx: u32) -> Result<Result<bytes::Bytes, String>, ReceiveError> {
         loop {
             if let Some(d) = self.pending.remove(&(seq, idx)) {
                 self.pending_bytes -= d.len();
@@ -547,24 +567,28 @@ impl<'a> Writer<'a> {
             if let Some(r) = self.unavailable.remove(&(seq, idx)) {
                 return Ok(Err(r));
             }
-            match self.chunks.blocking_recv() {
-                None => return Err(ReceiveError::Stream("the transfer ended while chunks were due".into())),
-                Some(ChunkMsg::Data { seq: s, index, data }) => {
-                    self.pending_bytes += data.len();
-                    if self.pending_bytes > MAX_PENDING_BYTES {
-                        return Err(protocol("too many chunks sent out of order"));
+            let Some(batch) = self.chunks.blocking_recv() else {
+                return Err(ReceiveError::Stream("the transfer ended while chunks were due".into()));
+            };
+            for m in batch {
+                match m {
+                    ChunkMsg::Data { seq: s, index, data } => {
+                        self.pending_bytes += data.len();
+                        if self.pending_bytes > MAX_PENDING_BYTES {
+                            return Err(protocol("too many chunks sent out of order"));
+                        }
+                        self.pending.insert((s, index), data);
                     }
-                    self.pending.insert((s, index), data);
+                    ChunkMsg::Unavailable { seq: s, index, reason } => {
+                        self.unavailable.insert((s, index), reason);
+                    }
+                    ChunkMsg::Invalid(m) => return Err(protocol(m)),
                 }
-                Some(ChunkMsg::Unavailable { seq: s, index, reason }) => {
-                    self.unavailable.insert((s, index), reason);
-                }
-                Some(ChunkMsg::Invalid(m)) => return Err(protocol(m)),
             }
         }
     }
 
-    fn put_remote(&mut self, c: &ChunkRef, data: Result<Vec<u8>, String>) -> Result<(), ReceiveError> {
+    fn put_remote(&mut self, c: &ChunkRef, data: Result<bytes::Bytes, String>) -> Result<(), ReceiveError> {
         let Some(open) = self.open.as_mut() else { return Err(protocol("chunk outside a file")) };
         match data {
             Err(reason) => {
@@ -684,8 +708,8 @@ impl<'a> Writer<'a> {
     fn close_file(&mut self) -> Result<(), ReceiveError> {
         let Some(open) = self.open.take() else { return Ok(()) };
         if open.content.finish() != open.digest {
-            if let Some(_f) = open.file {
-                let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+            if open.file.is_some() {
+                open.discard();
             }
             return Err(protocol(format!("{}: content digest does not match its chunks", open.path)));
         }
@@ -693,10 +717,9 @@ impl<'a> Writer<'a> {
             self.commit.upserts.push(FileRecord { key: open.key, digest: open.entry_digest, kind: 1 });
             return Ok(());
         }
-        let Some(file) = open.file else { return Ok(()) };
-        if let Some(reason) = open.failed {
-            drop(file);
-            let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+        let Some(file) = open.file.as_ref() else { return Ok(()) };
+        if let Some(reason) = open.failed.clone() {
+            open.discard();
             self.problems.push(Problem { path: open.path, reason });
             return Ok(());
         }
@@ -705,14 +728,16 @@ impl<'a> Writer<'a> {
         if open.last_end < open.size {
             file.set_len(open.size).map_err(|err| tree_io(p, "truncate", err))?;
         }
-        rustix::fs::fchown(&file, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
+        rustix::fs::fchown(file, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
             .map_err(|e| tree_io(p, "chown", e.into()))?;
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(m.mode)).map_err(|e| tree_io(p, "chmod", e.into()))?;
-        self.set_xattrs_fd(&file, p, &m.xattrs);
+        rustix::fs::fchmod(file, Mode::from_raw_mode(m.mode)).map_err(|e| tree_io(p, "chmod", e.into()))?;
+        self.set_xattrs_fd(file, p, &m.xattrs);
         let ts = rustix::fs::Timespec { tv_sec: m.mtime.sec, tv_nsec: m.mtime.nsec.into() };
-        rustix::fs::futimens(&file, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })
+        rustix::fs::futimens(file, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })
             .map_err(|e| tree_io(p, "set times", e.into()))?;
-        open.dir.commit(&open.tmp, p.file_name())?;
+        if let Some(tmp) = &open.tmp {
+            open.dir.commit(tmp, p.file_name())?;
+        }
         self.summary.written += 1;
         self.summary.changed_bytes += open.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>();
         if let Some(w) = self.written.as_mut() {
@@ -723,8 +748,7 @@ impl<'a> Writer<'a> {
             }
         }
         // Record where each chunk now lives, with the file's identity after the rename.
-        if let Ok(st) = rustix::fs::fstat(&file) {
-            drop(file);
+        if let Ok(st) = rustix::fs::fstat(file) {
             let mut seen = HashSet::new();
             for c in &open.chunks {
                 if !seen.insert(c.hash) {
@@ -769,7 +793,7 @@ impl<'a> Writer<'a> {
         if let Some(open) = self.open.take()
             && open.file.is_some()
         {
-            let _ = rustix::fs::unlinkat(open.dir.fd(), &open.tmp[..], rustix::fs::AtFlags::empty());
+            open.discard();
         }
     }
 
@@ -894,9 +918,11 @@ impl<'a> Writer<'a> {
         }
         // Every chunk sent must have been asked for, even where no file waited for it (the
         // verifier flags the others). The reader stopped at Done, so this ends promptly.
-        while let Some(m) = self.chunks.blocking_recv() {
-            if let ChunkMsg::Invalid(m) = m {
-                return Err(protocol(m));
+        while let Some(batch) = self.chunks.blocking_recv() {
+            for m in batch {
+                if let ChunkMsg::Invalid(m) = m {
+                    return Err(protocol(m));
+                }
             }
         }
         self.advance_to(None)?;
