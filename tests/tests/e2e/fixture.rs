@@ -370,6 +370,16 @@ async fn fixture_server_is_assessed_migrated_and_starts() {
     // Both partitions are merged into the one tree.
     assert_eq!(read(&private, "home/alice/notes.txt"), "remember the milk\n");
     assert_eq!(read(&private, "srv/share/report.txt"), "q3 figures\n");
+    // What the report said the move does: xattrs and ACLs dropped (the default), the
+    // licence and the raw rule copied unchanged.
+    for (p, attr) in
+        [("home/alice/notes.txt", "user.origin"), ("srv/share/report.txt", "system.posix_acl_access")]
+    {
+        let got = rustix::fs::lgetxattr(private.join(p), attr, &mut [0u8; 256][..]);
+        assert_eq!(got, Err(rustix::io::Errno::NODATA), "{p} kept {attr}");
+    }
+    assert_eq!(read(&private, "opt/acme/licence.key"), read(&root, "opt/acme/licence.key"));
+    assert_eq!(read(&private, "etc/udev/rules.d/60-raw.rules"), raw_rule);
 
     // The start test: the migrated container comes up with every former address.
     let t3 = Instant::now();

@@ -100,6 +100,24 @@ fn quota_source() -> QuotaSource {
     QuotaSource { _dir: dir, root, _home: home, _srv: srv }
 }
 
+/// A process started by a test in a mount namespace of its own, its pid in a file; killed
+/// on drop.
+struct Pinned(PathBuf);
+
+impl Pinned {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// The limits of a quota file's entries that have any, as [`Limit`]s.
 fn limits_of(entries: &[DiskQuota]) -> Vec<Limit> {
     entries
@@ -149,9 +167,18 @@ async fn ploop_container_keeps_the_home_partitions_quotas() {
     trace_init();
     let src = quota_source();
     let node = Node::start().await.unwrap();
-    let agent = Agent::start(&node, "files1", &src.root).await.unwrap();
+    let agent = Agent::start_with_services(&node, "files1", &src.root).await.unwrap();
     check_report(&node, "files1").await;
 
+    // While the image is mounted for receiving, something on the node starts a process in
+    // a mount namespace of its own (a service with private mounts, a container): its copy
+    // of the image's mount keeps the file system and its loop device up after p2c unmounts
+    // it. The pre-cutover hook runs exactly then (the agent is on the node here).
+    let pin = Pinned(src.root.join("pinned.pid"));
+    let hook = format!(
+        "setsid unshare --mount sleep 120 </dev/null >/dev/null 2>&1 & echo $! > {}",
+        pin.0.display()
+    );
     let t = Instant::now();
     let ctid = 151;
     let run = p2c(
@@ -165,11 +192,14 @@ async fn ploop_container_keeps_the_home_partitions_quotas() {
             "/home",
             "--layout",
             "ploop",
+            "--pre-hook",
+            &hook,
             "--cutover",
             "--json",
         ],
     )
     .await;
+    assert!(pin.pid().is_some(), "the pre-cutover hook did not run");
     let s: MigrationSummary =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
     assert_eq!((run.code, s.state), (0, MigrationState::Done), "{:?}", s.error);
@@ -178,6 +208,7 @@ async fn ploop_container_keeps_the_home_partitions_quotas() {
     // `p2c verify` mounts the image again and agrees.
     let v = p2c(&node.state_dir(), &["verify", "151", "--json"]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    drop(pin);
     dropped_warning(&s);
     let outcome = s.quota.as_ref().expect("the summary says how quotas were applied");
     assert_eq!(outcome["method"], "ploop", "{outcome}");
