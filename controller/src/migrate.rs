@@ -818,13 +818,17 @@ pub async fn verify_tree(
     let (_, manifest) = crate::receive::manifest::latest(&dir)
         .ok_or_else(|| MigrateError::Other(format!("CT {ctid} has no complete copy pass to verify")))?;
     let tree = root.to_path_buf();
-    let opts = crate::verify::VerifyOptions {
-        rewritten,
-        own_dirs: vec![crate::tree::rel("etc/p2c")],
-        keep_xattrs,
-        sweep_temps: true,
-        content_only,
-    };
+    let mut own_dirs = vec![crate::tree::rel("etc/p2c")];
+    let mut rewritten = rewritten;
+    // A ploop image's file system has its own lost+found (mkfs.ext4 makes it), not the
+    // source's unless the source sent one (which the manifest then checks as any entry),
+    // and its own quota files at its root, written when the quotas are applied.
+    if quota::ploop::image_path(&ctl.settings.private_dir(ctid)).exists() {
+        own_dirs.push(crate::tree::rel("lost+found"));
+        rewritten.extend(["aquota.user", "aquota.group"].map(crate::tree::rel));
+    }
+    let opts =
+        crate::verify::VerifyOptions { rewritten, own_dirs, keep_xattrs, sweep_temps: true, content_only };
     tokio::task::spawn_blocking(move || crate::verify::verify(&tree, &manifest, &opts))
         .await
         .map_err(|e| MigrateError::Other(e.to_string()))?

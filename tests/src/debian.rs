@@ -29,11 +29,68 @@ pub struct AptSource {
 pub fn debootstrap_tree(dest: &Path) -> anyhow::Result<()> {
     let src = machine_source()?;
     let cache = cached_tree(&src)?;
+    copy_tree(&cache, dest).context("copying the cached Debian tree")
+}
+
+/// What [`debootstrap_lean_tree`] leaves out: documentation, translations, manual pages
+/// and apt's caches, none of which a start test or a migration test looks at.
+const LEAN_PRUNE: &[&str] = &[
+    "usr/share/doc",
+    "usr/share/locale",
+    "usr/share/man",
+    "usr/share/info",
+    "var/cache/apt",
+    "var/cache/debconf/templates.dat",
+    "var/cache/debconf/templates.dat-old",
+    "var/lib/apt/lists",
+];
+
+/// [`debootstrap_tree`] without documentation, translations, manual pages and apt caches:
+/// the same system (packages, configs, the network tools) in about half the bytes, so that
+/// tests which migrate a whole tree stay quick. Cached next to the full tree.
+pub fn debootstrap_lean_tree(dest: &Path) -> anyhow::Result<()> {
+    let src = machine_source()?;
+    let full = cached_tree(&src)?;
+    let lean = Path::new(CACHE_DIR).join(format!("debootstrap-{}-lean", src.suite));
+    if !lean.is_dir() {
+        let lock_path = Path::new(CACHE_DIR).join(format!("debootstrap-{}-lean.lock", src.suite));
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("creating lock file {}", lock_path.display()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+        if !lean.is_dir() {
+            let tmp = Path::new(CACHE_DIR).join(format!(
+                "debootstrap-{}-lean.tmp-{}",
+                src.suite,
+                std::process::id()
+            ));
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+            }
+            copy_tree(&full, &tmp)?;
+            for rel in LEAN_PRUNE {
+                let p = tmp.join(rel);
+                let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                match gone {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", p.display()))),
+                }
+            }
+            std::fs::rename(&tmp, &lean)
+                .with_context(|| format!("moving {} to {}", tmp.display(), lean.display()))?;
+        }
+    }
+    copy_tree(&lean, dest)
+}
+
+/// `cp -a FROM/. DEST` (DEST created if missing).
+fn copy_tree(from: &Path, dest: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut from = cache.into_os_string();
-    from.push("/.");
-    run(Command::new("cp").arg("-a").arg(&from).arg(dest))
-        .with_context(|| format!("copying the cached Debian tree to {}", dest.display()))?;
+    let mut src = from.as_os_str().to_owned();
+    src.push("/.");
+    run(Command::new("cp").arg("-a").arg(&src).arg(dest))
+        .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
     Ok(())
 }
 

@@ -46,6 +46,16 @@ impl LoopFs {
     /// Makes a `size`-byte image, a `kind` file system on it, and mounts it with `mount_opts`
     /// (comma-separated, as for `mount -o`; empty for none).
     pub fn new(kind: FsKind, size: u64, mount_opts: &str) -> anyhow::Result<Self> {
+        Self::make(kind, size, mount_opts, None)
+    }
+
+    /// [`LoopFs::new`] mounted on `mountpoint` (an existing directory, e.g. `home` in a
+    /// source tree, so that the tree has a partition beneath it as a server does).
+    pub fn new_at(kind: FsKind, size: u64, mount_opts: &str, mountpoint: &Path) -> anyhow::Result<Self> {
+        Self::make(kind, size, mount_opts, Some(mountpoint))
+    }
+
+    fn make(kind: FsKind, size: u64, mount_opts: &str, at: Option<&Path>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("p2c-loopfs-")
             .tempdir()
@@ -60,8 +70,12 @@ impl LoopFs {
             FsKind::Btrfs => ("mkfs.btrfs", "-f"),
         };
         run_cmd(Command::new(mkfs).args(["-q", force]).arg(&image))?;
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).with_context(|| format!("cannot make {}", mountpoint.display()))?;
+        let mountpoint = match at {
+            Some(p) => p.to_path_buf(),
+            None => dir.path().join("mnt"),
+        };
+        std::fs::create_dir_all(&mountpoint)
+            .with_context(|| format!("cannot make {}", mountpoint.display()))?;
         let device = run_cmd(Command::new("losetup").args(["--find", "--show"]).arg(&image))?;
         let mut fs = Self { kind, dir, mountpoint, device: PathBuf::from(device.trim()), mounted: false };
         let mut mount = Command::new("mount");
@@ -105,6 +119,43 @@ impl Drop for LoopFs {
         }
         // After a lazy unmount the device may still be busy; -d then sets autoclear and the
         // kernel detaches it once the last user is gone.
+        if let Err(e) = run_cmd(Command::new("losetup").arg("-d").arg(&self.device)) {
+            eprintln!("warning: cannot detach {}: {e:#}", self.device.display());
+        }
+    }
+}
+
+/// A loop device over a sparse image with no file system (a raw partition, a swap area),
+/// detached and removed on drop.
+#[derive(Debug)]
+pub struct LoopDev {
+    _dir: TempDir,
+    device: PathBuf,
+}
+
+impl LoopDev {
+    /// Attaches a `size`-byte sparse image to a free loop device.
+    pub fn new(size: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("p2c-loopdev-")
+            .tempdir()
+            .context("cannot make a temporary directory")?;
+        let image = dir.path().join("image");
+        File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .with_context(|| format!("cannot make image {}", image.display()))?;
+        let device = run_cmd(Command::new("losetup").args(["--find", "--show"]).arg(&image))?;
+        Ok(Self { _dir: dir, device: PathBuf::from(device.trim()) })
+    }
+
+    /// The loop device (`/dev/loopN`).
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
         if let Err(e) = run_cmd(Command::new("losetup").arg("-d").arg(&self.device)) {
             eprintln!("warning: cannot detach {}: {e:#}", self.device.display());
         }

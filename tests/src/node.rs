@@ -25,6 +25,9 @@ pub struct NodeOptions {
     pub node_bwlimit: Option<u64>,
     /// Live passes before giving up on convergence (`transfer.max_passes`).
     pub max_passes: Option<u32>,
+    /// The node's container root (`--vz-root`, e.g. a loop-mounted btrfs); `<dir>/vz` when
+    /// `None`. [`Node::private`] follows it.
+    pub vz_root: Option<PathBuf>,
 }
 
 /// A controller running in this process.
@@ -32,6 +35,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
     pub addr: std::net::SocketAddr,
+    /// The container root: `private/<CTID>` trees are below it.
+    pub vz_root: PathBuf,
 }
 
 impl Node {
@@ -45,7 +50,8 @@ impl Node {
     pub async fn start_with(o: NodeOptions) -> anyhow::Result<Node> {
         let dir = tempfile::Builder::new().prefix("p2c-node").tempdir()?;
         let listen = o.listen.as_deref().unwrap_or("127.0.0.1:0");
-        Self::init_with(dir.path(), listen, o.advertise.clone())?;
+        let vz_root = o.vz_root.clone().unwrap_or_else(|| dir.path().join("vz"));
+        Self::init_opts(dir.path(), listen, o.advertise.clone(), &vz_root)?;
         let mut settings = Settings::load(&dir.path().join("state"))?;
         if let Some(n) = o.max_concurrent {
             settings.max_concurrent = n;
@@ -58,7 +64,7 @@ impl Node {
         }
         let running = start(settings).await?;
         let addr = running.addr;
-        Ok(Node { dir, running: Some(running), addr })
+        Ok(Node { dir, running: Some(running), addr, vz_root })
     }
 
     pub fn init_in(dir: &Path, listen: &str) -> anyhow::Result<()> {
@@ -67,11 +73,15 @@ impl Node {
 
     /// `p2c-controller init` with the addresses agents dial (required with a wildcard listen).
     pub fn init_with(dir: &Path, listen: &str, advertise: Vec<String>) -> anyhow::Result<()> {
+        Self::init_opts(dir, listen, advertise, &dir.join("vz"))
+    }
+
+    fn init_opts(dir: &Path, listen: &str, advertise: Vec<String>, vz_root: &Path) -> anyhow::Result<()> {
         p2c_controller::init::init(&p2c_controller::init::InitOptions {
             state_dir: dir.join("state"),
             listen: listen.into(),
             advertise,
-            vz_root: Some(dir.join("vz")),
+            vz_root: Some(vz_root.to_path_buf()),
             conf_dir: Some(dir.join("etc/vz/conf")),
         })?;
         Ok(())
@@ -86,7 +96,7 @@ impl Node {
     }
 
     pub fn private(&self, ctid: u32) -> PathBuf {
-        self.dir.path().join("vz/private").join(ctid.to_string())
+        self.vz_root.join("private").join(ctid.to_string())
     }
 
     pub fn conf(&self, ctid: u32) -> PathBuf {

@@ -331,14 +331,18 @@ pub enum Accel {
 }
 
 /// Boots `kernel` with `initrd` and `disk` (raw, virtio); returns the serial console
-/// output once the guest powers off, or an error after `timeout`.
+/// output once the guest powers off, or an error after `timeout`, or as soon as the
+/// guest has printed no word within `silence` after starting (a guest that hangs before its
+/// kernel says anything).
 pub fn run_qemu(
     kernel: &Path,
     initrd: &Path,
     disk: &Path,
     accel: Accel,
     timeout: Duration,
+    silence: Option<Duration>,
 ) -> Result<String, String> {
+    use std::sync::{Arc, Mutex};
     let mut child = Command::new("qemu-system-x86_64")
         .args(match accel {
             Accel::Kvm => ["-accel", "kvm"],
@@ -359,22 +363,46 @@ pub fn run_qemu(
         .spawn()
         .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
     let mut stdout = child.stdout.take().ok_or("no qemu stdout")?;
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let sink = console.clone();
     let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+        }
     });
+    let text = |c: &Mutex<Vec<u8>>| {
+        String::from_utf8_lossy(&c.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    };
     let start = Instant::now();
+    let (mut last_len, mut moved) = (0usize, Instant::now());
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let out = reader.join().unwrap_or_default();
-                return Err(format!("the VM did not power off within {timeout:?}; console:\n{out}"));
+            Ok(None) => {
+                // A guest whose console stops moving has hung (under KVM on some hosts the
+                // kernel stops right after the firmware's and loader's lines).
+                let len = console.lock().unwrap_or_else(|p| p.into_inner()).len();
+                if len != last_len {
+                    (last_len, moved) = (len, Instant::now());
+                }
+                let quiet = silence.is_some_and(|s| moved.elapsed() > s);
+                if quiet || start.elapsed() > timeout {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = reader.join();
+                    let why = if quiet {
+                        format!("the VM printed nothing for {:?}", silence.unwrap_or_default())
+                    } else {
+                        format!("the VM did not power off within {timeout:?}")
+                    };
+                    return Err(format!("{why}; console:\n{}", text(&console)));
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => return Err(e.to_string()),
         }
     };
@@ -382,7 +410,8 @@ pub fn run_qemu(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let out = reader.join().map_err(|_| "console reader panicked".to_string())?;
+    reader.join().map_err(|_| "console reader panicked".to_string())?;
+    let out = text(&console);
     if !status.success() {
         return Err(format!("qemu failed ({status}): {}\nconsole:\n{out}", err.trim()));
     }
@@ -390,4 +419,156 @@ pub fn run_qemu(
         eprintln!("qemu stderr: {}", err.trim());
     }
     Ok(out)
+}
+
+/// What the quota guest checks inside an ext4 image: as `uid`:`gid`, a write of
+/// `under_kib` KiB into `dir` (a directory of the image that uid may write to) must work,
+/// and one of `over_kib` KiB must fail with "Disk quota exceeded".
+#[derive(Clone, Debug)]
+pub struct EnforceCheck {
+    pub uid: u32,
+    pub gid: u32,
+    /// Relative to the image's root, e.g. `home/u1001`.
+    pub dir: String,
+    pub under_kib: u64,
+    pub over_kib: u64,
+}
+
+/// What the guest printed, with the lines the checks look at.
+#[derive(Clone, Debug)]
+pub struct GuestConsole {
+    pub text: String,
+    pub accel: Accel,
+}
+
+impl GuestConsole {
+    /// The first line holding `tag` (from the tag on), or "".
+    pub fn line(&self, tag: &str) -> &str {
+        self.text.lines().find_map(|l| l.find(tag).map(|at| l[at..].trim())).unwrap_or("")
+    }
+
+    /// The lines worth showing: the guest script's tags, dd's and quota's messages.
+    pub fn filtered(&self) -> String {
+        let keep = |l: &&str| l.contains("P2C-") || l.contains("dd:") || l.contains("quota");
+        self.text.lines().filter(keep).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The programs and packages a quota guest needs, or why it cannot run here (a reason to
+/// skip the test that wants it).
+pub fn guest_prerequisites() -> Result<(PathBuf, DebianKernel), String> {
+    if !Path::new("/dev/kvm").exists() {
+        return Err("/dev/kvm is not available".into());
+    }
+    for p in
+        ["qemu-system-x86_64", "mkfs.ext4", "quotacheck", "setquota", "quotaon", "setpriv", "modinfo", "ldd"]
+    {
+        if !have(p) {
+            return Err(format!("{p} is not installed"));
+        }
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists() && sh("ldd", &[&p.to_string_lossy()]).is_err())
+        .ok_or("a static busybox (package busybox-static) is not installed")?;
+    let kernel = debian_kernel().map_err(|e| format!("Debian's kernel package is unavailable: {e}"))?;
+    Ok((busybox, kernel))
+}
+
+/// Boots Debian's kernel (which has CONFIG_QFMT_V2) on `disk`, a raw ext4 image holding
+/// `aquota.user`/`aquota.group`, mounts it with the journaled-quota options, turns quota on
+/// and runs `check`; the console once the guest has powered off. `work` holds the
+/// initramfs. Tags in the console: `P2C-MOUNT rc=`, `P2C-QUOTAON rc=`, `P2C-UNDER rc=`,
+/// `P2C-OVER rc=`, `P2C-DONE`.
+pub fn run_quota_guest(
+    busybox: &Path,
+    kernel: &DebianKernel,
+    disk: &Path,
+    mount_options: &str,
+    check: &EnforceCheck,
+    work: &Path,
+) -> Result<GuestConsole, String> {
+    let modules =
+        module_closure(&kernel.modules, &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "quota_v2"])?;
+    let mut cpio = Cpio::default();
+    cpio.file("bin/busybox", 0o755, &std::fs::read(busybox).map_err(|e| e.to_string())?);
+    for d in ["proc", "sys", "dev", "mnt", "tmp", "etc"] {
+        cpio.dir(d);
+    }
+    cpio.symlink("etc/mtab", "/proc/mounts");
+    let which = |p: &str| sh("sh", &["-c", &format!("command -v {p}")]).map(|s| s.trim().to_string());
+    let quotaon = which("quotaon")?;
+    let setpriv = which("setpriv")?;
+    cpio.host_program(Path::new(&quotaon))?;
+    cpio.host_program(Path::new(&setpriv))?;
+    let mut insmods = String::new();
+    for (name, path) in &modules {
+        cpio.file(&format!("modules/{name}.ko"), 0o644, &module_bytes(path)?);
+        insmods.push_str(&format!("insmod /modules/{name}.ko || echo P2C-INSMOD-FAILED {name}\n"));
+    }
+    let as_user = format!("{setpriv} --reuid={} --regid={} --clear-groups", check.uid, check.gid);
+    let dir = format!("/mnt/{}", check.dir.trim_matches('/'));
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+{insmods}
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+mount -t ext4 -o {mount_options} /dev/vda /mnt
+echo "P2C-MOUNT rc=$?"
+{quotaon} -v -u -g /mnt 2>&1
+echo "P2C-QUOTAON rc=$?"
+{as_user} dd if=/dev/zero of={dir}/p2c-under bs=1024 count={under} 2>&1
+echo "P2C-UNDER rc=$?"
+{as_user} dd if=/dev/zero of={dir}/p2c-over bs=1024 count={over} 2>&1
+echo "P2C-OVER rc=$?"
+rm -f {dir}/p2c-under {dir}/p2c-over
+sync
+umount /mnt
+echo P2C-DONE
+poweroff -f
+"#,
+        under = check.under_kib,
+        over = check.over_kib,
+    );
+    cpio.file("init", 0o755, init.as_bytes());
+    let initrd = work.join("initrd.cpio");
+    std::fs::write(&initrd, cpio.finish()).map_err(|e| format!("{}: {e}", initrd.display()))?;
+    boot(&kernel.vmlinuz, &initrd, disk)
+}
+
+/// Runs the guest under KVM, or under TCG emulation where a nested KVM guest hangs before
+/// its kernel prints anything (seen on hosts that are themselves VMs). Once KVM has failed
+/// in this process, later guests go straight to TCG.
+fn boot(kernel: &Path, initrd: &Path, disk: &Path) -> Result<GuestConsole, String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static KVM_FAILED: AtomicBool = AtomicBool::new(false);
+    if !KVM_FAILED.load(Ordering::Relaxed) {
+        // A healthy guest under KVM finishes in a few seconds; one whose console stops for
+        // 10 s has hung.
+        match run_qemu(
+            kernel,
+            initrd,
+            disk,
+            Accel::Kvm,
+            Duration::from_secs(60),
+            Some(Duration::from_secs(10)),
+        ) {
+            Ok(c) if c.contains("P2C-DONE") => return Ok(GuestConsole { text: c, accel: Accel::Kvm }),
+            other => {
+                let why = match other {
+                    Ok(c) => format!("the guest stopped early:\n{c}"),
+                    Err(e) => e,
+                };
+                eprintln!("KVM guest failed ({}); running it under TCG", why.lines().next().unwrap_or(""));
+                KVM_FAILED.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    let c = run_qemu(kernel, initrd, disk, Accel::Tcg, Duration::from_secs(300), None)?;
+    Ok(GuestConsole { text: c, accel: Accel::Tcg })
 }

@@ -1,5 +1,6 @@
 //! The one integration-test binary: every module is a group of tests.
 
+mod e2e;
 mod guest_start;
 mod harness;
 mod hostile;

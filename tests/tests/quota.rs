@@ -4,14 +4,11 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use p2c_common::inventory::{FsQuota, Inventory, Mount, MountKind, QuotaLimit};
 use p2c_common::migration::{Layout, MigrateOptions};
 use p2c_controller::quota::{self, Method, Node, QuotaPlan, ploop};
-use p2c_tests::quota::{
-    Accel, Cpio, LoopMount, debian_kernel, have, is_root, module_bytes, module_closure, run_qemu,
-};
+use p2c_tests::quota::{EnforceCheck, LoopMount, guest_prerequisites, have, is_root, run_quota_guest};
 
 const EDQUOT: i32 = 122;
 
@@ -101,26 +98,9 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     if !is_root() {
         return skip(T, "needs root (loop mounts)");
     }
-    if !Path::new("/dev/kvm").exists() {
-        return skip(T, "/dev/kvm is not available");
-    }
-    for p in
-        ["qemu-system-x86_64", "mkfs.ext4", "quotacheck", "setquota", "quotaon", "setpriv", "modinfo", "ldd"]
-    {
-        if !have(p) {
-            return skip(T, &format!("{p} is not installed"));
-        }
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists() && p2c_tests::quota::sh("ldd", &[&p.to_string_lossy()]).is_err());
-    let Some(busybox) = busybox else {
-        return skip(T, "a static busybox (package busybox-static) is not installed");
-    };
-    let kernel = match debian_kernel() {
-        Ok(k) => k,
-        Err(e) => return skip(T, &format!("Debian's kernel package is unavailable: {e}")),
+    let (busybox, kernel) = match guest_prerequisites() {
+        Ok(p) => p,
+        Err(why) => return skip(T, &why),
     };
     eprintln!("booting {} from {}", kernel.vmlinuz.display(), kernel.package);
 
@@ -177,90 +157,19 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     let out = sel.backend.apply(101, &private, &plan).unwrap();
     assert!(out.applied && out.second_level_applied, "{out:?}");
 
-    // An initramfs: busybox, quotaon and setpriv with their libraries, the modules.
-    let modules =
-        module_closure(&kernel.modules, &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "quota_v2"])
-            .unwrap();
-    let mut cpio = Cpio::default();
-    cpio.file("bin/busybox", 0o755, &std::fs::read(busybox).unwrap());
-    for d in ["proc", "sys", "dev", "mnt", "tmp", "etc"] {
-        cpio.dir(d);
-    }
-    cpio.symlink("etc/mtab", "/proc/mounts");
-    cpio.host_program(Path::new(
-        &p2c_tests::quota::sh("sh", &["-c", "command -v quotaon"]).unwrap().trim().to_string(),
-    ))
-    .unwrap();
-    cpio.host_program(Path::new(
-        &p2c_tests::quota::sh("sh", &["-c", "command -v setpriv"]).unwrap().trim().to_string(),
-    ))
-    .unwrap();
-    let mut insmods = String::new();
-    for (name, path) in &modules {
-        cpio.file(&format!("modules/{name}.ko"), 0o644, &module_bytes(path).unwrap());
-        insmods.push_str(&format!("insmod /modules/{name}.ko || echo P2C-INSMOD-FAILED {name}\n"));
-    }
-    let quotaon = p2c_tests::quota::sh("sh", &["-c", "command -v quotaon"]).unwrap();
-    let setpriv = p2c_tests::quota::sh("sh", &["-c", "command -v setpriv"]).unwrap();
-    let as_user = format!("{} --reuid=1001 --regid=1001 --clear-groups", setpriv.trim());
-    let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-{insmods}
-for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
-mount -t ext4 -o {opts} /dev/vda /mnt
-echo "P2C-MOUNT rc=$?"
-{quotaon} -v -u -g /mnt 2>&1
-echo "P2C-QUOTAON rc=$?"
-{as_user} dd if=/dev/zero of=/mnt/home/u1001/under bs=1024 count=1024 2>&1
-echo "P2C-UNDER rc=$?"
-{as_user} dd if=/dev/zero of=/mnt/home/u1001/over bs=1024 count=8192 2>&1
-echo "P2C-OVER rc=$?"
-ls -ln /mnt/home/u1001
-sync
-umount /mnt
-echo P2C-DONE
-poweroff -f
-"#,
-        opts = ploop::QUOTA_MOUNT_OPTIONS,
-        quotaon = quotaon.trim(),
-    );
-    cpio.file("init", 0o755, init.as_bytes());
-    let initrd = dir.path().join("initrd.cpio");
-    std::fs::write(&initrd, cpio.finish()).unwrap();
-
-    // KVM first; where a nested KVM guest hangs before its kernel prints anything (seen
-    // on hosts that are themselves VMs), the same guest runs under TCG emulation.
+    // uid 1001 writes 1 MiB (under its 4 MiB hard limit), then 8 MiB (over it).
+    let check =
+        EnforceCheck { uid: 1001, gid: 1001, dir: "home/u1001".into(), under_kib: 1024, over_kib: 8192 };
     let disk = ploop::image_path(&private);
-    let console = match run_qemu(&kernel.vmlinuz, &initrd, &disk, Accel::Kvm, Duration::from_secs(30)) {
-        Ok(c) if c.contains("P2C-DONE") => {
-            eprintln!("guest ran under KVM");
-            c
-        }
-        other => {
-            let why = match other {
-                Ok(c) => format!("the guest stopped early:\n{c}"),
-                Err(e) => e,
-            };
-            eprintln!("KVM guest failed ({}); running it under TCG", why.lines().next().unwrap_or(""));
-            let c = run_qemu(&kernel.vmlinuz, &initrd, &disk, Accel::Tcg, Duration::from_secs(300)).unwrap();
-            eprintln!("guest ran under TCG");
-            c
-        }
-    };
-    let p2c_lines: Vec<&str> =
-        console.lines().filter(|l| l.contains("P2C-") || l.contains("dd:") || l.contains("quota")).collect();
-    eprintln!("console (filtered):\n{}", p2c_lines.join("\n"));
-    let line = |tag: &str| console.lines().find_map(|l| l.find(tag).map(|at| l[at..].trim())).unwrap_or("");
-    assert!(!console.contains("P2C-INSMOD-FAILED"), "{console}");
-    assert_eq!(line("P2C-MOUNT"), "P2C-MOUNT rc=0", "{console}");
-    assert_eq!(line("P2C-QUOTAON"), "P2C-QUOTAON rc=0", "{console}");
-    assert_eq!(line("P2C-UNDER"), "P2C-UNDER rc=0", "{console}");
-    assert_eq!(line("P2C-OVER"), "P2C-OVER rc=1", "{console}");
-    assert!(console.contains("Disk quota exceeded"), "{console}");
-    assert!(console.contains("P2C-DONE"), "{console}");
+    let console =
+        run_quota_guest(&busybox, &kernel, &disk, ploop::QUOTA_MOUNT_OPTIONS, &check, dir.path()).unwrap();
+    eprintln!("guest ran under {:?}; console (filtered):\n{}", console.accel, console.filtered());
+    let text = &console.text;
+    assert!(!text.contains("P2C-INSMOD-FAILED"), "{text}");
+    assert_eq!(console.line("P2C-MOUNT"), "P2C-MOUNT rc=0", "{text}");
+    assert_eq!(console.line("P2C-QUOTAON"), "P2C-QUOTAON rc=0", "{text}");
+    assert_eq!(console.line("P2C-UNDER"), "P2C-UNDER rc=0", "{text}");
+    assert_eq!(console.line("P2C-OVER"), "P2C-OVER rc=1", "{text}");
+    assert!(text.contains("Disk quota exceeded"), "{text}");
+    assert!(text.contains("P2C-DONE"), "{text}");
 }

@@ -259,6 +259,9 @@ fn storage(
         }
         Err(e) => gaps.push(format!("block devices: {e}")),
     }
+    if live {
+        swap::fill_partition_sizes(&mut inv.swaps, &host.dev, &inv.block_devices);
+    }
 
     let (raw, g) = raw::raw_bindings(root);
     inv.raw_bindings = raw;

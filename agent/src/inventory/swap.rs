@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use p2c_common::inventory::Swap;
+use p2c_common::inventory::{BlockDevice, Swap};
 
 use super::fsread::{self, CONFIG_CAP, ReadError};
 use super::mounts::unescape;
@@ -114,6 +114,44 @@ pub fn swaps(root: &Path, active: Vec<Swap>) -> Result<Vec<Swap>, ReadError> {
     Ok(out)
 }
 
+/// The node a device spec (`/dev/sdb2`, `UUID=...`, `LABEL=...`) names below `dev`, the
+/// live `/dev`: `/dev/sdb2` → `DEV/sdb2`, `UUID=u` → `DEV/disk/by-uuid/u`.
+fn live_node(dev: &Path, spec: &str) -> Option<PathBuf> {
+    let by =
+        |dir: &str, v: &str| (!v.is_empty() && !v.contains('/')).then(|| dev.join("disk").join(dir).join(v));
+    if let Some(v) = spec.strip_prefix("UUID=") {
+        by("by-uuid", v)
+    } else if let Some(v) = spec.strip_prefix("LABEL=") {
+        by("by-label", v)
+    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
+        by("by-partuuid", v)
+    } else if let Some(v) = spec.strip_prefix("PARTLABEL=") {
+        by("by-partlabel", v)
+    } else {
+        let rel = spec.strip_prefix("/dev/")?;
+        (!rel.is_empty() && !rel.split('/').any(|c| c == "..")).then(|| dev.join(rel))
+    }
+}
+
+/// Live facts: the size of each swap partition that is only in fstab (not active, so
+/// /proc/swaps does not give it) is its block device's, found by device number through
+/// the live `dev` (normally `/dev`).
+pub fn fill_partition_sizes(swaps: &mut [Swap], dev: &Path, devices: &[BlockDevice]) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for s in swaps.iter_mut().filter(|s| s.kind == "partition" && s.size_bytes == 0) {
+        let Some(meta) = live_node(dev, &s.device).and_then(|p| std::fs::metadata(p).ok()) else {
+            continue;
+        };
+        if !meta.file_type().is_block_device() {
+            continue;
+        }
+        let (major, minor) = (rustix::fs::major(meta.rdev()), rustix::fs::minor(meta.rdev()));
+        if let Some(b) = devices.iter().find(|b| (b.major, b.minor) == (major, minor)) {
+            s.size_bytes = b.size_bytes;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +178,18 @@ mod tests {
         assert_eq!(s[0].size_bytes, 2097148 * 1024);
         assert_eq!(s[1].device, "/swap file");
         assert_eq!(s[1].kind, "file");
+    }
+
+    #[test]
+    fn live_nodes_of_specs() {
+        let d = Path::new("/dev");
+        assert_eq!(live_node(d, "/dev/sdb2"), Some(PathBuf::from("/dev/sdb2")));
+        assert_eq!(live_node(d, "/dev/mapper/vg-swap"), Some(PathBuf::from("/dev/mapper/vg-swap")));
+        assert_eq!(live_node(d, "UUID=1234-ab"), Some(PathBuf::from("/dev/disk/by-uuid/1234-ab")));
+        assert_eq!(live_node(d, "LABEL=swap"), Some(PathBuf::from("/dev/disk/by-label/swap")));
+        assert_eq!(live_node(d, "/dev/../etc/passwd"), None);
+        assert_eq!(live_node(d, "UUID=../x"), None);
+        assert_eq!(live_node(d, "/swapfile"), None);
     }
 
     #[test]

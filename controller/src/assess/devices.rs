@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use p2c_common::findings::{Finding, Severity, codes};
-use p2c_common::inventory::{BlockDevice, Inventory, MountKind};
+use p2c_common::inventory::{BlockDevice, Inventory, MountKind, RawBinding};
 use p2c_common::units::human_bytes;
 use serde_json::json;
 
@@ -95,6 +95,13 @@ pub(super) fn raw_device(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     for d in cx.scan.map(|s| s.device_refs.as_slice()).unwrap_or_default() {
         // fstab lines mounting a file system are fs-merge's; swap lines are listed above
         if d.context.starts_with("fstab") || known.contains(&d.device) {
+            continue;
+        }
+        // The line that makes a raw binding is the binding, listed above.
+        let file = d.file.display();
+        let binding =
+            |r: &RawBinding| r.source == file && (r.raw_device == d.device || r.bound_to == d.device);
+        if inv.raw_bindings.iter().any(binding) {
             continue;
         }
         if !seen.insert((d.device.as_str(), &d.file)) {

@@ -50,7 +50,15 @@ pub(super) fn selinux(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
     out.push(finding(
         codes::SELINUX,
         if active { Severity::Warning } else { Severity::Info },
-        format!("SELinux is {} on the source; the container runs without it", mode_name(s.mode)),
+        match s.config_mode {
+            // The config is what the server boots with: say so when the kernel runs otherwise.
+            Some(c) if c != s.mode && on(c) => format!(
+                "SELinux is configured {} on the source (running: {}); the container runs without it",
+                mode_name(c),
+                mode_name(s.mode)
+            ),
+            _ => format!("SELinux is {} on the source; the container runs without it", mode_name(s.mode)),
+        },
         evidence,
         "the guest's /etc/selinux/config gets SELINUX=disabled and security.selinux labels are \
          not copied: the policy that confined services no longer applies",

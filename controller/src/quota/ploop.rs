@@ -193,21 +193,24 @@ impl Ploop {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
-        if let Some(dev) = self.node.probe.loop_device_of(&image) {
-            return Err(QuotaError::Io {
-                path: image,
-                op: "mount image",
-                source: std::io::Error::other(format!("already attached to {dev}")),
-            });
-        }
         std::fs::create_dir_all(mountpoint).map_err(io_err(mountpoint, "create mount point"))?;
-        self.runner().run(
-            &Cmd::new("mount")
+        // The image may still be attached to a loop device whose file system is up: a mount
+        // namespace created while it was mounted (on a node whose / is not a shared mount)
+        // keeps it after our umount. Mounting that device again gives the same file-system
+        // instance; attaching the image to a second loop device would give a second one
+        // over the same blocks.
+        let mount = match self.node.probe.loop_device_of(&image) {
+            Some(dev) => {
+                tracing::info!(image = %image.display(), device = %dev, "container image still attached; mounting its loop device");
+                Cmd::new("mount").args(["-t", "ext4", "-o", QUOTA_MOUNT_OPTIONS, &dev]).arg(mountpoint)
+            }
+            None => Cmd::new("mount")
                 .args(["-t", "ext4", "-o"])
                 .arg(format!("loop,{QUOTA_MOUNT_OPTIONS}"))
                 .arg(&image)
                 .arg(mountpoint),
-        )?;
+        };
+        self.runner().run(&mount)?;
         Ok(MountGuard { target: mountpoint.to_path_buf(), runner: self.runner().clone(), mounted: true })
     }
 
@@ -353,7 +356,13 @@ impl QuotaBackend for PloopBackend {
             image.display(),
             mnt.display()
         ));
-        let written = self.ploop.write_limits(guard.path(), plan);
+        let written = self.ploop.write_limits(guard.path(), plan).and_then(|ran| {
+            // On disk before the unmount: another mount namespace may keep the file system
+            // (and its dirty pages) alive after it, and the image is read as a file next.
+            let dir = std::fs::File::open(guard.path()).map_err(io_err(guard.path(), "open"))?;
+            rustix::fs::syncfs(&dir).map_err(|e| io_err(guard.path(), "syncfs")(e.into()))?;
+            Ok(ran)
+        });
         let unmounted = guard.unmount();
         out.commands.extend(written?);
         unmounted?;

@@ -87,3 +87,35 @@ fn paths_and_layout_name() {
     assert_eq!(descriptor_path(p), Path::new("/vz/private/101/root.hdd/DiskDescriptor.xml"));
     assert_eq!(LAYOUT, p2c_common::migration::Layout::Ploop.as_str());
 }
+
+#[test]
+fn an_image_still_attached_is_mounted_through_its_loop_device() {
+    use std::sync::Arc;
+
+    use crate::quota::cmd::fake::FakeRunner;
+    use crate::quota::select_tests::FakeProbe;
+
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("101");
+    std::fs::create_dir_all(image_dir(&private)).unwrap();
+    std::fs::write(image_path(&private), b"").unwrap();
+    let mnt = dir.path().join("mnt");
+    let mount = |probe: FakeProbe| {
+        let runner = Arc::new(FakeRunner::with_programs(&["mount", "umount"]));
+        let node = Node { runner: runner.clone(), probe: Arc::new(probe) };
+        Ploop::new(node).mount(&private, &mnt).unwrap().unmount().unwrap();
+        runner.ran().iter().map(|c| c.to_string()).collect::<Vec<_>>()
+    };
+    let (image, m) = (image_path(&private).display().to_string(), mnt.display().to_string());
+    assert_eq!(
+        mount(FakeProbe::default()),
+        [format!("mount -t ext4 -o loop,{QUOTA_MOUNT_OPTIONS} {image} {m}"), format!("umount {m}")]
+    );
+    // Kept up by another mount namespace: the same file system through the same device,
+    // never a second loop device over the same image.
+    let attached = FakeProbe { loop_device: Some("/dev/loop7".into()), ..Default::default() };
+    assert_eq!(
+        mount(attached),
+        [format!("mount -t ext4 -o {QUOTA_MOUNT_OPTIONS} /dev/loop7 {m}"), format!("umount {m}")]
+    );
+}

@@ -20,6 +20,8 @@ pub struct FakeProbe {
     pub config: Option<String>,
     pub mount: Option<MountEntry>,
     pub paths: HashSet<PathBuf>,
+    /// The loop device every file is attached to, if any.
+    pub loop_device: Option<String>,
 }
 
 impl FakeProbe {
@@ -50,7 +52,7 @@ impl NodeProbe for FakeProbe {
         "6.1.0-test".into()
     }
     fn loop_device_of(&self, _file: &Path) -> Option<String> {
-        None
+        self.loop_device.clone()
     }
     fn exists(&self, path: &Path) -> bool {
         self.paths.contains(path)

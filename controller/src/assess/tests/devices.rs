@@ -55,6 +55,8 @@ fn raw_device_lists_every_kind_of_raw_use() {
         device_ref("/dev/sda1", "etc/fstab", "fstab ext4"),
         device_ref("/dev/sda2", "etc/fstab", "fstab swap"),
         device_ref("/dev/sda1", "etc/systemd/system/x.mount", "What"),
+        // The binding's own line is the binding, not another use.
+        device_ref("/dev/raw/raw1", "etc/sysconfig/rawdevices", "rawdevices"),
     ];
     let r = run(&inv, Some(&scan), &plain_node(), &AssessOptions::default());
     let f = get(&r, codes::RAW_DEVICE);

@@ -28,6 +28,13 @@ fn selinux_reports_mode_and_labels() {
     assert_eq!(f.data["mode"], "enforcing");
     assert_eq!(f.data["labelled_files"], 118_000);
 
+    // configured enforcing, but the kernel does not run it now: it would at the next boot
+    inv.selinux.mode = SelinuxMode::Disabled;
+    let r = run(&inv, Some(&scan), &plain_node(), &AssessOptions::default());
+    let f = get(&r, codes::SELINUX);
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.title.contains("configured enforcing") && f.title.contains("running: disabled"), "{}", f.title);
+
     // disabled, but files still labelled: worth knowing, nothing breaks
     inv.selinux.mode = SelinuxMode::Disabled;
     inv.selinux.config_mode = Some(SelinuxMode::Disabled);
