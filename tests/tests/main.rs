@@ -1,9 +1,11 @@
 //! The one integration-test binary: every module is a group of tests.
 
+mod bundle;
 mod guest_start;
 mod harness;
 mod hostile;
 mod migrate;
+mod proxy;
 mod quota;
 mod resume;
 mod security;
