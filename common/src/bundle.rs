@@ -110,6 +110,10 @@ pub enum BundleError {
     )]
     Corrupt { path: String, record: u64, offset: u64, what: String },
     #[error(
+        "{path} is corrupted at byte {offset}: {what}; copy the bundle again from the source's media, or export again"
+    )]
+    CorruptAt { path: String, offset: u64, what: String },
+    #[error(
         "{path} is incomplete: it ends after record {records} (byte {offset}) without its trailer; the export did not finish: run it again with the same --out to complete it"
     )]
     Incomplete { path: String, records: u64, offset: u64 },
@@ -505,7 +509,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Reads the record at `offset` (a chunk a batch points to), checking its checksum.
 pub fn read_record_at(file: &File, path: &str, offset: u64) -> Result<Record, BundleError> {
-    let bad = |what: String| BundleError::Corrupt { path: path.to_string(), record: 0, offset, what };
+    let bad = |what: String| BundleError::CorruptAt { path: path.to_string(), offset, what };
     let mut head = [0u8; HEAD];
     file.read_exact_at(&mut head, offset).map_err(|e| bad(format!("cannot read a record there: {e}")))?;
     let kind = Kind::from_u8(head[0]).ok_or_else(|| bad(format!("no record there (kind {})", head[0])))?;

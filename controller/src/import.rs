@@ -168,6 +168,8 @@ async fn build(
     let error = bundle_error.or(outcome.error);
     migrate::record_pass(ctl, h, &outcome.summary, error.is_none());
     if let Some(reason) = error {
+        // The receive path speaks of its usual peer; here the peer is the bundle.
+        let reason = reason.replacen("agent sent an invalid stream", "the bundle is invalid", 1);
         return Err(MigrateError::Pass { pass, reason });
     }
     let s = &outcome.summary;
@@ -179,6 +181,17 @@ async fn build(
         p2c_common::units::human_bytes(s.wire_bytes),
         p2c_common::units::human_bytes(s.local_bytes)
     ));
+    if !s.changed_during_read.is_empty() {
+        // An online move would copy them in its next pass; a bundle has no next pass.
+        let first = s.changed_during_read.iter().take(3).map(|p| p.path.display()).collect::<Vec<_>>();
+        let w = format!(
+            "{} file(s) changed while the export read them and are not in the container (first: {}); export again from a quiet source, or copy them by hand",
+            s.changed_during_read.len(),
+            first.join(", ")
+        );
+        h.log(w.clone());
+        h.summary.lock().unwrap_or_else(|p| p.into_inner()).warnings.push(w);
+    }
     migrate::set_state(ctl, h, MigrationState::Finalising, None);
     migrate::finalise(ctl, h, &c.inv, &opts).await?;
     h.log(format!("container {} is ready", h.ctid));

@@ -154,7 +154,7 @@ pub fn recover(ctl: &Controller) {
             if let Some(s) = s.as_mut() {
                 s.state = MigrationState::Failed;
                 s.error = Some(
-                    "the controller stopped during the migration; run the same `p2c migrate` again to resume"
+                    "the controller stopped during the migration; run the same `p2c migrate` (or `p2c import`) again to resume"
                         .into(),
                 );
             }

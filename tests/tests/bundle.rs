@@ -331,7 +331,11 @@ async fn a_hostile_bundle_is_refused_by_the_receive_path() {
     let s = node.import(&import_req(&bundle, 120)).await.unwrap();
     let error = s.error.clone().unwrap_or_default();
     assert_eq!(s.state, MigrationState::Failed, "{s:?}");
-    assert!(error.contains("copy pass") && error.contains("has an empty, '.' or '..' component"), "{error}");
+    assert!(
+        error.contains("copy pass 0 failed: the bundle is invalid")
+            && error.contains("path ../outside/escape has an empty, '.' or '..' component"),
+        "{error}"
+    );
     assert_eq!(std::fs::read_dir(&canary).unwrap().count(), 0, "something was written outside the container");
     let escaped: Vec<PathBuf> =
         [node.dir.path().join("vz/escape"), node.dir.path().join("vz/private/escape")]

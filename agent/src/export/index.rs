@@ -1,6 +1,7 @@
 //! The chunks a bundle already holds, and where: a SQLite file next to the bundle, so that the
 //! agent's memory does not grow with the amount of data. It is only an index of the bundle:
-//! rebuilt from the bundle whenever an export starts or resumes, removed when it completes.
+//! rebuilt from the bundle whenever an export starts or resumes, and removed when the export
+//! ends, however it ends (a killed export leaves it for the next run to replace).
 
 use std::path::{Path, PathBuf};
 
@@ -93,12 +94,11 @@ impl ChunkIndex {
         self.pending = 0;
         Ok(())
     }
+}
 
-    /// Deletes the index (the bundle is complete).
-    pub fn remove(self) {
-        let path = self.path.clone();
-        drop(self.conn);
-        let _ = std::fs::remove_file(path);
+impl Drop for ChunkIndex {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -119,10 +119,9 @@ mod tests {
         ix.forget_from(50).unwrap();
         assert_eq!(ix.get(&b).unwrap(), None);
         ix.commit().unwrap();
-        drop(ix);
         let ix = ChunkIndex::create(&p).unwrap();
         assert_eq!(ix.get(&a).unwrap(), None);
-        ix.remove();
+        drop(ix);
         assert!(!p.exists());
     }
 }

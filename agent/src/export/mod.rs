@@ -67,6 +67,9 @@ const READ_ATTEMPTS: usize = 3;
 const SYNC_EVERY: u64 = 64 << 20;
 /// Problems listed in the report (all of them are in the bundle).
 const MAX_LISTED: usize = 1000;
+/// Walk items between the walker and the writer at most: a reader busy with a large file
+/// holds up the order, and the items read meanwhile wait in memory.
+const IN_FLIGHT: usize = 4096;
 
 /// What to export and where.
 #[derive(Clone, Debug)]
@@ -177,6 +180,26 @@ fn below(root: &Path, path: &Path) -> Option<RelPath> {
     RelPath::new(rel.as_os_str().as_bytes().to_vec()).ok().filter(|p| !p.is_root())
 }
 
+/// Opens (creating it empty if need be) and locks the bundle at `out` for this process; the
+/// lock goes with the returned file.
+fn lock(out: &Path) -> Result<std::fs::File, ExportError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(out)
+        .map_err(|e| ExportError::Options(format!("--out {}: {e}", out.display())))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ExportError::Options(format!(
+            "another export is writing {} now; wait for it to end (or stop it) and run this again",
+            out.display()
+        ))),
+        Err(e) => Err(ExportError::Options(format!("--out {}: cannot lock it: {e}", out.display()))),
+    }
+}
+
 /// The name the node knows the source by, when the operator gave none: its host name's
 /// first label.
 fn default_name(inv: &Inventory) -> Result<String, ExportError> {
@@ -209,9 +232,12 @@ pub fn export(opts: &ExportOptions, cancel: &AtomicBool) -> Result<ExportReport,
     if let Some(n) = &opts.name {
         p2c_common::pki::validate_agent_name(n).map_err(|e| ExportError::Options(format!("--name: {e}")))?;
     }
+    // One export at a time writes a bundle: two would interleave their records.
+    let _lock = lock(&out)?;
     let index_file = index::path_for(&out);
     let mut index = ChunkIndex::create(&index_file)?;
-    let prefix = if out.exists() { resume::read(&out, &mut index)? } else { None };
+    let started_before = std::fs::metadata(&out).is_ok_and(|m| m.len() > 0);
+    let prefix = if started_before { resume::read(&out, &mut index)? } else { None };
     let facts = facts_name(opts.facts);
     let root_shown = root.display().to_string();
     if let Some(p) = &prefix {
@@ -223,7 +249,6 @@ pub fn export(opts: &ExportOptions, cancel: &AtomicBool) -> Result<ExportReport,
             && h.chunking == chunking
             && h.excludes == opts.excludes;
         if !same {
-            index.remove();
             return Err(ExportError::Mismatch {
                 out: shown,
                 what: format!(
@@ -243,7 +268,6 @@ pub fn export(opts: &ExportOptions, cancel: &AtomicBool) -> Result<ExportReport,
     if let Some(p) = &prefix
         && let Some(t) = &p.complete
     {
-        index.remove();
         info!(bundle = %shown, "the bundle is complete already; nothing to do");
         report.name = p.header.name.clone();
         report.already_complete = true;
@@ -340,7 +364,6 @@ pub fn export(opts: &ExportOptions, cancel: &AtomicBool) -> Result<ExportReport,
         Err(e) => {
             // Whatever was written is a valid prefix the next run continues.
             let _ = w.sync();
-            index.remove();
             return Err(match e {
                 ExportError::Cancelled(_) => ExportError::Cancelled(shown),
                 e => e,
@@ -349,7 +372,6 @@ pub fn export(opts: &ExportOptions, cancel: &AtomicBool) -> Result<ExportReport,
     }
     counts.finished_unix = now_unix();
     let trailer = w.finish(counts)?;
-    index.remove();
     report.size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     report.trailer = trailer;
     report.seconds = started.elapsed().as_secs_f64();
@@ -418,9 +440,11 @@ impl Pipeline<'_> {
         let shared = Arc::new(Shared { stop: AtomicBool::new(false), pace: Pace::new(self.bwlimit) });
         let (work_tx, work_rx) = sync_channel::<Work>(256);
         let (msg_tx, msg_rx) = sync_channel::<Msg>(16);
+        // One token per walk item until the writer has taken it in order.
+        let (slot_tx, slot_rx) = sync_channel::<()>(IN_FLIGHT);
         let walk_thread = {
             let (shared, last) = (shared.clone(), self.last.clone());
-            std::thread::spawn(move || walk(walker, last, &work_tx, &shared))
+            std::thread::spawn(move || walk(walker, last, &work_tx, &slot_tx, &shared))
         };
         let work_rx = Arc::new(Mutex::new(work_rx));
         let mut readers = Vec::new();
@@ -432,9 +456,10 @@ impl Pipeline<'_> {
         drop(msg_tx);
         drop(work_rx);
         let mut b = Batcher::new(w, index, counts);
-        let result = b.consume(&msg_rx, cancel);
+        let result = b.consume(&msg_rx, &slot_rx, cancel);
         shared.stop.store(true, Ordering::Relaxed);
         drop(msg_rx);
+        drop(slot_rx);
         for r in readers {
             let _ = r.join();
         }
@@ -456,14 +481,21 @@ impl Pipeline<'_> {
 }
 
 /// The walk, in walk order, after `last`, with the walker's problems in their place.
-fn walk(mut walker: Walker, last: Option<RelPath>, tx: &SyncSender<Work>, shared: &Shared) {
+fn walk(
+    mut walker: Walker,
+    last: Option<RelPath>,
+    tx: &SyncSender<Work>,
+    slots: &SyncSender<()>,
+    shared: &Shared,
+) {
+    let send = |w: Work| slots.send(()).is_ok() && tx.send(w).is_ok();
     let after = |p: &RelPath| last.as_ref().is_none_or(|l| p.walk_cmp(l) == std::cmp::Ordering::Greater);
     let mut seq = 0u64;
     loop {
         let found = walker.next();
         for problem in std::mem::take(&mut walker.problems) {
             if after(&problem.path) {
-                if tx.send(Work::Problem { seq, problem }).is_err() {
+                if !send(Work::Problem { seq, problem }) {
                     return;
                 }
                 seq += 1;
@@ -476,7 +508,7 @@ fn walk(mut walker: Walker, last: Option<RelPath>, tx: &SyncSender<Work>, shared
         if !after(&found.path) {
             continue; // in the bundle already
         }
-        if tx.send(Work::Item { seq, found }).is_err() {
+        if !send(Work::Item { seq, found }) {
             return;
         }
         seq += 1;
@@ -660,7 +692,12 @@ impl<'a> Batcher<'a> {
     }
 
     /// Takes the readers' messages until they are done or `cancel` is set.
-    fn consume(&mut self, rx: &Receiver<Msg>, cancel: &AtomicBool) -> Result<(), ExportError> {
+    fn consume(
+        &mut self,
+        rx: &Receiver<Msg>,
+        slots: &Receiver<()>,
+        cancel: &AtomicBool,
+    ) -> Result<(), ExportError> {
         let mut pending: Vec<Vec<u64>> = vec![Vec::new(); READERS];
         let mut reorder: BTreeMap<u64, (Item, Vec<u64>)> = BTreeMap::new();
         let mut next = 0u64;
@@ -684,6 +721,7 @@ impl<'a> Batcher<'a> {
                     reorder.insert(seq, (item, std::mem::take(&mut pending[reader])));
                     while let Some((item, offsets)) = reorder.remove(&next) {
                         next += 1;
+                        let _ = slots.try_recv();
                         self.add(item, offsets)?;
                     }
                 }

@@ -186,6 +186,8 @@ fn other_options_or_files_are_not_overwritten() {
     let e = export(&options(&mine, &root), &AtomicBool::new(false)).unwrap_err().to_string();
     assert!(e.contains("is not a p2c bundle"), "{e}");
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "not a bundle");
+    assert!(!index::path_for(&mine).exists(), "a chunk index was left next to {}", mine.display());
+    assert!(!index::path_for(&out).exists());
 }
 
 #[test]
@@ -198,4 +200,21 @@ fn the_bundle_is_not_exported_into_itself() {
     export(&options(&out, &root), &AtomicBool::new(false)).unwrap();
     let c = contents(&out);
     assert!(c.entries.iter().all(|e| !e.path.starts_with(b"media/web01")), "{:?}", c.entries);
+}
+
+#[test]
+fn one_export_at_a_time_writes_a_bundle() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("file"), "x").unwrap();
+    let out = d.path().join("web01.p2cb");
+    let held = lock(&out).unwrap();
+    let e = export(&options(&out, &root), &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(e.contains("another export is writing"), "{e}");
+    drop(held);
+    // The empty file the lock made is no bundle to continue: the export starts afresh.
+    let r = export(&options(&out, &root), &AtomicBool::new(false)).unwrap();
+    assert!(r.resumed_at.is_none());
+    verify(&out).unwrap();
 }

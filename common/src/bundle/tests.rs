@@ -200,3 +200,29 @@ fn chunk_records_are_checked() {
     assert!(ChunkRecord::decode(&bomb).unwrap().check(&mut dec).is_err());
     assert!(ChunkRecord::decode(&[0u8; 10]).is_err());
 }
+
+#[test]
+fn records_are_read_where_they_are_and_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("b");
+    sample(&p);
+    let mut r = Reader::open(&p).unwrap();
+    let chunk = loop {
+        let rec = r.next_record().unwrap().unwrap();
+        if rec.kind == Kind::Chunk {
+            break rec;
+        }
+    };
+    let f = File::open(&p).unwrap();
+    let again = read_record_at(&f, "b", chunk.offset).unwrap();
+    assert_eq!((again.kind, again.payload), (Kind::Chunk, chunk.payload));
+    // Not a record boundary, or a damaged record: refused, naming the byte.
+    let e = read_record_at(&f, "b", chunk.offset + 1).unwrap_err().to_string();
+    assert!(e.contains(&format!("corrupted at byte {}", chunk.offset + 1)), "{e}");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[chunk.offset as usize + 40] ^= 1;
+    std::fs::write(&p, &bytes).unwrap();
+    let f = File::open(&p).unwrap();
+    let e = read_record_at(&f, "b", chunk.offset).unwrap_err().to_string();
+    assert!(e.contains("does not match its checksum"), "{e}");
+}
