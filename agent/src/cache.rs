@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use p2c_common::manifest::{ChunkRef, Hash32};
+use p2c_common::manifest::{ChunkRef, Hash32, Xattr, limits};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -23,6 +23,7 @@ pub struct Record {
     pub ctime_ns: i64,
     pub digest: Hash32,
     pub chunks: Vec<ChunkRef>,
+    pub xattrs: Vec<Xattr>,
 }
 
 impl Record {
@@ -36,6 +37,8 @@ impl Record {
 }
 
 const MAX_KEY: usize = 8192;
+/// Starts every cache file; a file without it (an older format) is ignored.
+const MAGIC: &[u8; 8] = b"p2cache2";
 const MAX_CHUNKS: u32 = 1 << 24;
 
 /// Reads the previous pass's cache in walk order.
@@ -47,7 +50,10 @@ pub struct Reader {
 impl Reader {
     /// An empty reader when there is no cache (or it is unreadable: it is only a cache).
     pub fn open(path: &Path) -> Reader {
-        let dec = File::open(path).ok().and_then(|f| zstd::Decoder::new(f).ok());
+        let dec = File::open(path).ok().and_then(|f| zstd::Decoder::new(f).ok()).and_then(|mut d| {
+            let mut m = [0u8; 8];
+            (d.read_exact(&mut m).is_ok() && &m == MAGIC).then_some(d)
+        });
         Reader { dec, peeked: None }
     }
 
@@ -126,7 +132,38 @@ fn read_one<R: Read>(r: &mut R) -> Option<Record> {
         r.read_exact(&mut u32b).ok()?;
         chunks.push(ChunkRef { hash: Hash32(h), offset, len: u32::from_le_bytes(u32b) });
     }
-    Some(Record { key, dev: n[0], ino: n[1], size: n[2], mtime_ns, ctime_ns, digest: Hash32(digest), chunks })
+    r.read_exact(&mut u32b).ok()?;
+    let nx = u32::from_le_bytes(u32b) as usize;
+    if nx > limits::MAX_XATTRS {
+        return None;
+    }
+    let mut xattrs = Vec::with_capacity(nx);
+    for _ in 0..nx {
+        let mut field = |max: usize| -> Option<Vec<u8>> {
+            r.read_exact(&mut u32b).ok()?;
+            let len = u32::from_le_bytes(u32b) as usize;
+            if len > max {
+                return None;
+            }
+            let mut v = vec![0u8; len];
+            r.read_exact(&mut v).ok()?;
+            Some(v)
+        };
+        let name = field(limits::MAX_XATTR_NAME)?;
+        let value = field(limits::MAX_XATTR_VALUE)?;
+        xattrs.push(Xattr { name, value });
+    }
+    Some(Record {
+        key,
+        dev: n[0],
+        ino: n[1],
+        size: n[2],
+        mtime_ns,
+        ctime_ns,
+        digest: Hash32(digest),
+        chunks,
+        xattrs,
+    })
 }
 
 /// Writes the new cache; it replaces the old one only when finished.
@@ -143,7 +180,8 @@ impl Writer {
             std::fs::create_dir_all(d)?;
         }
         let tmp = dest.with_extension("new");
-        let enc = zstd::Encoder::new(BufWriter::new(File::create(&tmp)?), 1)?;
+        let mut enc = zstd::Encoder::new(BufWriter::new(File::create(&tmp)?), 1)?;
+        enc.write_all(MAGIC)?;
         Ok(Writer { tmp, dest: dest.to_path_buf(), enc, last_key: None })
     }
 
@@ -166,6 +204,13 @@ impl Writer {
             w.write_all(&c.hash.0)?;
             w.write_all(&c.offset.to_le_bytes())?;
             w.write_all(&c.len.to_le_bytes())?;
+        }
+        w.write_all(&(r.xattrs.len() as u32).to_le_bytes())?;
+        for x in &r.xattrs {
+            for f in [&x.name, &x.value] {
+                w.write_all(&(f.len() as u32).to_le_bytes())?;
+                w.write_all(f)?;
+            }
         }
         self.last_key = Some(r.key.clone());
         Ok(())
@@ -192,6 +237,7 @@ mod tests {
             ctime_ns: 6,
             digest: Hash32([n as u8; 32]),
             chunks: vec![ChunkRef { hash: Hash32([7; 32]), offset: 0, len: 10 }],
+            xattrs: vec![Xattr { name: b"user.k".to_vec(), value: vec![n as u8; 3] }],
         }
     }
 
@@ -206,7 +252,9 @@ mod tests {
         w.push(&rec(b"b", 9)).unwrap(); // out of order: dropped
         w.finish().unwrap();
         let mut r = Reader::open(&p);
-        assert_eq!(r.lookup(b"a").unwrap().ino, 0);
+        let a = r.lookup(b"a").unwrap();
+        assert_eq!(a.ino, 0);
+        assert_eq!(a.xattrs, rec(b"a", 0).xattrs);
         assert!(r.lookup(b"b").is_none());
         assert_eq!(r.lookup(b"c").unwrap().ino, 2);
         let rest: Vec<u64> = Reader::open(&p).rest_after(Some(b"a\0b")).map(|r| r.ino).collect();

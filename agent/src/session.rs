@@ -285,6 +285,7 @@ fn handle(
                 excludes,
                 no_descend: skipped_mounts(&opts.root),
                 bwlimit: sp.bwlimit,
+                zstd_level: sp.zstd_level.clamp(-7, 19),
                 chunking,
                 cache_path: settings.paths.cache_dir().join(format!(
                     "{safe_id}-{}-{}-{}.cache",

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use p2c_common::chunking::{ChunkParams, Chunker};
 use p2c_common::manifest::{
-    ChunkRef, ContentHasher, Entry, EntryData, Hash32, MAX_CHUNKS_PER_ENTRY, Meta, Problem, Timestamp,
+    ChunkRef, ContentHasher, Entry, EntryData, MAX_CHUNKS_PER_ENTRY, Meta, Problem, Timestamp,
 };
 use p2c_common::paths::RelPath;
 use p2c_proto::v1;
@@ -45,6 +45,8 @@ pub struct PassParams {
     pub bwlimit: u64,
     pub chunking: ChunkParams,
     pub cache_path: PathBuf,
+    /// zstd level for chunk data; 0 sends it uncompressed.
+    pub zstd_level: i32,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -82,8 +84,14 @@ struct ChunkSrc {
     chunk: ChunkRef,
 }
 
+/// (inode, size, mtime ns, ctime ns) of a file when it was chunked.
+type Ident = (u64, u64, i64, i64);
+
 struct FileSrc {
     path: PathBuf,
+    /// A chunk read again is sent only if the file still has this identity; the controller
+    /// checks every chunk's hash anyway.
+    ident: Ident,
     failed: bool,
     /// The cache record, for files whose last segment is in this batch.
     record: Option<cache::Record>,
@@ -195,8 +203,8 @@ pub async fn run_pass(
     let need_rx = Arc::new(Mutex::new(need_rx));
     for _ in 0..2 {
         let (rx, out, shared) = (need_rx.clone(), out_tx.clone(), shared.clone());
-        let root = p.root.clone();
-        std::thread::spawn(move || send_chunks(&root, &rx, &out, &shared));
+        let level = p.zstd_level;
+        std::thread::spawn(move || send_chunks(&rx, &out, &shared, level));
     }
 
     let mut cache_w = cache::Writer::create(&p.cache_path).ok();
@@ -281,7 +289,9 @@ pub async fn run_pass(
 }
 
 fn walk_options(p: &PassParams, xattrs: bool) -> WalkOptions {
-    WalkOptions { excludes: p.excludes.clone(), no_descend: p.no_descend.clone(), xattrs }
+    // Regular files' attributes are read by the hash workers, and only for files the cache
+    // does not vouch for.
+    WalkOptions { excludes: p.excludes.clone(), no_descend: p.no_descend.clone(), xattrs, file_xattrs: false }
 }
 
 fn count(p: &PassParams, out: &Out, shared: &Shared) {
@@ -310,7 +320,7 @@ struct Work {
 struct Ready {
     seq: u64,
     entries: Vec<Entry>,
-    src: Option<PathBuf>,
+    src: Option<(PathBuf, Ident)>,
     record: Option<cache::Record>,
     problem: Option<Problem>,
 }
@@ -418,17 +428,18 @@ fn produce(
                 continue;
             }
             let nseg = r.entries.len();
-            let file_idx = if r.src.is_some() {
-                info.files.push(FileSrc {
-                    path: r.src.clone().unwrap_or_default(),
-                    failed: false,
-                    record: None,
-                });
-                Some(info.files.len() - 1)
-            } else {
-                None
+            let mut file_idx = match &r.src {
+                Some((path, ident)) => {
+                    info.files.push(FileSrc {
+                        path: path.clone(),
+                        ident: *ident,
+                        failed: false,
+                        record: None,
+                    });
+                    Some(info.files.len() - 1)
+                }
+                None => None,
             };
-            let mut file_idx = file_idx;
             for (i, e) in r.entries.into_iter().enumerate() {
                 let n = match &e.data {
                     EntryData::Regular { chunks, .. } => chunks.len(),
@@ -446,8 +457,13 @@ fn produce(
                     }
                     cur_chunks = 0;
                     cur_data = 0;
-                    if let Some(src) = &r.src {
-                        info.files.push(FileSrc { path: src.clone(), failed: false, record: None });
+                    if let Some((path, ident)) = &r.src {
+                        info.files.push(FileSrc {
+                            path: path.clone(),
+                            ident: *ident,
+                            failed: false,
+                            record: None,
+                        });
                         file_idx = Some(info.files.len() - 1);
                     }
                 }
@@ -517,7 +533,7 @@ fn hash_worker(
 
 fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
     let f = w.found;
-    let meta = meta_of(&f);
+    let mut meta = meta_of(&f);
     let single = |data: EntryData| Ready {
         seq: w.seq,
         entries: vec![Entry { path: f.path.clone(), meta: meta.clone(), data, segment: 0, more: false }],
@@ -542,6 +558,10 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
                 ns(st.st_mtime, st.st_mtime_nsec as i64),
                 ns(st.st_ctime, st.st_ctime_nsec as i64),
             );
+            meta.xattrs = match &w.cached {
+                Some(r) => r.xattrs.clone(),
+                None => crate::walk::read_xattrs(src.as_os_str().as_encoded_bytes()),
+            };
             let (chunks, digest) = match w.cached {
                 Some(r) => (r.chunks, r.digest),
                 None => match chunk_file(&src, chunker, ident) {
@@ -570,6 +590,7 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
                 ctime_ns: ident.4,
                 digest,
                 chunks: chunks.clone(),
+                xattrs: meta.xattrs.clone(),
             };
             let mut entries = Vec::new();
             let segs: Vec<&[ChunkRef]> =
@@ -584,7 +605,13 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
                     more: i + 1 < nseg,
                 });
             }
-            Ready { seq: w.seq, entries, src: Some(src), record: Some(record), problem: None }
+            Ready {
+                seq: w.seq,
+                entries,
+                src: Some((src, (ident.1, ident.2, ident.3, ident.4))),
+                record: Some(record),
+                problem: None,
+            }
         }
     }
 }
@@ -664,9 +691,13 @@ impl std::io::Read for OffsetReader<'_> {
 }
 
 /// Answers the controller's needs: reads each chunk again, checks it, compresses it.
-fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, out: &Out, shared: &Shared) {
-    let _ = root;
-    let mut comp = zstd::bulk::Compressor::new(1).ok();
+fn send_chunks(
+    rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>,
+    out: &Out,
+    shared: &Shared,
+    zstd_level: i32,
+) {
+    let mut comp = if zstd_level == 0 { None } else { zstd::bulk::Compressor::new(zstd_level).ok() };
     let mut open: Option<(PathBuf, File)> = None;
     let mut buf = Vec::new();
     loop {
@@ -682,7 +713,8 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
             let o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
             o.get(&seq).and_then(|b| {
                 let c = b.chunks.get(index as usize)?;
-                Some((c.file, c.chunk, b.files.get(c.file)?.path.clone()))
+                let f = b.files.get(c.file)?;
+                Some((c.file, c.chunk, f.path.clone(), f.ident))
             })
         };
         let mut msg = v1::ChunkData { seq, index, ..Default::default() };
@@ -691,7 +723,7 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
                 msg.unavailable = true;
                 msg.reason = "no such chunk in an unconfirmed batch".into();
             }
-            Some((fi, c, path)) => {
+            Some((fi, c, path, ident)) => {
                 if open.as_ref().is_none_or(|(p, _)| *p != path) {
                     open = std::fs::OpenOptions::new()
                         .read(true)
@@ -701,8 +733,12 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
                         .map(|f| (path.clone(), f));
                 }
                 buf.resize(c.len as usize, 0);
-                let ok = open.as_ref().is_some_and(|(_, f)| f.read_exact_at(&mut buf, c.offset).is_ok())
-                    && Hash32::of(&buf) == c.hash;
+                // The bytes read are the bytes hashed if the file kept its identity (any write
+                // changes its ctime); the controller checks the hash of every chunk anyway.
+                let ok = open.as_ref().is_some_and(|(_, f)| {
+                    f.read_exact_at(&mut buf, c.offset).is_ok()
+                        && rustix::fs::fstat(f).is_ok_and(|st| same(&st, ident))
+                });
                 if ok {
                     let packed =
                         comp.as_mut().and_then(|z| z.compress(&buf).ok()).filter(|z| z.len() < buf.len());
@@ -731,4 +767,13 @@ fn send_chunks(root: &Path, rx: &Mutex<std::sync::mpsc::Receiver<(u64, u32)>>, o
             return;
         }
     }
+}
+
+fn same(st: &rustix::fs::Stat, ident: Ident) -> bool {
+    (
+        st.st_ino,
+        st.st_size as u64,
+        ns(st.st_mtime, st.st_mtime_nsec as i64),
+        ns(st.st_ctime, st.st_ctime_nsec as i64),
+    ) == ident
 }

@@ -36,6 +36,10 @@ pub struct WalkOptions {
     pub no_descend: HashSet<RelPath>,
     /// Read extended attributes (not needed for counting).
     pub xattrs: bool,
+    /// Read them for regular files too; when false the caller reads them only for files
+    /// its cache does not know (an unchanged file has unchanged attributes: they change its
+    /// ctime).
+    pub file_xattrs: bool,
 }
 
 struct Frame {
@@ -66,7 +70,9 @@ fn list(fd: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
-fn read_xattrs(path: &[u8]) -> Vec<Xattr> {
+/// The extended attributes of `path` itself (not following a symlink), sorted by name and
+/// bounded by the manifest limits.
+pub fn read_xattrs(path: &[u8]) -> Vec<Xattr> {
     let mut out = Vec::new();
     // rustix returns 0 for an empty buffer, so ask for the size with the `_query` calls.
     let size = match rustix::fs::llistxattr_query(path) {
@@ -171,7 +177,8 @@ impl Iterator for Walker {
                 }
             };
             let ft = FileType::from_raw_mode(st.st_mode);
-            let xattrs = if self.opts.xattrs && ft != FileType::Socket {
+            let wanted = ft != FileType::Socket && (ft != FileType::RegularFile || self.opts.file_xattrs);
+            let xattrs = if self.opts.xattrs && wanted {
                 read_xattrs(&fd_path(&top.fd, Some(&name)))
             } else {
                 Vec::new()
@@ -252,6 +259,7 @@ mod tests {
             excludes: vec![RelPath::new(b"skip.me".to_vec()).unwrap()],
             no_descend: [RelPath::new(b"proc".to_vec()).unwrap()].into_iter().collect(),
             xattrs: true,
+            file_xattrs: true,
         };
         let found: Vec<Found> = Walker::new(r, opts).unwrap().collect();
         let paths: Vec<String> = found.iter().map(|f| f.path.display()).collect();

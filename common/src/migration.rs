@@ -163,6 +163,11 @@ pub struct VerifySummary {
     pub rewritten: u64,
     /// Differences, one line each.
     pub mismatches: Vec<String>,
+    /// The paths that differ (a pass copies them again).
+    pub mismatched_paths: Vec<crate::paths::RelPath>,
+    /// Files whose content was re-read; the others had their metadata checked and their
+    /// content proved by an earlier verification of the same, untouched file.
+    pub content_checked: u64,
 }
 
 /// What `p2c migrate` prints at the end (and `p2c status` shows per migration).

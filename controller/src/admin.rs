@@ -393,11 +393,11 @@ impl v1::admin_server::Admin for AdminService {
             let guard = crate::quota::ploop::Ploop::new(crate::quota::Node::linux())
                 .mount(&private, &mp)
                 .map_err(|e| Status::failed_precondition(format!("cannot mount the container image: {e}")))?;
-            let v = migrate::verify_tree(&self.ctl, ctid, &mp, rewritten, keep).await;
+            let v = migrate::verify_tree(&self.ctl, ctid, &mp, rewritten, keep, None).await;
             let _ = guard.unmount();
             v?
         } else {
-            migrate::verify_tree(&self.ctl, ctid, &private, rewritten, keep).await?
+            migrate::verify_tree(&self.ctl, ctid, &private, rewritten, keep, None).await?
         };
         json(&v)
     }

@@ -65,6 +65,19 @@ pub struct TransferConfig {
     /// Node-wide dedup saves the most, but lets an agent learn whether some container on
     /// the node holds content it already knows.
     pub dedup_scope: DedupScope,
+    /// Chunk data on the wire: `zstd`, `none`, or `auto` (zstd, except for agents on this
+    /// machine's loopback, where compressing only costs CPU).
+    pub compression: Compression,
+    /// zstd level when compressing (1 is fast; negative levels are faster still).
+    pub zstd_level: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Auto,
+    Zstd,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +99,8 @@ impl Default for TransferConfig {
             max_passes: 5,
             converge_bytes: "64M".into(),
             dedup_scope: DedupScope::Node,
+            compression: Compression::Auto,
+            zstd_level: 1,
         }
     }
 }
@@ -104,6 +119,8 @@ pub struct Settings {
     pub max_passes: u32,
     pub converge_bytes: u64,
     pub dedup_scope: DedupScope,
+    pub compression: Compression,
+    pub zstd_level: i32,
 }
 
 pub const CONFIG_FILE: &str = "controller.toml";
@@ -146,6 +163,9 @@ impl Settings {
         let chunking = ChunkParams { min_size: t.chunk_min, avg_size: t.chunk_avg, max_size: t.chunk_max }
             .validate()
             .map_err(|e| e.to_string())?;
+        if !(-7..=19).contains(&t.zstd_level) || t.zstd_level == 0 {
+            return Err(format!("transfer.zstd_level = {} must be in -7..=19 and not 0", t.zstd_level));
+        }
         if t.max_concurrent == 0 {
             return Err("transfer.max_concurrent must be at least 1".into());
         }
@@ -166,6 +186,8 @@ impl Settings {
             max_passes: t.max_passes.max(1),
             converge_bytes,
             dedup_scope: t.dedup_scope,
+            compression: t.compression,
+            zstd_level: t.zstd_level,
         })
     }
 

@@ -42,6 +42,9 @@ pub(crate) async fn run(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<()
             .await
             .map_err(|e| MigrateError::CutoverAborted(format!("the pre-cutover hook failed: {e}")))?;
     }
+    // Outside the downtime: prove what is already there, so the downtime only re-reads what
+    // the final pass writes.
+    migrate::verify_before_cutover(ctl, h).await?;
     // Taken before anything stops: the final pass must not queue behind other migrations'
     // live passes while the services are down.
     let slot = migrate::copy_slot(ctl, h).await?;

@@ -365,7 +365,7 @@ async fn transfer(job: PassJob, path: &Path, trailer: &Trailer) -> (PassOutcome,
     let pass_no = job.pass;
     let failed = |e: String| {
         let summary = p2c_common::migration::PassSummary { pass: pass_no, ..Default::default() };
-        (PassOutcome { summary, error: Some(e.clone()), retryable: false }, Some(e))
+        (PassOutcome { summary, written: None, error: Some(e.clone()), retryable: false }, Some(e))
     };
     let shown = path.display().to_string();
     let file = match File::open(path) {

@@ -82,6 +82,9 @@ pub struct MigrationHandle {
     pub waiting: Mutex<Option<String>>,
     /// The quota plan, how it is applied, and the mounted image of a ploop container.
     pub quota: Mutex<Option<QuotaState>>,
+    /// Files written since the tree's content was last fully verified; `None` when no full
+    /// verification happened since (or too many files to list): verification re-reads all.
+    pub written_since_verify: Mutex<Option<std::collections::HashSet<RelPath>>>,
 }
 
 /// A migration's quota plan and the node method applying it.
@@ -250,6 +253,7 @@ pub(crate) fn register(ctl: &Controller, opts: MigrateOptions) -> Result<Arc<Mig
         pass_started: Mutex::new(None),
         waiting: Mutex::new(None),
         quota: Mutex::new(None),
+        written_since_verify: Mutex::new(None),
     });
     running.insert(ctid, h.clone());
     Ok(h)
@@ -540,13 +544,21 @@ pub(crate) async fn run_pass(
             excludes: excludes.iter().map(|e| e.as_bytes().to_vec()).collect(),
             bwlimit,
             chunking: Some(ctl.settings.chunking.into()),
+            zstd_level: zstd_level(ctl, &conn),
         });
         h.log(format!("copy pass {pass} started"));
         let outcome = transfer(ctl, h, &conn, cmd, done_rx, &migration_id).await;
         ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
         let (summary, err, retry) = match outcome {
-            Ok(o) => (o.summary, o.error, o.retryable),
-            Err(e) => (PassSummary { pass, ..Default::default() }, Some(e), true),
+            Ok(o) => {
+                note_written(h, o.written);
+                (o.summary, o.error, o.retryable)
+            }
+            Err(e) => {
+                // Nothing says what the lost transfer wrote: verify everything.
+                note_written(h, None);
+                (PassSummary { pass, ..Default::default() }, Some(e), true)
+            }
         };
         record_pass(ctl, h, &summary, err.is_none());
         match err {
@@ -602,6 +614,48 @@ pub(crate) fn record_pass(ctl: &Controller, h: &MigrationHandle, summary: &PassS
     let _ = ctl.store.record_pass(h.ctid, summary.pass, complete, &json);
     if complete {
         h.summary.lock().unwrap_or_else(|p| p.into_inner()).passes.push(summary.clone());
+    }
+}
+
+/// Adds what a pass wrote to the files verification must re-read.
+fn note_written(h: &MigrationHandle, written: Option<Vec<RelPath>>) {
+    let mut w = h.written_since_verify.lock().unwrap_or_else(|p| p.into_inner());
+    match (w.as_mut(), written) {
+        (Some(set), Some(list)) => set.extend(list),
+        _ => *w = None,
+    }
+}
+
+/// Verifies every file's content now (before a cutover stops anything), so that the
+/// verification inside the downtime only re-reads what the final pass writes. Files found
+/// different lose their record, so the final pass copies them again.
+pub(crate) async fn verify_before_cutover(
+    ctl: &Controller,
+    h: &Arc<MigrationHandle>,
+) -> Result<(), MigrateError> {
+    let root = ct_root(ctl, h);
+    let keep = h.options.lock().unwrap_or_else(|p| p.into_inner()).assess.keep_xattrs;
+    h.log("verifying the container's content before the cutover");
+    let v = verify_tree(ctl, h.ctid, &root, Default::default(), keep, None).await?;
+    if !v.ok {
+        h.log(format!("{} difference(s) found; the final pass copies them again", v.mismatches.len()));
+        ctl.store.forget_files(h.ctid, &v.mismatched_paths)?;
+    }
+    *h.written_since_verify.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(v.mismatched_paths.into_iter().collect());
+    Ok(())
+}
+
+/// The zstd level for an agent's chunks (0: none).
+fn zstd_level(ctl: &Controller, conn: &AgentConn) -> i32 {
+    use crate::config::Compression;
+    match ctl.settings.compression {
+        Compression::None => 0,
+        Compression::Zstd => ctl.settings.zstd_level,
+        Compression::Auto => {
+            let local = conn.peer.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+            if local { 0 } else { ctl.settings.zstd_level }
+        }
     }
 }
 
@@ -725,7 +779,8 @@ pub(crate) async fn finalise(
     ));
     let rewritten = changes.iter().filter_map(|c| RelPath::from_user(c.path.as_bytes()).ok()).collect();
     h.summary.lock().unwrap_or_else(|p| p.into_inner()).guest_changes = changes;
-    let v = verify_tree(ctl, h.ctid, &root, rewritten, opts.assess.keep_xattrs).await?;
+    let only = h.written_since_verify.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let v = verify_tree(ctl, h.ctid, &root, rewritten, opts.assess.keep_xattrs, only).await?;
     if !v.ok {
         let first = v.mismatches.first().cloned().unwrap_or_default();
         h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v.clone());
@@ -785,6 +840,7 @@ pub async fn verify_tree(
     root: &std::path::Path,
     rewritten: std::collections::HashSet<RelPath>,
     keep_xattrs: bool,
+    content_only: Option<std::collections::HashSet<RelPath>>,
 ) -> Result<VerifySummary, MigrateError> {
     let dir = ctl.settings.manifest_dir(ctid);
     let (_, manifest) = crate::receive::manifest::latest(&dir)
@@ -795,6 +851,7 @@ pub async fn verify_tree(
         own_dirs: vec![crate::tree::rel("etc/p2c")],
         keep_xattrs,
         sweep_temps: true,
+        content_only,
     };
     tokio::task::spawn_blocking(move || crate::verify::verify(&tree, &manifest, &opts))
         .await

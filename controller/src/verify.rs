@@ -32,6 +32,9 @@ pub struct VerifyOptions {
     pub keep_xattrs: bool,
     /// Remove temporary files a crashed run left behind.
     pub sweep_temps: bool,
+    /// Re-read only these files' content (those written since an earlier full
+    /// verification); `None` re-reads every file.
+    pub content_only: Option<HashSet<RelPath>>,
 }
 
 const MAX_REPORTED: usize = 1000;
@@ -45,9 +48,12 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
     // Directories that hold a rewritten path changed their times on purpose too.
     let touched: HashSet<RelPath> =
         opts.rewritten.iter().flat_map(|p| std::iter::successors(p.parent(), |q| q.parent())).collect();
-    let bad = |sum: &mut VerifySummary, msg: String| {
+    let bad = |sum: &mut VerifySummary, path: &RelPath, msg: String| {
         if sum.mismatches.len() < MAX_REPORTED {
             sum.mismatches.push(msg);
+        }
+        if sum.mismatched_paths.len() < 100_000 && sum.mismatched_paths.last() != Some(path) {
+            sum.mismatched_paths.push(path.clone());
         }
     };
     while let Some(e) = r.next_entry()? {
@@ -59,14 +65,14 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
         sum.checked += 1;
         let p = e.path.display();
         let Some(st) = tree.lstat(&e.path)? else {
-            bad(&mut sum, format!("{p}: missing"));
+            bad(&mut sum, &e.path, format!("{p}: missing"));
             continue;
         };
         let ft = FileType::from_raw_mode(st.st_mode);
         if let EntryData::HardLink { target } = &e.data {
             match tree.lstat(target)? {
                 Some(t) if t.st_ino == st.st_ino => {}
-                _ => bad(&mut sum, format!("{p}: not a hard link to {target}")),
+                _ => bad(&mut sum, &e.path, format!("{p}: not a hard link to {target}")),
             }
             continue;
         }
@@ -80,49 +86,62 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
             EntryData::HardLink { .. } => continue,
         };
         if ft != want_ft {
-            bad(&mut sum, format!("{p}: is a {}, expected a {}", crate::tree::type_name(ft), e.kind_name()));
+            bad(
+                &mut sum,
+                &e.path,
+                format!("{p}: is a {}, expected a {}", crate::tree::type_name(ft), e.kind_name()),
+            );
             continue;
         }
         if ft != FileType::Symlink && st.st_mode & 0o7777 != e.meta.mode {
-            bad(&mut sum, format!("{p}: mode {:o}, expected {:o}", st.st_mode & 0o7777, e.meta.mode));
+            bad(
+                &mut sum,
+                &e.path,
+                format!("{p}: mode {:o}, expected {:o}", st.st_mode & 0o7777, e.meta.mode),
+            );
         }
         if st.st_uid != e.meta.uid || st.st_gid != e.meta.gid {
             bad(
                 &mut sum,
+                &e.path,
                 format!("{p}: owner {}:{}, expected {}:{}", st.st_uid, st.st_gid, e.meta.uid, e.meta.gid),
             );
         }
         let times_touched = ft == FileType::Directory && touched.contains(&e.path);
         if !times_touched && (st.st_mtime != e.meta.mtime.sec || st.st_mtime_nsec as u32 != e.meta.mtime.nsec)
         {
-            bad(&mut sum, format!("{p}: mtime differs"));
+            bad(&mut sum, &e.path, format!("{p}: mtime differs"));
         }
         match &e.data {
             EntryData::Regular { size, chunks, .. } => {
                 if st.st_size as u64 != *size {
-                    bad(&mut sum, format!("{p}: size {}, expected {size}", st.st_size));
+                    bad(&mut sum, &e.path, format!("{p}: size {}, expected {size}", st.st_size));
                     continue;
                 }
                 let (dir, name) = tree.parent(&e.path)?;
                 let Some(f) = dir.open_read(name)? else {
-                    bad(&mut sum, format!("{p}: unreadable"));
+                    bad(&mut sum, &e.path, format!("{p}: unreadable"));
                     continue;
                 };
+                if opts.content_only.as_ref().is_some_and(|only| !only.contains(&e.path)) {
+                    continue;
+                }
+                sum.content_checked += 1;
                 for c in chunks {
                     buf.resize(c.len as usize, 0);
                     if f.read_exact_at(&mut buf, c.offset).is_err() || Hash32::of(&buf) != c.hash {
-                        bad(&mut sum, format!("{p}: content differs at offset {}", c.offset));
+                        bad(&mut sum, &e.path, format!("{p}: content differs at offset {}", c.offset));
                         break;
                     }
                 }
             }
             EntryData::Symlink { target } if tree.readlink(&e.path)?.as_deref() != Some(&target[..]) => {
-                bad(&mut sum, format!("{p}: symlink target differs"));
+                bad(&mut sum, &e.path, format!("{p}: symlink target differs"));
             }
             EntryData::CharDevice { major, minor } | EntryData::BlockDevice { major, minor }
                 if rustix::fs::major(st.st_rdev) != *major || rustix::fs::minor(st.st_rdev) != *minor =>
             {
-                bad(&mut sum, format!("{p}: device numbers differ"));
+                bad(&mut sum, &e.path, format!("{p}: device numbers differ"));
             }
             _ => {}
         }
@@ -145,6 +164,7 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
                     Ok(len) if &val[..len] == v.as_slice() => {}
                     _ => bad(
                         &mut sum,
+                        &e.path,
                         format!("{p}: extended attribute {} differs", String::from_utf8_lossy(n)),
                     ),
                 }
@@ -171,7 +191,7 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
                 continue;
             }
             if !seen.contains(p.as_bytes()) && !made.contains(&p) {
-                bad(&mut sum, format!("{}: not in the source manifest", p.display()));
+                bad(&mut sum, &p, format!("{}: not in the source manifest", p.display()));
                 continue;
             }
             if ft == FileType::Directory {

@@ -262,3 +262,29 @@ async fn files_changing_while_read_are_reported_not_fatal() {
     same_tree(&r, &node.private(307), &ex);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unchanged_pass_writes_nothing_whatever_the_tree_size() {
+    require_root!();
+    trace_init();
+    let src = tempfile::tempdir().unwrap();
+    // More entries than the writer reads from the store at once.
+    for d in 0..6 {
+        let dir = src.path().join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..700 {
+            std::fs::write(dir.join(format!("f{f:04}")), format!("file {d}/{f}\n")).unwrap();
+        }
+    }
+    let node = Node::start().await.unwrap();
+    let agent = Agent::start(&node, "src-h", src.path()).await.unwrap();
+    let once = MigrateOptions { cutover: false, max_passes: 1, ..migrate_opts("src-h", 308) };
+    let s = node.migrate(&once).await.unwrap();
+    assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
+    let s = node.migrate(&once).await.unwrap();
+    let last = s.passes.last().unwrap();
+    assert!(last.entries > 4200, "{last:?}");
+    assert_eq!((last.written, last.deleted, last.wire_bytes, last.local_bytes), (0, 0, 0, 0), "{last:?}");
+    same_tree(src.path(), &node.private(308), &[]);
+    agent.stop().await;
+}

@@ -350,6 +350,8 @@ pub fn export(opts: &ExportOptions, cancel: &AtomicBool) -> Result<ExportReport,
         excludes,
         no_descend: opts.no_descend.clone().unwrap_or_else(|| crate::session::skipped_mounts(&root)),
         xattrs: true,
+        // No cache vouches for any file here: every file's attributes are read.
+        file_xattrs: true,
     };
     let walker = Walker::new(&root, walk_opts).map_err(|e| ExportError::Root(root_shown.clone(), e))?;
     let mut counts = prefix.as_ref().map(|p| p.counts.clone()).unwrap_or_default();

@@ -89,6 +89,9 @@ impl Progress {
 #[derive(Debug)]
 pub struct PassOutcome {
     pub summary: PassSummary,
+    /// The regular files the pass wrote, even if it then failed (`None` when too many to
+    /// list): what verification must re-read after this pass.
+    pub written: Option<Vec<RelPath>>,
     pub error: Option<String>,
     /// The error was the connection, not the data: running the pass again will resume.
     pub retryable: bool,
@@ -215,6 +218,7 @@ where
         _ => {
             return PassOutcome {
                 summary: PassSummary { pass: job.pass, ..Default::default() },
+                written: None,
                 error: Some("cannot start receive threads".into()),
                 retryable: false,
             };
@@ -295,9 +299,9 @@ where
         Ok((w, Err(_))) => (Ok(w), Some(ReceiveError::Internal("planner thread panicked".into()))),
         Err(e) => (Err(e), None),
     };
-    let (mut summary, write_err) = match writer_result {
-        Ok(Ok((summary, err))) => (summary, err),
-        _ => (PassSummary::default(), Some(ReceiveError::Internal("writer thread panicked".into()))),
+    let (mut summary, written, write_err) = match writer_result {
+        Ok(Ok((summary, written, err))) => (summary, written, err),
+        _ => (PassSummary::default(), None, Some(ReceiveError::Internal("writer thread panicked".into()))),
     };
     summary.pass = job.pass;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -336,7 +340,7 @@ where
         }
     }
     let retryable = matches!(err, Some(ReceiveError::Stream(_)));
-    PassOutcome { summary, error: err.map(|e| e.to_string()), retryable }
+    PassOutcome { summary, written, error: err.map(|e| e.to_string()), retryable }
 }
 
 fn stopped() -> ReceiveError {

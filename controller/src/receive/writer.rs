@@ -22,6 +22,9 @@ use crate::state::index::{self, BatchCommit, ChunkLocation, FileRecord};
 use crate::state::{self};
 use crate::tree::{Dir, Tree, TreeError};
 
+/// Files written by a pass listed for verification; past this, verification checks all.
+const MAX_WRITTEN_LIST: usize = 100_000;
+
 /// Most chunk bytes held for out-of-order arrival before the agent is deemed misbehaving.
 const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 
@@ -32,10 +35,10 @@ pub(crate) fn run(
     out: Outbound,
     expected: Expected,
     in_flight: Arc<Mutex<HashSet<Hash32>>>,
-) -> (PassSummary, Option<ReceiveError>) {
+) -> (PassSummary, Option<Vec<RelPath>>, Option<ReceiveError>) {
     let mut w = match Writer::new(job, chunks, out, expected, in_flight) {
         Ok(w) => w,
-        Err(e) => return (PassSummary::default(), Some(e)),
+        Err(e) => return (PassSummary::default(), None, Some(e)),
     };
     let res = (|| {
         loop {
@@ -49,7 +52,7 @@ pub(crate) fn run(
         }
     })();
     w.abort_open();
-    (std::mem::take(&mut w.summary), res.err())
+    (std::mem::take(&mut w.summary), w.written.take(), res.err())
 }
 
 fn kind_code(e: &EntryData) -> u8 {
@@ -137,6 +140,8 @@ struct Writer<'a> {
     copy_buf: Vec<u8>,
     /// Keys of recorded entries the source no longer has, removed when the pass ends.
     deleted: Vec<Vec<u8>>,
+    /// Regular files this pass wrote (`None` when too many to list).
+    pub(crate) written: Option<Vec<RelPath>>,
     /// When the store last got this pass's progress (commits also happen inside batches so
     /// that a crash loses little).
     last_commit: std::time::Instant,
@@ -181,6 +186,7 @@ impl<'a> Writer<'a> {
             problems: Vec::new(),
             copy_buf: Vec::new(),
             deleted: Vec::new(),
+            written: Some(Vec::new()),
             last_commit: std::time::Instant::now(),
             uncommitted_bytes: 0,
         })
@@ -285,11 +291,16 @@ impl<'a> Writer<'a> {
         {
             return Err(protocol(format!("{} is out of walk order or repeated", e.path)));
         }
+        // The cursor reads on from the last key processed: `last_key` moves only after it.
+        let old = self.advance_to(Some(&key))?;
         self.last_key = Some(key.clone());
         if excluded {
+            // Copied before, excluded now: it leaves the container.
+            if let Some(rec) = old {
+                self.deleted.push(rec.key);
+            }
             return Ok(());
         }
-        let old = self.advance_to(Some(&key))?;
         self.summary.entries += 1;
         if let Some(m) = self.manifest.as_mut() {
             m.push(e)?;
@@ -302,6 +313,9 @@ impl<'a> Writer<'a> {
         self.check_limits()?;
         let digest = e.digest();
         let unchanged = old.as_ref().is_some_and(|r| r.digest == digest && r.kind == kind_code(&e.data));
+        if old.is_some() && !unchanged {
+            tracing::debug!(path = %e.path, "changed since the last pass");
+        }
         self.job.progress.files_done.fetch_add(1, Ordering::Relaxed);
         match &e.data {
             EntryData::Regular { size, digest: content, chunks } => {
@@ -431,8 +445,9 @@ impl<'a> Writer<'a> {
         let (file, tmp) = if skip {
             (None, Vec::new())
         } else {
+            // Writes at chunk offsets leave holes between extents; a hole at the end is made
+            // when the file is closed.
             let (f, tmp) = dir.create_temp(e.path.file_name())?;
-            f.set_len(size).map_err(|err| tree_io(&e.path, "truncate", err))?;
             (Some(f), tmp)
         };
         self.open = Some(OpenFile {
@@ -687,6 +702,9 @@ impl<'a> Writer<'a> {
         }
         let m = &open.meta;
         let p = &open.path;
+        if open.last_end < open.size {
+            file.set_len(open.size).map_err(|err| tree_io(p, "truncate", err))?;
+        }
         rustix::fs::fchown(&file, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
             .map_err(|e| tree_io(p, "chown", e.into()))?;
         rustix::fs::fchmod(&file, Mode::from_raw_mode(m.mode)).map_err(|e| tree_io(p, "chmod", e.into()))?;
@@ -694,12 +712,19 @@ impl<'a> Writer<'a> {
         let ts = rustix::fs::Timespec { tv_sec: m.mtime.sec, tv_nsec: m.mtime.nsec.into() };
         rustix::fs::futimens(&file, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })
             .map_err(|e| tree_io(p, "set times", e.into()))?;
-        drop(file);
         open.dir.commit(&open.tmp, p.file_name())?;
         self.summary.written += 1;
         self.summary.changed_bytes += open.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        if let Some(w) = self.written.as_mut() {
+            if w.len() < MAX_WRITTEN_LIST {
+                w.push(p.clone());
+            } else {
+                self.written = None;
+            }
+        }
         // Record where each chunk now lives, with the file's identity after the rename.
-        if let Some(st) = open.dir.lstat(p.file_name())? {
+        if let Ok(st) = rustix::fs::fstat(&file) {
+            drop(file);
             let mut seen = HashSet::new();
             for c in &open.chunks {
                 if !seen.insert(c.hash) {

@@ -388,6 +388,20 @@ impl Store {
         Ok(rows)
     }
 
+    /// Forgets the records of these paths, so that the next pass writes them again.
+    pub fn forget_files(&self, ctid: u32, paths: &[p2c_common::paths::RelPath]) -> Result<()> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM files WHERE ctid = ?1 AND key = ?2")?;
+            for p in paths {
+                del.execute(params![ctid, index::walk_key(p)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn file_count(&self, ctid: u32) -> Result<u64> {
         Ok(self
             .lock()
