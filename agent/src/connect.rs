@@ -36,7 +36,10 @@ pub async fn tcp(addr: &str, proxy: Option<&str>) -> std::io::Result<TcpStream> 
         .unwrap_or_else(|| proxy.trim_start_matches("http://").trim_end_matches('/').to_string());
     let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&hostport))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "proxy connect timed out"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("proxy {proxy}: connect timed out"))
+        })?
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot reach the proxy {proxy}: {e}")))?;
     s.set_nodelay(true)?;
     let req = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: p2c-agent\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
@@ -54,7 +57,9 @@ pub async fn tcp(addr: &str, proxy: Option<&str>) -> std::io::Result<TcpStream> 
     let status = String::from_utf8_lossy(&resp);
     let line = status.lines().next().unwrap_or_default().to_string();
     if line.split_whitespace().nth(1) != Some("200") {
-        return Err(std::io::Error::other(format!("proxy refused CONNECT {addr}: {line}")));
+        return Err(std::io::Error::other(format!(
+            "proxy {proxy} refused CONNECT {addr}: {line}; have {addr} allowed through it, or set another proxy (--proxy at enrolment, `proxy =` in agent.toml, https_proxy)"
+        )));
     }
     Ok(s)
 }

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod config;
 pub mod connect;
 pub mod enroll;
+pub mod export;
 pub mod inventory;
 pub mod scan;
 pub mod services;

@@ -59,6 +59,34 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         max_backoff: u64,
     },
+    /// Write this server (inventory, scan, data) to a bundle for a node it cannot reach;
+    /// import it there with `p2c import FILE --ctid N`. Run again with the same --out to
+    /// continue an interrupted export.
+    Export {
+        /// The bundle file to write (on removable media).
+        #[arg(long, value_name = "FILE", required_unless_present = "verify", conflicts_with = "verify")]
+        out: Option<PathBuf>,
+        /// Check a bundle instead: every record, chunk and entry, and its trailer.
+        #[arg(long, value_name = "FILE")]
+        verify: Option<PathBuf>,
+        /// The directory to treat as the server's root.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where facts come from (default: live for /, tree otherwise).
+        #[arg(long, value_enum)]
+        facts: Option<Facts>,
+        /// Source path not to export (repeatable).
+        #[arg(long = "exclude", value_name = "PATH")]
+        excludes: Vec<String>,
+        /// The name the node will know this server by (default: its host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Read the source at most this fast (e.g. 50M = 50 MiB/s), to spare a busy server.
+        #[arg(long)]
+        bwlimit: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Print this server's inventory (what the controller will see).
     Inventory {
         #[arg(long, default_value = "/")]
@@ -135,6 +163,84 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 });
                 p2c_agent::session::run(settings, opts, rx).await;
             });
+            Ok(())
+        }
+        Command::Export { out, verify, root, facts: f, excludes, name, bwlimit, json } => {
+            if let Some(path) = verify {
+                let v = p2c_agent::export::verify(&path)?;
+                if json.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "bundle": path.display().to_string(),
+                            "header": v.header,
+                            "trailer": v.trailer,
+                            "size": v.size,
+                        }))?
+                    );
+                } else {
+                    let t = &v.trailer;
+                    println!(
+                        "{}: a complete bundle of {} ({} objects, {} of files, {} chunks in {}); every record, chunk and entry checked",
+                        path.display(),
+                        v.header.name,
+                        t.objects,
+                        p2c_common::units::human_bytes(t.file_bytes),
+                        t.chunks,
+                        p2c_common::units::human_bytes(v.size)
+                    );
+                }
+                return Ok(());
+            }
+            let out = out.ok_or_else(|| anyhow::anyhow!("--out FILE is required"))?;
+            let mut opts = p2c_agent::export::ExportOptions::new(&out, &root);
+            opts.facts = facts(f, &root);
+            opts.excludes = excludes;
+            opts.name = name;
+            opts.bwlimit = bwlimit.as_deref().map(p2c_common::units::parse_size).transpose()?.unwrap_or(0);
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = cancel.clone();
+            rt.spawn(async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let r = p2c_agent::export::export(&opts, &cancel)?;
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.already_complete {
+                println!("{} is a complete bundle of {} already; nothing to do", r.bundle, r.name);
+            } else {
+                let t = &r.trailer;
+                if let Some(at) = r.resumed_at {
+                    println!(
+                        "continued an interrupted export: kept its first {}",
+                        p2c_common::units::human_bytes(at)
+                    );
+                }
+                println!(
+                    "bundle {} of {}: {} objects, {} of files, {} distinct chunks stored in {}",
+                    r.bundle,
+                    r.name,
+                    t.objects,
+                    p2c_common::units::human_bytes(t.file_bytes),
+                    t.chunks,
+                    p2c_common::units::human_bytes(r.size)
+                );
+                if t.changed > 0 || t.skipped > 0 {
+                    println!(
+                        "{} file(s) changed while being read and {} entr(y/ies) were not carried (sockets, unreadable): see --json",
+                        t.changed, t.skipped
+                    );
+                }
+                println!(
+                    "check it with `p2c-agent export --verify {}`; on the node: `p2c import FILE --ctid N`",
+                    r.bundle
+                );
+            }
             Ok(())
         }
         // The inventory has no text form: JSON either way (`--json` is accepted for symmetry

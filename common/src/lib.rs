@@ -3,6 +3,7 @@
 //! Nothing here knows about gRPC or prost: the `p2c-proto` crate converts between these
 //! types and the wire messages at the edge.
 
+pub mod bundle;
 pub mod chunking;
 pub mod cli;
 pub mod findings;

@@ -88,6 +88,26 @@ impl Default for ScanOptions {
 }
 
 impl ScanOptions {
+    /// What to scan a source for, from its inventory: the MACs of its interfaces (loopback
+    /// and all-zero ones left out) under the default roots, leaving out `excludes` (source
+    /// paths as the operator gave them). The controller asks this of a connected agent; an
+    /// export computes the same on its own.
+    pub fn for_inventory(inv: &crate::inventory::Inventory, excludes: &[String]) -> ScanOptions {
+        let mut macs: Vec<String> = inv
+            .interfaces
+            .iter()
+            .filter(|i| !i.loopback)
+            .filter_map(|i| parse_mac(i.mac.as_deref()?))
+            .filter(|m| *m != [0; 6])
+            .map(|m| format_mac(&m))
+            .collect();
+        macs.sort();
+        macs.dedup();
+        let excludes =
+            excludes.iter().map(|x| if x.starts_with('/') { x.clone() } else { format!("/{x}") }).collect();
+        ScanOptions { mac_addresses: macs, excludes, ..ScanOptions::default() }
+    }
+
     /// Checks sizes, MAC spellings and paths; an agent refuses a request that fails.
     pub fn validate(&self) -> Result<(), ScanError> {
         for (what, count) in [

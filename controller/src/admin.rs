@@ -149,6 +149,7 @@ impl v1::admin_server::Admin for AdminService {
     type MigrateStream = EventStream;
     type CutoverStream = EventStream;
     type WatchStream = EventStream;
+    type ImportStream = EventStream;
 
     #[instrument(skip_all)]
     async fn create_token(
@@ -247,6 +248,14 @@ impl v1::admin_server::Admin for AdminService {
         let opts: MigrateOptions = serde_json::from_slice(&req.into_inner().json)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (h, sub) = migrate::start(&self.ctl, opts)?;
+        Ok(Response::new(follow(h, Some(sub))))
+    }
+
+    async fn import(&self, req: Request<v1::JsonRequest>) -> Result<Response<Self::ImportStream>, Status> {
+        authorize(&req)?;
+        let r: p2c_common::bundle::ImportRequest = serde_json::from_slice(&req.into_inner().json)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (h, sub) = crate::import::start(&self.ctl, r)?;
         Ok(Response::new(follow(h, Some(sub))))
     }
 

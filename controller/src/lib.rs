@@ -9,6 +9,7 @@ pub mod cutover;
 pub mod demo;
 pub mod enroll;
 pub mod guest;
+pub mod import;
 pub mod init;
 pub mod migrate;
 pub mod plan;

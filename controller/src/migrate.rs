@@ -157,7 +157,7 @@ pub fn recover(ctl: &Controller) {
             if let Some(s) = s.as_mut() {
                 s.state = MigrationState::Failed;
                 s.error = Some(
-                    "the controller stopped during the migration; run the same `p2c migrate` again to resume"
+                    "the controller stopped during the migration; run the same `p2c migrate` (or `p2c import`) again to resume"
                         .into(),
                 );
             }
@@ -172,6 +172,26 @@ pub type Started = (Arc<MigrationHandle>, broadcast::Receiver<Event>);
 
 /// Starts (or resumes) a migration in the background.
 pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateError> {
+    let h = register(ctl, opts)?;
+    let sub = h.events.subscribe();
+    let (ctl2, h2) = (ctl.clone(), h.clone());
+    let task = tokio::spawn(async move {
+        let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
+        let r = match sync(&ctl2, &h2).await {
+            Ok(()) if cutover => crate::cutover::run(&ctl2, &h2).await,
+            other => other,
+        };
+        if let Err(e) = r {
+            stopped(&ctl2, &h2, e);
+        }
+    });
+    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
+    Ok((h, sub))
+}
+
+/// Checks that container `opts.ctid` can be (re)built for `opts.agent`, records the
+/// migration and returns its handle, not started: shared by `p2c migrate` and `p2c import`.
+pub(crate) fn register(ctl: &Controller, opts: MigrateOptions) -> Result<Arc<MigrationHandle>, MigrateError> {
     if opts.ctid == 0 {
         return Err(MigrateError::BadCtid);
     }
@@ -236,21 +256,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
         written_since_verify: Mutex::new(None),
     });
     running.insert(ctid, h.clone());
-    drop(running);
-    let sub = h.events.subscribe();
-    let (ctl2, h2) = (ctl.clone(), h.clone());
-    let task = tokio::spawn(async move {
-        let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
-        let r = match sync(&ctl2, &h2).await {
-            Ok(()) if cutover => crate::cutover::run(&ctl2, &h2).await,
-            other => other,
-        };
-        if let Err(e) = r {
-            stopped(&ctl2, &h2, e);
-        }
-    });
-    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
-    Ok((h, sub))
+    Ok(h)
 }
 
 /// Runs the cutover of a synced migration in the background.
@@ -279,7 +285,7 @@ pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
 
 /// Records why a migration stopped: an aborted cutover leaves it synced (the source runs on
 /// and the cutover can be tried again), anything else failed.
-fn stopped(ctl: &Controller, h: &MigrationHandle, e: MigrateError) {
+pub(crate) fn stopped(ctl: &Controller, h: &MigrationHandle, e: MigrateError) {
     if let MigrateError::CutoverAborted(_) = e {
         h.log(format!("{e}; run `p2c cutover {}` to try again", h.ctid));
         set_state(ctl, h, MigrationState::Synced, Some(e.to_string()));
@@ -309,18 +315,25 @@ pub async fn fetch_inventory(
     let AgentReply::Inventory(json) = reply else {
         return Err(MigrateError::Inventory("the agent answered something else".into()));
     };
+    let inv = parse_inventory(&json)?;
+    let os = if inv.os.pretty_name.is_empty() { inv.os.id.clone() } else { inv.os.pretty_name.clone() };
+    let _ = ctl.store.set_inventory(&conn.name, &String::from_utf8_lossy(&json), &inv.hostname, &os);
+    Ok(inv)
+}
+
+/// Reads an inventory as an agent (or a bundle) reports it, refusing what this controller
+/// cannot read.
+pub(crate) fn parse_inventory(json: &[u8]) -> Result<Inventory, MigrateError> {
     if json.len() > 8 * 1024 * 1024 {
         return Err(MigrateError::Inventory("larger than 8 MiB".into()));
     }
-    let inv: Inventory = serde_json::from_slice(&json).map_err(|e| MigrateError::Inventory(e.to_string()))?;
+    let inv: Inventory = serde_json::from_slice(json).map_err(|e| MigrateError::Inventory(e.to_string()))?;
     if inv.schema != INVENTORY_SCHEMA {
         return Err(MigrateError::Inventory(format!(
             "schema {} (this controller reads {INVENTORY_SCHEMA}); run the same p2c release on both sides",
             inv.schema
         )));
     }
-    let os = if inv.os.pretty_name.is_empty() { inv.os.id.clone() } else { inv.os.pretty_name.clone() };
-    let _ = ctl.store.set_inventory(&conn.name, &String::from_utf8_lossy(&json), &inv.hostname, &os);
     Ok(inv)
 }
 
@@ -516,30 +529,9 @@ pub(crate) async fn run_pass(
             }
             slot = Some(permit);
         }
-        let pass = h.pass.fetch_add(1, Ordering::Relaxed);
-        h.progress.reset();
-        *h.pass_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let job = next_pass_job(ctl, h, excludes, opts);
+        let pass = job.pass;
         let migration_id = format!("ct{}", h.ctid);
-        let limits = h
-            .quota
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|q| (q.plan.diskspace.1.saturating_mul(1024), q.plan.diskinodes.1));
-        let job = PassJob {
-            ctid: h.ctid,
-            pass,
-            tree: ct_root(ctl, h),
-            private_root: ctl.settings.vz_root.join("private"),
-            db: ctl.settings.db_path(),
-            manifest: crate::receive::manifest::pass_path(&ctl.settings.manifest_dir(h.ctid), pass),
-            excludes: excludes.to_vec(),
-            keep_xattrs: opts.assess.keep_xattrs,
-            dedup: ctl.settings.dedup_scope,
-            byte_limit: limits.map(|(b, _)| b),
-            inode_limit: limits.map(|(_, i)| i),
-            progress: h.progress.clone(),
-        };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         ctl.transfers
             .lock()
@@ -568,12 +560,7 @@ pub(crate) async fn run_pass(
                 (PassSummary { pass, ..Default::default() }, Some(e), true)
             }
         };
-        let json = serde_json::to_string(&summary).unwrap_or_default();
-        let _ = ctl.store.record_pass(h.ctid, pass, err.is_none(), &json);
-        if err.is_none() {
-            let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
-            s.passes.push(summary.clone());
-        }
+        record_pass(ctl, h, &summary, err.is_none());
         match err {
             None => return Ok(summary),
             Some(reason) if retry && attempts < PASS_ATTEMPTS => {
@@ -586,6 +573,47 @@ pub(crate) async fn run_pass(
             }
             Some(reason) => return Err(MigrateError::Pass { pass, reason }),
         }
+    }
+}
+
+/// The job of the migration's next copy pass (its number taken, its progress reset).
+pub(crate) fn next_pass_job(
+    ctl: &Controller,
+    h: &MigrationHandle,
+    excludes: &[RelPath],
+    opts: &MigrateOptions,
+) -> PassJob {
+    let pass = h.pass.fetch_add(1, Ordering::Relaxed);
+    h.progress.reset();
+    *h.pass_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    let limits = h
+        .quota
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|q| (q.plan.diskspace.1.saturating_mul(1024), q.plan.diskinodes.1));
+    PassJob {
+        ctid: h.ctid,
+        pass,
+        tree: ct_root(ctl, h),
+        private_root: ctl.settings.vz_root.join("private"),
+        db: ctl.settings.db_path(),
+        manifest: crate::receive::manifest::pass_path(&ctl.settings.manifest_dir(h.ctid), pass),
+        excludes: excludes.to_vec(),
+        keep_xattrs: opts.assess.keep_xattrs,
+        dedup: ctl.settings.dedup_scope,
+        byte_limit: limits.map(|(b, _)| b),
+        inode_limit: limits.map(|(_, i)| i),
+        progress: h.progress.clone(),
+    }
+}
+
+/// Records a pass in the store, and in the migration's summary if it completed.
+pub(crate) fn record_pass(ctl: &Controller, h: &MigrationHandle, summary: &PassSummary, complete: bool) {
+    let json = serde_json::to_string(summary).unwrap_or_default();
+    let _ = ctl.store.record_pass(h.ctid, summary.pass, complete, &json);
+    if complete {
+        h.summary.lock().unwrap_or_else(|p| p.into_inner()).passes.push(summary.clone());
     }
 }
 

@@ -39,12 +39,24 @@ pub async fn report(
             Err(e) => warn!(agent, "scan failed: {e}"),
         }
     }
+    (assess_with(ctl, agent, inv, scan.as_ref(), opts).await, scan)
+}
+
+/// The pre-flight report for an inventory and a scan already at hand (a bundle's): the
+/// node's facts, then the rules of [`crate::assess`].
+pub async fn assess_with(
+    ctl: &Controller,
+    agent: &str,
+    inv: &Inventory,
+    scan: Option<&ScanResult>,
+    opts: &AssessOptions,
+) -> Report {
     let private_root = ctl.settings.vz_root.join("private");
     let ctid = opts.ctid;
     let node = tokio::task::spawn_blocking(move || crate::assess::probe_node(&private_root, ctid))
         .await
         .unwrap_or_else(|_| crate::assess::probe_node(Path::new("/nonexistent"), None));
-    (crate::assess::assess(agent, inv, scan.as_ref(), &node, opts), scan)
+    crate::assess::assess(agent, inv, scan, &node, opts)
 }
 
 /// Rewrites the guest below `root` so it starts as a container.

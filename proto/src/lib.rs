@@ -10,6 +10,7 @@ pub mod v1 {
     tonic::include_proto!("p2c.v1");
 }
 
+pub mod bundle;
 mod convert;
 
 pub use convert::ConvertError;

@@ -3,6 +3,7 @@
 //! controllers and agents, a scriptable hostile agent, tree snapshots, Debian trees from
 //! debootstrap, a container start harness and a quota-capable kernel under qemu.
 
+pub mod bundles;
 pub mod ctstart;
 pub mod debian;
 pub mod fake_agent;
@@ -12,6 +13,7 @@ pub mod loopfs;
 pub mod netns;
 pub mod node;
 pub mod procs;
+pub mod proxy;
 pub mod quota;
 pub mod snapshot;
 pub mod sources;

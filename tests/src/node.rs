@@ -199,6 +199,17 @@ impl Node {
         Ok(tokio::spawn(async move { summary_of(&mut s).await }))
     }
 
+    /// Runs `p2c import` of a bundle through the admin socket and returns the final summary.
+    pub async fn import(&self, req: &p2c_common::bundle::ImportRequest) -> anyhow::Result<MigrationSummary> {
+        let mut c = self.admin().await?;
+        let mut s = c
+            .import(v1::JsonRequest { json: serde_json::to_vec(req)? })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        summary_of(&mut s).await
+    }
+
     /// Runs `p2c cutover CTID` and returns the final summary.
     pub async fn cutover(&self, ctid: u32) -> anyhow::Result<MigrationSummary> {
         let mut c = self.admin().await?;

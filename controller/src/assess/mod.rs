@@ -20,7 +20,7 @@ mod system;
 use p2c_common::findings::{Finding, Report, Severity};
 use p2c_common::inventory::Inventory;
 use p2c_common::migration::AssessOptions;
-use p2c_common::scan::{ScanOptions, ScanResult, format_mac, parse_mac};
+use p2c_common::scan::{ScanOptions, ScanResult};
 use serde::{Deserialize, Serialize};
 
 pub use node::{ProbeError, probe_node};
@@ -122,19 +122,7 @@ pub(crate) fn ct_path(opts: &AssessOptions, mountpoint: &str) -> String {
 /// What to ask the agent to scan for `inv`: the MACs of its interfaces (loopback and
 /// all-zero ones left out) under the default roots, with the operator's excludes.
 pub fn scan_options(inv: &Inventory, opts: &AssessOptions) -> ScanOptions {
-    let mut macs: Vec<String> = inv
-        .interfaces
-        .iter()
-        .filter(|i| !i.loopback)
-        .filter_map(|i| parse_mac(i.mac.as_deref()?))
-        .filter(|m| *m != [0; 6])
-        .map(|m| format_mac(&m))
-        .collect();
-    macs.sort();
-    macs.dedup();
-    let excludes =
-        opts.excludes.iter().map(|x| if x.starts_with('/') { x.clone() } else { format!("/{x}") }).collect();
-    ScanOptions { mac_addresses: macs, excludes, ..ScanOptions::default() }
+    ScanOptions::for_inventory(inv, &opts.excludes)
 }
 
 /// Judges a server: the pre-flight report for `agent`. `scan` is `None` for a quick

@@ -54,6 +54,12 @@ pub enum Command {
     },
     /// Migrate a source server into container CTID.
     Migrate(Box<MigrateArgs>),
+    /// Build container CTID from a bundle written by `p2c-agent export` on a source this
+    /// node cannot reach: the same report, copy and finalisation as `p2c migrate`.
+    Import(Box<ImportArgs>),
+    /// Bundles from `p2c-agent export`.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
     /// Wave plans: many servers migrated together from one TOML file.
     #[command(subcommand)]
     Plan(plan::PlanCmd),
@@ -150,18 +156,8 @@ pub struct MigrateArgs {
     /// Migrate even if the pre-flight report has blockers.
     #[arg(long)]
     pub force: bool,
-    /// How the container is stored.
-    #[arg(long, value_enum, default_value_t = Layout::Simfs)]
-    pub layout: Layout,
-    /// First-level quota, SOFT[:HARD] in bytes with K/M/G/T (default: from the source's usage).
-    #[arg(long)]
-    pub diskspace: Option<String>,
-    /// Inode limits, SOFT[:HARD] (default: from the source's usage).
-    #[arg(long)]
-    pub diskinodes: Option<String>,
-    /// Extra room above the source's usage for computed quotas, in percent.
-    #[arg(long)]
-    pub headroom: Option<u32>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Most live passes before giving up on convergence.
     #[arg(long, default_value_t = 0)]
     pub max_passes: u32,
@@ -178,6 +174,88 @@ pub struct MigrateArgs {
     pub json: JsonArg,
 }
 
+/// How the container is stored and its first-level quota (shared by migrate and import).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// How the container is stored.
+    #[arg(long, value_enum, default_value_t = Layout::Simfs)]
+    pub layout: Layout,
+    /// First-level quota, SOFT[:HARD] in bytes with K/M/G/T (default: from the source's usage).
+    #[arg(long)]
+    pub diskspace: Option<String>,
+    /// Inode limits, SOFT[:HARD] (default: from the source's usage).
+    #[arg(long)]
+    pub diskinodes: Option<String>,
+    /// Extra room above the source's usage for computed quotas, in percent.
+    #[arg(long)]
+    pub headroom: Option<u32>,
+}
+
+impl StorageArgs {
+    /// Fills the storage and quota fields of `o`.
+    fn apply(&self, o: &mut MigrateOptions) -> anyhow::Result<()> {
+        let size = |s: &str| Ok(p2c_common::units::parse_size(s)?);
+        let count =
+            |s: &str| s.trim().parse::<u64>().with_context(|| format!("{s:?} is not a number of inodes"));
+        o.layout = self.layout;
+        o.diskspace =
+            self.diskspace.as_deref().map(|s| pair(s, size)).transpose()?.map(|(a, b)| (a / 1024, b / 1024));
+        o.diskinodes = self.diskinodes.as_deref().map(|s| pair(s, count)).transpose()?;
+        o.headroom_percent = self.headroom;
+        Ok(())
+    }
+}
+
+/// `p2c import`: a bundle from `p2c-agent export` into container CTID.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// The bundle file (`p2c-agent export --out FILE` on the source).
+    pub file: PathBuf,
+    /// Container ID on this node.
+    #[arg(long)]
+    pub ctid: u32,
+    #[command(flatten)]
+    pub assess: AssessArgs,
+    /// Import even if the pre-flight report has blockers.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Start the import and return without following it.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+impl ImportArgs {
+    /// The request for the daemon: the bundle's absolute path (the daemon reads it) and the
+    /// migration options (the source's name comes from the bundle).
+    pub fn request(&self) -> anyhow::Result<p2c_common::bundle::ImportRequest> {
+        let file = self.file.canonicalize().with_context(|| format!("bundle {}", self.file.display()))?;
+        let mut options = MigrateOptions {
+            ctid: self.ctid,
+            assess: self.assess.options(Some(self.ctid)),
+            force: self.force,
+            cutover: true,
+            ..Default::default()
+        };
+        self.storage.apply(&mut options)?;
+        Ok(p2c_common::bundle::ImportRequest { bundle: file.to_string_lossy().into_owned(), options })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Check a bundle on this machine (no controller needed): every record, chunk and entry,
+    /// and its trailer.
+    Verify {
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
 fn pair(s: &str, parse: impl Fn(&str) -> anyhow::Result<u64>) -> anyhow::Result<(u64, u64)> {
     match s.split_once(':') {
         Some((a, b)) => Ok((parse(a)?, parse(b)?)),
@@ -190,10 +268,7 @@ fn pair(s: &str, parse: impl Fn(&str) -> anyhow::Result<u64>) -> anyhow::Result<
 
 impl MigrateArgs {
     pub fn options(&self) -> anyhow::Result<MigrateOptions> {
-        let size = |s: &str| Ok(p2c_common::units::parse_size(s)?);
-        let count =
-            |s: &str| s.trim().parse::<u64>().with_context(|| format!("{s:?} is not a number of inodes"));
-        Ok(MigrateOptions {
+        let mut o = MigrateOptions {
             agent: self.name.clone(),
             ctid: self.ctid,
             assess: self.assess.options(Some(self.ctid)),
@@ -201,20 +276,14 @@ impl MigrateArgs {
             stop_services: self.stop_services.iter().filter(|s| !s.is_empty()).cloned().collect(),
             cutover: self.cutover,
             force: self.force,
-            layout: self.layout,
-            diskspace: self
-                .diskspace
-                .as_deref()
-                .map(|s| pair(s, size))
-                .transpose()?
-                .map(|(a, b)| (a / 1024, b / 1024)),
-            diskinodes: self.diskinodes.as_deref().map(|s| pair(s, count)).transpose()?,
-            headroom_percent: self.headroom,
             max_passes: self.max_passes,
             converge_bytes: None,
             pre_cutover_hook: self.pre_hook.clone(),
             post_cutover_hook: self.post_hook.clone(),
-        })
+            ..Default::default()
+        };
+        self.storage.apply(&mut o)?;
+        Ok(o)
     }
 }
 
@@ -228,6 +297,9 @@ fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Demo(args) = cli.command {
         return crate::demo::run(args).await;
+    }
+    if let Command::Bundle(BundleCmd::Verify { file, json }) = &cli.command {
+        return verify_bundle(file, json.json);
     }
     let mut c = client::connect(&cli.state_dir).await?;
     match cli.command {
@@ -304,6 +376,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             return follow(stream.into_inner(), args.json.json).await;
         }
+        Command::Import(args) => {
+            let req = args.request()?;
+            let stream = c
+                .import(v1::JsonRequest { json: serde_json::to_vec(&req)? })
+                .await
+                .map_err(client::status)?;
+            if args.detach {
+                eprintln!(
+                    "import of {} into CT {} started; follow it with `p2c status --watch`",
+                    req.bundle, req.options.ctid
+                );
+                return Ok(0);
+            }
+            return follow(stream.into_inner(), args.json.json).await;
+        }
+        Command::Bundle(_) => unreachable!("handled above"),
         Command::Plan(cmd) => return plan::run(c, cmd).await,
         Command::Cutover { ctid, json } => {
             let stream = c.cutover(v1::CtidRef { ctid }).await.map_err(client::status)?;
@@ -343,6 +431,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(if v.ok { 0 } else { 1 });
         }
         Command::Demo(_) => unreachable!("handled above"),
+    }
+    Ok(0)
+}
+
+/// `p2c bundle verify`: checked here, without the controller (the operator may check the
+/// media before the node's daemon is involved, or on another machine).
+fn verify_bundle(file: &std::path::Path, json: bool) -> anyhow::Result<i32> {
+    let v = p2c_proto::bundle::verify(file, true, &mut |_| {})?;
+    if json {
+        let out = serde_json::json!({
+            "bundle": file.display().to_string(),
+            "header": v.header,
+            "trailer": v.trailer,
+            "size": v.size,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let (h, t) = (&v.header, &v.trailer);
+        println!(
+            "{}: a complete bundle of {} (root {}, facts {}): {} objects, {} of files, {} chunks, {} changed while read, {} not carried; every record, chunk and entry checked",
+            file.display(),
+            h.name,
+            h.root,
+            h.facts,
+            t.objects,
+            p2c_common::units::human_bytes(t.file_bytes),
+            t.chunks,
+            t.changed,
+            t.skipped
+        );
     }
     Ok(0)
 }
