@@ -8,6 +8,7 @@ mod hostile;
 mod migrate;
 mod proxy;
 mod quota;
+mod reconnect;
 mod resume;
 mod security;
 mod waves;
