@@ -288,3 +288,25 @@ async fn an_unchanged_pass_writes_nothing_whatever_the_tree_size() {
     same_tree(src.path(), &node.private(308), &[]);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bandwidth_limit_holds() {
+    require_root!();
+    trace_init();
+    let src = tempfile::tempdir().unwrap();
+    let total = random_tree(src.path(), "bwlimit", 24, 1 << 20).unwrap();
+    let node = Node::start().await.unwrap();
+    let agent = Agent::start(&node, "src-i", src.path()).await.unwrap();
+    let limit: u64 = 6 << 20;
+    let o = MigrateOptions { bwlimit: limit, cutover: false, max_passes: 1, ..migrate_opts("src-i", 309) };
+    let s = node.migrate(&o).await.unwrap();
+    assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
+    let p = &s.passes[0];
+    assert!(p.wire_bytes >= total * 9 / 10, "{p:?}");
+    // The first quarter second may burst; after that the agent keeps to the limit.
+    let floor = (p.wire_bytes as f64 / limit as f64) - 0.5;
+    assert!(p.seconds >= floor, "{} bytes in {:.2}s is faster than {} B/s", p.wire_bytes, p.seconds, limit);
+    let rate = p.wire_bytes as f64 / p.seconds;
+    assert!(rate <= limit as f64 * 1.15, "rate {rate:.0} B/s over the limit {limit}");
+    agent.stop().await;
+}
