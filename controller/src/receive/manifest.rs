@@ -35,7 +35,7 @@ impl ManifestWriter {
         }
         let tmp = dest.with_extension("partial");
         let f = File::create(&tmp).map_err(io)?;
-        let enc = zstd::Encoder::new(BufWriter::new(f), 3).map_err(io)?;
+        let enc = zstd::Encoder::new(BufWriter::new(f), 1).map_err(io)?;
         Ok(Self { tmp, dest: dest.to_path_buf(), enc, buf: Vec::new() })
     }
 

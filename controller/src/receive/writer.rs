@@ -343,21 +343,23 @@ impl<'a> Writer<'a> {
                 if !(unchanged && self.still_there(e)?) {
                     self.apply_dir(e)?;
                     self.summary.written += 1;
+                    self.commit.upserts.push(FileRecord { key, digest, kind: 2 });
                 }
-                self.commit.upserts.push(FileRecord { key, digest, kind: 2 });
                 Ok(())
             }
             EntryData::HardLink { target } => {
                 self.apply_hardlink(e, target)?;
-                self.commit.upserts.push(FileRecord { key, digest, kind: 4 });
+                if !unchanged {
+                    self.commit.upserts.push(FileRecord { key, digest, kind: 4 });
+                }
                 Ok(())
             }
             _ => {
                 if !(unchanged && self.still_there(e)?) {
                     self.apply_special(e)?;
                     self.summary.written += 1;
+                    self.commit.upserts.push(FileRecord { key, digest, kind: kind_code(&e.data) });
                 }
-                self.commit.upserts.push(FileRecord { key, digest, kind: kind_code(&e.data) });
                 Ok(())
             }
         }
@@ -383,7 +385,16 @@ impl<'a> Writer<'a> {
 
     /// Whether the object recorded for an unchanged entry is still in the tree as recorded.
     fn still_there(&mut self, e: &Entry) -> Result<bool, ReceiveError> {
-        let Some(st) = self.tree.lstat(&e.path)? else { return Ok(false) };
+        let st = if e.path.is_root() {
+            self.tree.lstat(&e.path)?
+        } else {
+            match self.parent_dir(&e.path) {
+                Ok(d) => d.lstat(e.path.file_name())?,
+                Err(ReceiveError::Protocol(_)) => None,
+                Err(err) => return Err(err),
+            }
+        };
+        let Some(st) = st else { return Ok(false) };
         let ft = FileType::from_raw_mode(st.st_mode);
         if !ft_matches(&e.data, ft) {
             return Ok(false);
@@ -714,7 +725,7 @@ impl<'a> Writer<'a> {
             return Err(protocol(format!("{}: content digest does not match its chunks", open.path)));
         }
         if open.skip {
-            self.commit.upserts.push(FileRecord { key: open.key, digest: open.entry_digest, kind: 1 });
+            // Unchanged: its record already says so.
             return Ok(());
         }
         let Some(file) = open.file.as_ref() else { return Ok(()) };
