@@ -353,7 +353,28 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
     let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
     h.log(format!("collecting the inventory of {}", h.agent));
     let inv = inventory(ctl, h).await?;
-    let (report, scan) = crate::preflight::report(ctl, &h.agent, &inv, &opts.assess).await;
+    // A migration that already copied re-uses the scan of its first run (a full walk of the
+    // source); the inventory, and so the report, is fresh.
+    let scan_file = ctl.settings.manifest_dir(h.ctid).join("scan.json");
+    let earlier = if h.summary.lock().unwrap_or_else(|p| p.into_inner()).passes.is_empty() {
+        None
+    } else {
+        std::fs::read(&scan_file).ok().and_then(|j| p2c_common::scan::ScanResult::from_json(&j).ok())
+    };
+    let (report, scan) = match earlier {
+        Some(scan) => {
+            let r = crate::preflight::assess_with(ctl, &h.agent, &inv, Some(&scan), &opts.assess).await;
+            (r, Some(scan))
+        }
+        None => {
+            let (r, scan) = crate::preflight::report(ctl, &h.agent, &inv, &opts.assess).await;
+            if let Some(json) = scan.as_ref().and_then(|s| s.to_json().ok()) {
+                let _ = std::fs::create_dir_all(ctl.settings.manifest_dir(h.ctid));
+                let _ = std::fs::write(&scan_file, json);
+            }
+            (r, scan)
+        }
+    };
     let _ = h.events.send(Event::Report(Box::new(report.clone())));
     h.summary.lock().unwrap_or_else(|p| p.into_inner()).report = Some(report.clone());
     if report.has_blockers() && !opts.force {

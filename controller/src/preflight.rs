@@ -52,11 +52,37 @@ pub async fn assess_with(
     opts: &AssessOptions,
 ) -> Report {
     let private_root = ctl.settings.vz_root.join("private");
-    let ctid = opts.ctid;
-    let node = tokio::task::spawn_blocking(move || crate::assess::probe_node(&private_root, ctid))
+    // What an earlier run of a migration left is in the store; walking a large private area
+    // at every `p2c migrate` would cost seconds. Only an unknown directory is measured.
+    let known = opts.ctid.and_then(|id| earlier_run(ctl, id));
+    let ctid = if known.is_some() { None } else { opts.ctid };
+    let mut node = tokio::task::spawn_blocking(move || crate::assess::probe_node(&private_root, ctid))
         .await
         .unwrap_or_else(|_| crate::assess::probe_node(Path::new("/nonexistent"), None));
+    if known.is_some() {
+        node.existing_private = known;
+    }
     crate::assess::assess(agent, inv, scan, &node, opts)
+}
+
+/// What the store says an earlier run of migration `ctid` copied, if it ran.
+fn earlier_run(ctl: &Controller, ctid: u32) -> Option<crate::assess::ExistingPrivate> {
+    ctl.store.migration(ctid).ok().flatten()?;
+    let files = ctl.store.file_count(ctid).ok()?;
+    let bytes = ctl
+        .store
+        .passes(ctid)
+        .ok()?
+        .into_iter()
+        .filter_map(|(_, _, j)| serde_json::from_str::<p2c_common::migration::PassSummary>(&j).ok())
+        .map(|p| p.data_bytes)
+        .max()
+        .unwrap_or(0);
+    (files > 0).then(|| crate::assess::ExistingPrivate {
+        path: ctl.settings.private_dir(ctid).display().to_string(),
+        bytes,
+        files,
+    })
 }
 
 /// Rewrites the guest below `root` so it starts as a container.

@@ -46,8 +46,13 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut buf = Vec::new();
     // Directories that hold a rewritten path changed their times on purpose too.
-    let touched: HashSet<RelPath> =
-        opts.rewritten.iter().flat_map(|p| std::iter::successors(p.parent(), |q| q.parent())).collect();
+    // So did those holding the controller's own files (its backups and journal).
+    let touched: HashSet<RelPath> = opts
+        .rewritten
+        .iter()
+        .chain(opts.own_dirs.iter())
+        .flat_map(|p| std::iter::successors(p.parent(), |q| q.parent()))
+        .collect();
     let bad = |sum: &mut VerifySummary, path: &RelPath, msg: String| {
         if sum.mismatches.len() < MAX_REPORTED {
             sum.mismatches.push(msg);
@@ -201,4 +206,56 @@ pub fn verify(tree_path: &Path, manifest: &Path, opts: &VerifyOptions) -> Result
     }
     sum.ok = sum.mismatches.is_empty();
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::manifest::{ManifestWriter, pass_path};
+    use crate::tree::rel;
+    use p2c_common::manifest::{Entry, Meta, Timestamp};
+
+    fn dir_entry(root: &Path, p: &str) -> Entry {
+        let path = if p.is_empty() { RelPath::ROOT } else { rel(p) };
+        let st = rustix::fs::lstat(root.join(p)).unwrap();
+        Entry {
+            path,
+            meta: Meta {
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mtime: Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
+                xattrs: Vec::new(),
+            },
+            data: EntryData::Directory,
+            segment: 0,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn the_controllers_own_files_are_not_differences() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ct");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let m = pass_path(t.path(), 0);
+        let mut w = ManifestWriter::create(&m).unwrap();
+        w.push(&dir_entry(&root, "")).unwrap();
+        w.push(&dir_entry(&root, "etc")).unwrap();
+        w.finish().unwrap();
+        let opts = VerifyOptions { own_dirs: vec![rel("etc/p2c")], ..Default::default() };
+        assert!(verify(&root, &m, &opts).unwrap().ok);
+        // The guest rewrite changes nothing the source had, but adds its journal: /etc gets a
+        // new entry and a new mtime.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir_all(root.join("etc/p2c")).unwrap();
+        std::fs::write(root.join("etc/p2c/changes.json"), b"[]").unwrap();
+        let v = verify(&root, &m, &opts).unwrap();
+        assert!(v.ok, "{:?}", v.mismatches);
+        // Anything else is still a difference.
+        std::fs::write(root.join("etc/extra"), b"x").unwrap();
+        let v = verify(&root, &m, &opts).unwrap();
+        assert!(!v.ok);
+        assert_eq!(v.mismatched_paths, vec![rel("etc/extra")]);
+    }
 }

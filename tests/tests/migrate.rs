@@ -119,3 +119,42 @@ async fn the_container_config_describes_the_source() {
     agent.stop().await;
     let _ = Duration::ZERO;
 }
+
+/// Sources the guest rewrite has little or nothing to rewrite in: it still adds its own
+/// files (`/etc/p2c`), masks units in directories the source did not have, and the
+/// verification must tell those apart from differences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sources_with_little_to_rewrite_verify() {
+    require_root!();
+    trace_init();
+    let node = Node::start().await.unwrap();
+    // No /etc at all.
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(bare.path().join("data")).unwrap();
+    std::fs::write(bare.path().join("data/f"), b"hi\n").unwrap();
+    // An /etc whose fstab has no disk line to remove.
+    let quiet = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(quiet.path().join("etc")).unwrap();
+    std::fs::write(quiet.path().join("etc/fstab"), b"proc /proc proc defaults 0 0\n").unwrap();
+    std::fs::write(quiet.path().join("etc/hostname"), b"quiet\n").unwrap();
+    // A systemd guest whose gettys are masked in directories it did not have.
+    let units = tempfile::tempdir().unwrap();
+    let u = units.path();
+    std::fs::create_dir_all(u.join("etc")).unwrap();
+    std::fs::create_dir_all(u.join("lib/systemd/system")).unwrap();
+    std::fs::create_dir_all(u.join("sbin")).unwrap();
+    std::fs::write(u.join("etc/fstab"), b"UUID=x / ext4 defaults 0 1\n").unwrap();
+    std::fs::write(u.join("lib/systemd/system/getty@.service"), b"[Unit]\nDescription=getty\n").unwrap();
+    std::fs::write(u.join("lib/systemd/systemd"), b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink("/lib/systemd/systemd", u.join("sbin/init")).unwrap();
+    for (i, (name, dir)) in
+        [("bare", bare.path()), ("quiet", quiet.path()), ("units", u)].into_iter().enumerate()
+    {
+        let agent = Agent::start(&node, name, dir).await.unwrap();
+        let ctid = 110 + i as u32;
+        let s = node.migrate(&migrate_opts(name, ctid)).await.unwrap();
+        assert_eq!(s.state, MigrationState::Done, "{name}: {:?}", s.error);
+        assert!(s.verify.as_ref().is_some_and(|v| v.ok), "{name}: {:?}", s.verify);
+        agent.stop().await;
+    }
+}
