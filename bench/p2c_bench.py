@@ -130,6 +130,62 @@ def proc_cpu(pid):
     return sum(int(x) for x in f[11:15]) / CLK_TCK
 
 
+class ThreadSampler:
+    """CPU seconds per thread name (digits dropped: write-101 -> write-) of some processes,
+    sampled from /proc/<pid>/task/*/stat while a step runs, so short-lived threads count too."""
+
+    def __init__(self, pids, interval=0.25):
+        import threading
+
+        self.pids = pids  # label -> pid
+        self.first = {}
+        self.last = {}
+        self.stop_ev = threading.Event()
+        self.sample()
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def sample(self, first=False):
+        for label, pid in self.pids.items():
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    data = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                except OSError:
+                    continue
+                name = re.sub(r"\d+$", "", data[data.find("(") + 1 : data.rfind(")")])
+                f = data[data.rfind(")") + 2 :].split()
+                cpu = (int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK)
+                key = (label, tid)
+                if key not in self.first:
+                    self.first[key] = (name, cpu if not self.t_started() else (0.0, 0.0))
+                self.last[key] = (name, cpu)
+
+    def t_started(self):
+        return hasattr(self, "t")
+
+    def _loop(self):
+        while not self.stop_ev.wait(0.25):
+            self.sample()
+
+    def finish(self):
+        self.stop_ev.set()
+        self.t.join()
+        self.sample()
+        out = {}
+        for key, (name, (user, system)) in self.last.items():
+            u0, s0 = self.first[key][1]
+            if user - u0 + system - s0 > 0:
+                k = f"{key[0]}/{name}"
+                o = out.setdefault(k, {"cpu": 0.0, "sys": 0.0})
+                o["cpu"] = round(o["cpu"] + user - u0 + system - s0, 2)
+                o["sys"] = round(o["sys"] + system - s0, 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu"]))
+
+
 def proc_status_kib(pid, key):
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -261,10 +317,10 @@ def _isdir(p):
 
 
 class RsyncDaemon:
-    def __init__(self, work):
+    def __init__(self, work, dst):
         self.dir = work / "rsyncd"
-        self.dst = self.dir / "dst"
-        self.dst.mkdir(parents=True)
+        self.dir.mkdir(parents=True)
+        self.dst = dst
         self.port = free_port()
         conf = self.dir / "rsyncd.conf"
         conf.write_text(
@@ -324,6 +380,9 @@ class RsyncDaemon:
         ru1 = os.times()
         if r.returncode not in (0, 24):  # 24: files vanished during the transfer
             raise RuntimeError(f"rsync exited {r.returncode}: {r.stderr}")
+        # The daemon's per-connection child counts in its cutime once the daemon reaped it.
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        wait_for("the rsync daemon to reap its child", lambda: not children.read_text().strip(), 10, 0.05)
         return {
             "wall": wall,
             "wire_bytes": parse_stat(r.stdout, "Total bytes sent"),
@@ -359,7 +418,7 @@ class Controller:
         self.b = bench
         self.dir = bench.work / f"p2c-{label}"
         self.state = self.dir / "state"
-        self.vz = self.dir / "vz"
+        self.vz = bench.dest / f"vz-{label}"
         self.conf = self.dir / "conf"
         self.dir.mkdir(parents=True)
         self.port = free_port()
@@ -406,12 +465,16 @@ class Controller:
         wait_for(f"agent {name} to connect", connected, 60)
         return a
 
-    def _measure(self, argv_list, cold):
+    def _measure(self, argv_list, cold, agent=None):
         """Runs one or more `p2c` commands at once; returns wall time, CPU and TCP deltas, outputs."""
         settle(cold)
         pids = {"controller": self.proc.pid, **{f"agent:{n}": a.proc.pid for n, a in self.agents.items()}}
         cpu0 = {k: proc_cpu(p) for k, p in pids.items()}
         tcp0 = tcp_bytes_received(self.port)
+        watched = {"controller": self.proc.pid}
+        if agent:
+            watched["agent"] = self.agents[agent].proc.pid
+        sampler = ThreadSampler(watched)
         t0 = time.perf_counter()
         ps = [
             subprocess.Popen(
@@ -430,6 +493,7 @@ class Controller:
             ends.append(time.perf_counter() - t0)
             outs.append((p.returncode, out, err))
         wall = time.perf_counter() - t0
+        self.threads = sampler.finish()
         tcp = tcp_bytes_received(self.port) - tcp0
         cpu = {k: proc_cpu(p) - cpu0[k] for k, p in pids.items()}
         for (rc, out, err), argv in zip(outs, argv_list):
@@ -460,13 +524,14 @@ class Controller:
             "downtime_seconds": summary.get("downtime_seconds"),
             "state": summary.get("state"),
             "verify_checked": (summary.get("verify") or {}).get("checked"),
+            "threads_cpu": self.threads,
         }
 
     def migrate(self, agent, ctid, cold=False, one_pass=True):
         argv = ["migrate", agent, "--ctid", str(ctid), "--json"]
         if one_pass:
             argv += ["--max-passes", "1"]
-        wall, _, cpu, tcp, (s,) = self._measure([argv], cold)
+        wall, _, cpu, tcp, (s,) = self._measure([argv], cold, agent)
         return self._result(ctid, wall, cpu, tcp, s, agent)
 
     def migrate_many(self, jobs, cold=False):
@@ -477,7 +542,7 @@ class Controller:
         return wall, cpu, tcp, res
 
     def cutover(self, ctid, agent, cold=False):
-        wall, _, cpu, tcp, (s,) = self._measure([["cutover", str(ctid), "--json"]], cold)
+        wall, _, cpu, tcp, (s,) = self._measure([["cutover", str(ctid), "--json"]], cold, agent)
         return self._result(ctid, wall, cpu, tcp, s, agent)
 
     def agent_hwm_mib(self, name):
@@ -494,6 +559,45 @@ class Controller:
         PROCS.stop(self.proc)
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+            shutil.rmtree(self.vz, ignore_errors=True)
+
+
+class DestFs:
+    """Where both tools write: a fresh ext4 file system on a sparse loop image for every run
+    (like a new node's /vz), or a plain directory of the workdir (--dest-fs workdir)."""
+
+    def __init__(self, work, mode, size):
+        self.mode, self.size = mode, size
+        self.mnt = work / "dest"
+        self.img = work / "dest.img"
+        self.mnt.mkdir()
+        self.mounted = False
+
+    def fresh(self):
+        self.release()
+        if self.mode == "loop":
+            with open(self.img, "wb") as f:
+                f.truncate(self.size)
+            run(["mkfs.ext4", "-q", "-F", "-m", "0", self.img])
+            run(["mount", "-o", "loop", self.img, self.mnt])
+            self.mounted = True
+        (self.mnt / "rsync").mkdir(exist_ok=True)
+
+    def release(self, keep=False):
+        if self.mounted:
+            os.sync()
+            r = run(["umount", self.mnt], check=False)
+            if r.returncode != 0:
+                time.sleep(2)
+                run(["umount", "-l", self.mnt], check=False)
+            self.mounted = False
+        if keep:
+            return
+        if self.mode == "loop":
+            self.img.unlink(missing_ok=True)
+        else:
+            for p in self.mnt.iterdir():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -505,6 +609,7 @@ class Bench:
         self.work = Path(args.workdir)
         self.bindir = Path(args.bin_dir)
         self.results = {}  # case -> tool -> metric -> [values per run]
+        self.errors = []
 
     def bin(self, name):
         return self.bindir / name
@@ -550,7 +655,11 @@ class Bench:
             f"{self.tree_info['bytes'] / GiB:.2f} GiB"
         )
         self.files = regular_files(self.src)
-        self.daemon = RsyncDaemon(self.work)
+        big = a.big_size if self.wanted(3) else 0
+        self.destfs = DestFs(self.work, a.dest_fs, int(self.tree_info["bytes"] * 4.5) + 3 * big + 4 * GiB)
+        self.dest = self.destfs.mnt
+        self.destfs.fresh()
+        self.daemon = RsyncDaemon(self.work, self.dest / "rsync")
         if self.wanted(4):
             self.make_second_server()
         if self.wanted(3):
@@ -607,15 +716,26 @@ class Bench:
 
     # ---- cases
 
-    def run_all(self):
+    def run_all(self, checkpoint):
         for r in range(self.a.runs):
             log(f"=== run {r + 1} of {self.a.runs}")
+            if r:
+                checkpoint()
+                self.destfs.fresh()
+            groups = []
             if self.wanted(1) or self.wanted(2) or self.wanted(4) or self.wanted(5) or self.wanted(7):
-                self.run_os_tree(r)
+                groups.append(self.run_os_tree)
             if self.wanted(3):
-                self.run_bigfile(r)
+                groups.append(self.run_bigfile)
             if self.wanted(6):
-                self.run_parallel(r)
+                groups.append(self.run_parallel)
+            for g in groups:
+                try:
+                    g(r)
+                except (RuntimeError, OSError, subprocess.SubprocessError, json.JSONDecodeError) as e:
+                    # one failing case (a p2c bug) must not cost the others; it is reported
+                    log(f"{g.__name__} failed in run {r + 1}: {e}")
+                    self.errors.append({"run": r + 1, "group": g.__name__, "error": str(e)})
 
     def run_os_tree(self, r):
         """Cases 1, 2, 5, 7 and 4 on one controller (A in CT 101, B in CT 102)."""
@@ -826,7 +946,14 @@ class Bench:
                 f"{_f(med(case, 'p2c', 'agent_cpu'), '.1f'):>10} {_f(med(case, 'p2c', 'controller_cpu'), '.1f'):>9}"
             )
         lines.append("")
-        if "bigfile_delta" in R:
+        lines.append("CPU seconds by thread during the p2c step (last run; of it in the kernel; tokio-rt-worker = async workers):")
+        for case, label in [("first_copy", "1"), ("second_pass", "2"), ("bigfile_delta", "3b"), ("second_server", "4"), ("cutover", "7")]:
+            th = R.get(case, {}).get("p2c", {}).get("threads_cpu")
+            if th:
+                top = ", ".join(f"{k} {v['cpu']:.1f} (sys {v['sys']:.1f})" for k, v in list(th[-1].items())[:6])
+                lines.append(f"  {label:<3} {top}")
+        lines.append("")
+        if len(R.get("bigfile_delta", {})) == 2:
             w = med("bigfile_delta", "p2c", "wire_bytes")
             t = med("bigfile_delta", "p2c", "tcp_bytes")
             rw = med("bigfile_delta", "rsync", "wire_bytes")
@@ -836,7 +963,7 @@ class Bench:
                 f"3 wire / change ({ch / MiB:.0f} MiB in {self.a.big_size / GiB:.2f} GiB): p2c {w / ch:.3f} (tcp {t / ch:.3f}), rsync {rw / ch:.3f}; target <= 1.2: {'yes' if met else 'NO'}"
             )
             summary["bigfile_wire"] = {"p2c_wire_over_change": w / ch, "p2c_tcp_over_change": t / ch, "rsync_over_change": rw / ch, "target": 1.2, "met": met}
-        if "second_server" in R:
+        if len(R.get("second_server", {})) == 2:
             w = med("second_server", "p2c", "wire_bytes")
             t = med("second_server", "p2c", "tcp_bytes")
             size = self.second_info["bytes"]
@@ -856,7 +983,7 @@ class Bench:
             c = stats("controller_mem", "p2c", "controller_hwm_mib")
             if c:
                 lines.append(f"  (controller peak memory over cases 1/2/7/4: median {c['median']:.1f} MiB)")
-        if "parallel" in R:
+        if len(R.get("parallel", {})) == 2:
             ps, rs = R["parallel"]["p2c"], R["parallel"]["rsync"]
             total = sum(self.subtree_sizes)
             lines.append(
@@ -873,7 +1000,7 @@ class Bench:
                 "rsync_seq_mib_s": statistics.median(rs["seq_mib_s"]),
                 "rsync_speedup": statistics.median(rs["speedup"]),
             }
-        if "cutover" in R:
+        if R.get("cutover", {}).get("p2c"):
             s = stats("cutover", "p2c", "downtime_seconds")
             met = s["median"] <= TARGETS["cutover_downtime_s"]
             fp = med("cutover", "p2c", "pass_seconds")
@@ -882,6 +1009,8 @@ class Bench:
                 f"(final pass {fp:.2f}s, the rest is finalise: guest rewrite, verify, sync, quota); target <= 5 s: {'yes' if met else 'NO'}"
             )
             summary["cutover_downtime"] = {**s, "final_pass_s": fp, "target": 5.0, "met": met}
+        for e in self.errors:
+            lines.append(f"ERROR in run {e['run']} ({e['group']}): {e['error']}")
         text = "\n".join(lines)
         return text, summary
 
@@ -914,6 +1043,12 @@ def main():
     ap.add_argument("--workdir", help="scratch directory, on a disk file system (default: a new dir under /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory and the controllers' dirs")
     ap.add_argument("--bin-dir", help="where p2c, p2c-agent, p2c-controller are (default $CARGO_TARGET_DIR/release or target/release)")
+    ap.add_argument(
+        "--dest-fs",
+        choices=["loop", "workdir"],
+        default="loop",
+        help="where both tools write: a fresh ext4 loop file system per run (default) or the workdir's own",
+    )
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every timed step (default: warm)")
     ap.add_argument("--cases", default="1,2,3,4,5,6,7", help="comma-separated case numbers to run")
     ap.add_argument("--big-size", type=parse_size, help="size of the big file of case 3 (default 2G; 256M with --quick)")
@@ -934,7 +1069,7 @@ def main():
     for b in ("p2c", "p2c-agent", "p2c-controller"):
         if not (Path(a.bin_dir) / b).is_file():
             sys.exit(f"p2c_bench: {a.bin_dir}/{b} is missing; build with `cargo build --release --bins` or pass --bin-dir")
-    for tool in ("rsync", "ss", "cp"):
+    for tool in ("rsync", "ss", "cp", "mkfs.ext4", "mount"):
         if not shutil.which(tool):
             sys.exit(f"p2c_bench: {tool} is not installed (scripts/setup-deps.sh installs rsync; ss is in iproute2)")
     made_workdir = a.workdir is None
@@ -952,10 +1087,9 @@ def main():
     code = 0
     try:
         b.setup()
-        b.run_all()
-        text, summary = b.report()
-        print(text)
-        doc = {
+
+        def document(summary):
+            return {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": time.time() - started,
             "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release, "rsync": run(["rsync", "--version"]).stdout.splitlines()[0]},
@@ -966,8 +1100,16 @@ def main():
             "parallel_subtrees": [os.path.relpath(p, b.src) for p in getattr(b, "subtrees", [])],
             "summary": summary,
             "runs": b.results,
-        }
-        out_json.write_text(json.dumps(doc, indent=2))
+            "errors": b.errors,
+            }
+
+        def checkpoint():
+            out_json.write_text(json.dumps(document({"partial": True}), indent=2))
+
+        b.run_all(checkpoint)
+        text, summary = b.report()
+        print(text)
+        out_json.write_text(json.dumps(document(summary), indent=2))
         print(f"\nJSON: {out_json}")
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
@@ -977,11 +1119,13 @@ def main():
         code = 1
     finally:
         PROCS.stop_all()
+        if hasattr(b, "destfs"):
+            b.destfs.release(keep=a.keep)
         if not a.keep:
             if made_workdir:
                 shutil.rmtree(a.workdir, ignore_errors=True)
             else:
-                for n in ("src", "src-b", "src-big", "rsyncd"):
+                for n in ("src", "src-b", "src-big", "rsyncd", "dest"):
                     shutil.rmtree(Path(a.workdir) / n, ignore_errors=True)
                 for p in Path(a.workdir).glob("p2c-*"):
                     shutil.rmtree(p, ignore_errors=True)
