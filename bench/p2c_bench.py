@@ -579,7 +579,8 @@ class DestFs:
             with open(self.img, "wb") as f:
                 f.truncate(self.size)
             run(["mkfs.ext4", "-q", "-F", "-m", "0", self.img])
-            run(["mount", "-o", "loop", self.img, self.mnt])
+            # discard: files deleted in the image give their blocks back to the disk
+            run(["mount", "-o", "loop,discard", self.img, self.mnt])
             self.mounted = True
         (self.mnt / "rsync").mkdir(exist_ok=True)
 
@@ -631,7 +632,7 @@ class Bench:
         # /usr) goes to its own path below the root, next to a copy of this machine's /etc,
         # so the cutover's guest rewrite finds what it works on.
         self.src = self.work / "src" / "root"
-        if (tree / "etc").is_dir():
+        if (tree / "etc").is_dir() and (tree / "usr").is_dir():
             log(f"copying {tree} to the scratch source root (cp -a)")
             self.src.parent.mkdir(parents=True)
             run(["cp", "-a", "--", str(tree), str(self.src)])
@@ -674,17 +675,26 @@ class Bench:
 
     def make_second_server(self):
         """B = A with ~5% of the files changed or added (4/5 changed in place, 1/5 new)."""
-        log("making the second server's tree (cp -a, then ~5% of the files changed or added)")
+        log("making the second server's tree (cp -al, then ~5% of the files changed or added)")
         self.src_b = self.work / "src-b" / "root"
         self.src_b.parent.mkdir(parents=True)
-        run(["cp", "-a", "--", str(self.src), str(self.src_b)])
+        # A hard-link farm saves a copy of the tree; a changed file is a new inode.
+        run(["cp", "-al", "--", str(self.src), str(self.src_b)])
         rng = random.Random(4242)
-        bfiles = regular_files(self.src_b)
-        n = max(1, round(len(bfiles) * self.a.second_server_change / 100))
+        rel = [(os.path.relpath(p, self.src), size) for p, size in self.files]
+        n = max(1, round(len(rel) * self.a.second_server_change / 100))
         n_new = n // 5
-        changed = rng.sample(bfiles, n - n_new)
-        for p, size in changed:
+        changed = rng.sample(rel, n - n_new)
+        for r, size in changed:
+            p = os.path.join(self.src_b, r)
+            tmp = p + ".p2c-bench-tmp"
+            shutil.copy2(p, tmp)
+            st = os.lstat(p)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            os.replace(tmp, p)
             overwrite_block(p, size, rng, 4096)
+        bfiles = [(os.path.join(self.src_b, r), size) for r, size in rel]
         dirs = sorted({os.path.dirname(p) for p, _ in bfiles})
         sizes = [s for _, s in bfiles]
         added = 0
@@ -788,12 +798,15 @@ class Bench:
                 m["size_bytes"] = self.second_info["bytes"]
                 self.record("second_server", "p2c", m)
                 log(f"p2c second server: {m['wall']:.1f}s, {m['wire_bytes'] / MiB:.1f} MiB on the wire")
+                self.record("controller_mem", "p2c", {"controller_hwm_mib": ctl.controller_hwm_mib()})
+                ctl.stop(keep=self.a.keep)  # frees the node's disk for rsync's copy of B
                 m = self.daemon.push(self.src_b, f"b-{r}", cold)
                 m["size_bytes"] = self.second_info["bytes"]
                 self.record("second_server", "rsync", m)
                 log(f"rsync second server (into an empty module dir): {m['wall']:.1f}s")
                 self.daemon.remove(f"b-{r}")
-            self.record("controller_mem", "p2c", {"controller_hwm_mib": ctl.controller_hwm_mib()})
+            else:
+                self.record("controller_mem", "p2c", {"controller_hwm_mib": ctl.controller_hwm_mib()})
         finally:
             ctl.stop(keep=self.a.keep)
 
