@@ -214,7 +214,10 @@ def settle(cold):
 
 
 def tree_stats(root):
-    files = entries = size = 0
+    """Entries, regular files, and file bytes counting each inode once (hard links are
+    carried once by both tools) as `bytes`, and once per path as `apparent_bytes`."""
+    files = entries = size = apparent = 0
+    seen = set()
     for dirpath, dirnames, filenames in os.walk(root):
         entries += len(dirnames)
         for n in filenames:
@@ -225,8 +228,11 @@ def tree_stats(root):
                 continue
             if stat.S_ISREG(st.st_mode):
                 files += 1
-                size += st.st_size
-    return {"entries": entries, "files": files, "bytes": size}
+                apparent += st.st_size
+                if st.st_nlink == 1 or (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    size += st.st_size
+    return {"entries": entries, "files": files, "bytes": size, "apparent_bytes": apparent}
 
 
 def regular_files(root):
@@ -920,8 +926,17 @@ class Bench:
                 return
             ratio = p["median"] / q["median"] if q["median"] else None
             met = None if target is None or ratio is None else ratio <= target
-            rows.append((label, p, q, ratio, target, met, "s"))
-            summary[case] = {"p2c_s": p, "rsync_s": q, "ratio": ratio, "target": target, "met": met}
+            ps = med(case, "p2c", "pass_seconds")
+            pass_ratio = ps / q["median"] if ps is not None and q["median"] else None
+            rows.append((label, p, q, ratio, target, met, pass_ratio))
+            summary[case] = {
+                "p2c_s": p,
+                "rsync_s": q,
+                "ratio": ratio,
+                "pass_ratio": pass_ratio,
+                "target": target,
+                "met": met,
+            }
 
         ratio_row("1 first full copy (wall)", "first_copy", target=TARGETS["first_copy"])
         ratio_row("2 second pass, nothing changed", "second_pass", target=TARGETS["second_pass"])
@@ -933,13 +948,21 @@ class Bench:
         fmt = lambda s: "-" if not s else f"{s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}"
         lines.append(f"p2c vs rsync -aHAX --numeric-ids (daemon on loopback); page cache: {'cold' if self.a.cold else 'warm'}; runs: {self.a.runs}")
         ti = self.tree_info
-        lines.append(f"tree: {self.a.tree} ({ti['files']} files, {ti['entries']} entries, {ti['bytes'] / GiB:.2f} GiB)")
+        lines.append(
+            f"tree: {self.a.tree} as {os.path.relpath(self.src, self.work)} ({ti['files']} files, {ti['entries']} entries, "
+            f"{ti['bytes'] / GiB:.2f} GiB in distinct inodes, {ti['apparent_bytes'] / GiB:.2f} GiB counting hard links per path)"
+        )
+        lines.append(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         lines.append("")
-        lines.append(f"{'case':<36} {'p2c s min/med/max':>22} {'rsync s min/med/max':>22} {'ratio':>7} {'target':>7}  met")
-        for label, p, q, ratio, target, met, _ in rows:
+        lines.append(
+            f"{'case':<36} {'p2c s min/med/max':>22} {'rsync s min/med/max':>22} {'ratio':>7} {'target':>7}  {'met':<4} {'pass ratio':>10}"
+        )
+        for label, p, q, ratio, target, met, pass_ratio in rows:
             lines.append(
-                f"{label:<36} {fmt(p):>22} {fmt(q):>22} {ratio:>7.3f} {('<= ' + str(target)) if target else '':>7}  {'' if met is None else ('yes' if met else 'NO')}"
+                f"{label:<36} {fmt(p):>22} {fmt(q):>22} {ratio:>7.3f} {('<= ' + str(target)) if target else '':>7}  "
+                f"{'' if met is None else ('yes' if met else 'NO'):<4} {_f(pass_ratio, '.3f'):>10}"
             )
+        lines.append("(ratio: medians of the p2c command's wall clock / rsync's; pass ratio: p2c's pass time from the summary / rsync)")
         lines.append("")
         # pass time (engine only) and wire bytes
         lines.append(f"{'case':<36} {'p2c pass s':>11} {'p2c wire':>12} {'p2c tcp':>12} {'rsync sent':>12} {'agent cpu':>10} {'ctl cpu':>9}")
@@ -1000,9 +1023,9 @@ class Bench:
             ps, rs = R["parallel"]["p2c"], R["parallel"]["rsync"]
             total = sum(self.subtree_sizes)
             lines.append(
-                f"6 four sources at once ({total / GiB:.2f} GiB in 4 subtrees): p2c {statistics.median(ps['par_mib_s']):.1f} MiB/s together vs "
-                f"{statistics.median(ps['seq_mib_s']):.1f} MiB/s one at a time (x{statistics.median(ps['speedup']):.2f}); "
-                f"rsync {statistics.median(rs['par_mib_s']):.1f} vs {statistics.median(rs['seq_mib_s']):.1f} MiB/s (x{statistics.median(rs['speedup']):.2f}); "
+                f"6 four sources ({total / GiB:.2f} GiB in 4 subtrees), median MiB/s together vs one at a time: p2c {statistics.median(ps['par_mib_s']):.1f} vs "
+                f"{statistics.median(ps['seq_mib_s']):.1f} (per-run speedup median x{statistics.median(ps['speedup']):.2f}); "
+                f"rsync {statistics.median(rs['par_mib_s']):.1f} vs {statistics.median(rs['seq_mib_s']):.1f} (x{statistics.median(rs['speedup']):.2f}); "
                 f"p2c/rsync time with 4 at once {statistics.median(ps['par_wall']) / statistics.median(rs['par_wall']):.3f}"
             )
             summary["parallel"] = {
@@ -1097,6 +1120,7 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     b = Bench(a)
     started = time.time()
+    load_start = os.getloadavg()
     code = 0
     try:
         b.setup()
@@ -1105,7 +1129,13 @@ def main():
             return {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": time.time() - started,
-            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release, "rsync": run(["rsync", "--version"]).stdout.splitlines()[0]},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "kernel": os.uname().release,
+                "rsync": run(["rsync", "--version"]).stdout.splitlines()[0],
+                "loadavg_start": load_start,
+                "loadavg_now": os.getloadavg(),
+            },
             "options": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(a).items()},
             "page_cache": "cold" if a.cold else "warm",
             "tree": b.tree_info,
