@@ -398,7 +398,7 @@ class RsyncDaemon:
         }
 
     def remove(self, dest):
-        shutil.rmtree(self.dst / dest, ignore_errors=True)
+        remove_tree(self.dst / dest)
 
     def stop(self):
         PROCS.stop(self.proc)
@@ -564,8 +564,8 @@ class Controller:
             PROCS.stop(a.proc)
         PROCS.stop(self.proc)
         if not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            shutil.rmtree(self.vz, ignore_errors=True)
+            remove_tree(self.dir)
+            remove_tree(self.vz)
 
 
 class DestFs:
@@ -604,7 +604,7 @@ class DestFs:
             self.img.unlink(missing_ok=True)
         else:
             for p in self.mnt.iterdir():
-                shutil.rmtree(p, ignore_errors=True)
+                remove_tree(p)
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -1064,6 +1064,11 @@ def _b(v):
     return f"{v:.0f} B"
 
 
+def remove_tree(p):
+    """rm -rf, faster than shutil on big trees, and never into a file system still mounted."""
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(p)], check=False)
+
+
 def parse_size(s):
     m = re.fullmatch(r"(\d+)([KMG]?)i?B?", s.strip(), re.I)
     if not m:
@@ -1116,6 +1121,9 @@ def main():
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # SIGINT too: a shell without job control starts background jobs with SIGINT ignored,
+    # and Python then keeps it ignored
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     b = Bench(a)
@@ -1165,13 +1173,14 @@ def main():
         if hasattr(b, "destfs"):
             b.destfs.release(keep=a.keep)
         if not a.keep:
+            log("removing the scratch data")
             if made_workdir:
-                shutil.rmtree(a.workdir, ignore_errors=True)
+                remove_tree(a.workdir)
             else:
                 for n in ("src", "src-b", "src-big", "rsyncd", "dest"):
-                    shutil.rmtree(Path(a.workdir) / n, ignore_errors=True)
+                    remove_tree(Path(a.workdir) / n)
                 for p in Path(a.workdir).glob("p2c-*"):
-                    shutil.rmtree(p, ignore_errors=True)
+                    remove_tree(p)
         else:
             log(f"kept {a.workdir}")
     sys.exit(code)
