@@ -1169,6 +1169,9 @@ def main():
         log(f"failed: {e}")
         code = 1
     finally:
+        # finish the cleanup even if Ctrl-C is pressed again
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         PROCS.stop_all()
         if hasattr(b, "destfs"):
             b.destfs.release(keep=a.keep)
