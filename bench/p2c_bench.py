@@ -667,8 +667,6 @@ class Bench:
         self.dest = self.destfs.mnt
         self.destfs.fresh()
         self.daemon = RsyncDaemon(self.work, self.dest / "rsync")
-        if self.wanted(4):
-            self.make_second_server()
         if self.wanted(3):
             self.make_bigfile()
         if self.wanted(6):
@@ -683,6 +681,7 @@ class Bench:
         """B = A with ~5% of the files changed or added (4/5 changed in place, 1/5 new)."""
         log("making the second server's tree (cp -al, then ~5% of the files changed or added)")
         self.src_b = self.work / "src-b" / "root"
+        remove_tree(self.src_b.parent)  # a failed earlier run may have left it
         self.src_b.parent.mkdir(parents=True)
         # A hard-link farm saves a copy of the tree; a changed file is a new inode.
         run(["cp", "-al", "--", str(self.src), str(self.src_b)])
@@ -799,6 +798,9 @@ class Bench:
             self.daemon.remove(dest)
 
             if self.wanted(4):
+                # Made only now and removed after: while B's hard links share A's inodes, every
+                # file of A has st_nlink 2, which the agent tracks (and which would inflate case 5).
+                self.make_second_server()
                 ctl.add_agent("srv-b", self.src_b)
                 m = ctl.migrate("srv-b", 102, cold)
                 m["size_bytes"] = self.second_info["bytes"]
@@ -811,6 +813,7 @@ class Bench:
                 self.record("second_server", "rsync", m)
                 log(f"rsync second server (into an empty module dir): {m['wall']:.1f}s")
                 self.daemon.remove(f"b-{r}")
+                remove_tree(self.src_b.parent)
             else:
                 self.record("controller_mem", "p2c", {"controller_hwm_mib": ctl.controller_hwm_mib()})
         finally:
