@@ -115,6 +115,14 @@ impl OpenFile {
     }
 }
 
+/// The file local chunks were last copied from, kept open.
+struct SrcFile {
+    ctid: u32,
+    key: Vec<u8>,
+    file: File,
+    st: rustix::fs::Stat,
+}
+
 /// The merge of the pass's entries with the store's record of the tree.
 struct Cursor {
     page: VecDeque<FileRecord>,
@@ -153,6 +161,7 @@ struct Writer<'a> {
     deleted: Vec<Vec<u8>>,
     /// Regular files this pass wrote (`None` when too many to list).
     pub(crate) written: Option<Vec<RelPath>>,
+    src_file: Option<SrcFile>,
     /// When the store last got this pass's progress (commits also happen inside batches so
     /// that a crash loses little).
     last_commit: std::time::Instant,
@@ -198,6 +207,7 @@ impl<'a> Writer<'a> {
             copy_buf: Vec::new(),
             deleted: Vec::new(),
             written: Some(Vec::new()),
+            src_file: None,
             last_commit: std::time::Instant::now(),
             uncommitted_bytes: 0,
         })
@@ -673,10 +683,24 @@ impl<'a> Writer<'a> {
         if path.is_root() {
             return Ok(false);
         }
-        let Some(tree) = self.tree_of(loc.ctid) else { return Ok(false) };
-        let Ok((dir, name)) = tree.parent(&path) else { return Ok(false) };
-        let Ok(Some(src)) = dir.open_read(name) else { return Ok(false) };
-        let Ok(st) = rustix::fs::fstat(&src) else { return Ok(false) };
+        // Consecutive chunks mostly come from one file (an earlier version, or the same file
+        // in another container): keep it open.
+        let same = |s: &SrcFile| {
+            s.ctid == loc.ctid
+                && s.key == loc.key
+                && s.st.st_ino == loc.ino
+                && ns(s.st.st_ctime, s.st.st_ctime_nsec as i64) == loc.ctime_ns
+        };
+        // Reopened when the path now holds another file than the one kept open.
+        if !self.src_file.as_ref().is_some_and(same) {
+            self.src_file = None;
+            let Some(tree) = self.tree_of(loc.ctid) else { return Ok(false) };
+            let Ok((dir, name)) = tree.parent(&path) else { return Ok(false) };
+            let Ok(Some(file)) = dir.open_read(name) else { return Ok(false) };
+            let Ok(st) = rustix::fs::fstat(&file) else { return Ok(false) };
+            self.src_file = Some(SrcFile { ctid: loc.ctid, key: loc.key.clone(), file, st });
+        }
+        let Some(SrcFile { file: src, st, .. }) = self.src_file.as_ref() else { return Ok(false) };
         let trusted = st.st_ino == loc.ino
             && st.st_size as u64 == loc.size
             && ns(st.st_mtime, st.st_mtime_nsec as i64) == loc.mtime_ns
