@@ -79,7 +79,7 @@ const BATCH_CHUNKS: usize = 32768;
 const BATCH_DATA: u64 = 32 * 1024 * 1024;
 /// Chunks one sender job reads; and what one chunk message carries at most.
 const NEED_SLICE: usize = 128;
-const MESSAGE_DATA: usize = 1 << 20;
+const MESSAGE_DATA: usize = 512 << 10;
 
 /// Where each chunk of a batch can be read again.
 struct ChunkSrc {
@@ -161,7 +161,8 @@ pub async fn run_pass(
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) -> Result<PassReport, UploadError> {
     std::fs::metadata(&p.root).map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
-    let (out_tx, out_rx) = mpsc::channel::<v1::TransferUp>(64);
+    // Small: what waits here is chunk data (up to MESSAGE_DATA a message) held in memory.
+    let (out_tx, out_rx) = mpsc::channel::<v1::TransferUp>(8);
     out_tx
         .send(up(v1::transfer_up::Msg::Open(v1::OpenTransfer {
             migration_id: p.migration_id.clone(),
