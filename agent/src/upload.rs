@@ -80,6 +80,8 @@ const BATCH_DATA: u64 = 32 * 1024 * 1024;
 /// Chunks one sender job reads; and what one chunk message carries at most.
 const NEED_SLICE: usize = 128;
 const MESSAGE_DATA: usize = 512 << 10;
+/// Chunking restarts at every multiple of this offset (see `chunk_file`).
+const REGION: u64 = 32 << 20;
 
 /// Where each chunk of a batch can be read again.
 struct ChunkSrc {
@@ -668,10 +670,46 @@ fn chunk_file(
     } else if size > 0 {
         extents.push((0, size));
     }
+    // Chunk boundaries restart at every multiple of REGION, so that a big file's regions can
+    // be chunked at once by two threads with the same result as one.
+    let mut regions = Vec::new();
     for (start, len) in extents {
-        let mut rd = OffsetReader { file: &file, pos: start };
-        let refs = chunker.refs(&mut rd, start, len).map_err(|e| format!("read error: {e}"))?;
-        chunks.extend(refs);
+        let end = start + len;
+        let mut at = start;
+        while at < end {
+            let next = ((at / REGION) + 1) * REGION;
+            regions.push((at, next.min(end) - at));
+            at = next.min(end);
+        }
+    }
+    if regions.len() < 2 {
+        for &(start, len) in &regions {
+            let mut rd = OffsetReader { file: &file, pos: start };
+            chunks.extend(chunker.refs(&mut rd, start, len).map_err(|e| format!("read error: {e}"))?);
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<std::io::Result<Vec<ChunkRef>>>>> =
+            Mutex::new((0..regions.len()).map(|_| None).collect());
+        let work = |chunker: &mut Chunker| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(start, len)) = regions.get(i) else { return };
+            let mut rd = OffsetReader { file: &file, pos: start };
+            let r = chunker.refs(&mut rd, start, len);
+            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+        };
+        std::thread::scope(|sc| {
+            let params = chunker.params();
+            sc.spawn(move || work(&mut Chunker::new(params)));
+            work(chunker);
+        });
+        for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            match r {
+                Some(Ok(refs)) => chunks.extend(refs),
+                Some(Err(e)) => return Err(format!("read error: {e}")),
+                None => return Err("a region was not chunked".into()),
+            }
+        }
     }
     let after = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat: {e}"))?;
     let changed = after.st_size as u64 != size
@@ -803,4 +841,46 @@ fn same(st: &rustix::fs::Stat, ident: Ident) -> bool {
         ns(st.st_mtime, st.st_mtime_nsec as i64),
         ns(st.st_ctime, st.st_ctime_nsec as i64),
     ) == ident
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_files_are_chunked_by_region_with_the_result_of_one_thread() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("big");
+        let mut data = vec![0u8; (REGION * 2 + REGION / 2) as usize];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(&path, &data).unwrap();
+        let st = rustix::fs::stat(&path).unwrap();
+        let ident = (
+            st.st_dev,
+            st.st_ino,
+            st.st_size as u64,
+            ns(st.st_mtime, st.st_mtime_nsec as i64),
+            ns(st.st_ctime, st.st_ctime_nsec as i64),
+        );
+        let params = ChunkParams::default();
+        let got = chunk_file(&path, &mut Chunker::new(params), ident).unwrap();
+        // The same regions chunked one after the other.
+        let mut want = Vec::new();
+        for r in 0..3u64 {
+            let start = r * REGION;
+            let len = (data.len() as u64 - start).min(REGION);
+            let slice = &data[start as usize..(start + len) as usize];
+            want.extend(Chunker::new(params).refs(&mut &slice[..], start, len).unwrap());
+        }
+        assert_eq!(got, want);
+        assert!(got.iter().any(|c| c.offset == REGION), "a chunk starts at the region boundary");
+        let total: u64 = got.iter().map(|c| u64::from(c.len)).sum();
+        assert_eq!(total, data.len() as u64);
+    }
 }

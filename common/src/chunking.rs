@@ -55,6 +55,10 @@ impl Chunker {
         Self { params, buf: vec![0; size] }
     }
 
+    pub fn params(&self) -> ChunkParams {
+        self.params
+    }
+
     /// Reads `reader` to its end (or `limit` bytes) and calls `on_chunk(offset, data)` for
     /// each chunk, offsets counted from `base`. Returns the bytes read.
     pub fn chunk_stream<R: Read>(

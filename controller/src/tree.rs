@@ -521,6 +521,27 @@ impl Dir {
         Ok(Some(std::fs::File::from(fd)))
     }
 
+    /// Opens an existing regular file for reading and writing, to update it in place (never a
+    /// symlink, device or fifo); `None` if there is no such file.
+    pub fn open_rw(&self, name: &[u8]) -> Result<Option<std::fs::File>> {
+        let fd = match rustix::fs::openat2(
+            &self.fd,
+            name,
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            resolve(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::LOOP) => return Ok(None),
+            Err(e) => return Err(self.err(name, "open", e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.err(name, "stat", e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some(std::fs::File::from(fd)))
+    }
+
     /// Makes `name` another name of `src_name` in `src` (no symlink following).
     pub fn link_from(&self, src: &Dir, src_name: &[u8], name: &[u8]) -> Result<()> {
         rustix::fs::linkat(&src.fd, src_name, &self.fd, name, AtFlags::empty())

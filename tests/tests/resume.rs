@@ -310,3 +310,53 @@ async fn a_bandwidth_limit_holds() {
     assert!(rate <= limit as f64 * 1.15, "rate {rate:.0} B/s over the limit {limit}");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_file_changed_in_the_middle_is_updated_in_place() {
+    require_root!();
+    trace_init();
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    std::fs::write(r.join("big.bin"), p2c_tests::trees::random_bytes("big", 80 << 20)).unwrap();
+    // A sparse image: data at the start and the end, a hole between.
+    let img = std::fs::File::create(r.join("sparse.img")).unwrap();
+    img.set_len(80 << 20).unwrap();
+    img.write_all_at(&p2c_tests::trees::random_bytes("head", 1 << 20), 0).unwrap();
+    img.write_all_at(&p2c_tests::trees::random_bytes("tail", 1 << 20), 79 << 20).unwrap();
+    drop(img);
+    let node = Node::start().await.unwrap();
+    let agent = Agent::start(&node, "src-j", r).await.unwrap();
+    let once = MigrateOptions { cutover: false, max_passes: 1, ..migrate_opts("src-j", 310) };
+    let s = node.migrate(&once).await.unwrap();
+    assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
+    let ino = |p: &str| std::fs::metadata(node.private(310).join(p)).unwrap().ino();
+    let (big_ino, img_ino) = (ino("big.bin"), ino("sparse.img"));
+
+    // 4 MiB rewritten in the middle of the big file; in the image, new data in the hole and
+    // the head punched out.
+    let big = std::fs::OpenOptions::new().write(true).open(r.join("big.bin")).unwrap();
+    big.write_all_at(&p2c_tests::trees::random_bytes("patch", 4 << 20), 38 << 20).unwrap();
+    drop(big);
+    let img = std::fs::OpenOptions::new().write(true).open(r.join("sparse.img")).unwrap();
+    img.write_all_at(&p2c_tests::trees::random_bytes("middle", 1 << 20), 40 << 20).unwrap();
+    rustix::fs::fallocate(
+        &img,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        0,
+        1 << 20,
+    )
+    .unwrap();
+    drop(img);
+
+    let s = node.migrate(&once).await.unwrap();
+    assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
+    let p = s.passes.last().unwrap();
+    assert!(p.wire_bytes < 7 << 20, "only the changes travel: {p:?}");
+    assert!(p.local_bytes < 8 << 20, "unchanged chunks stay where they are: {p:?}");
+    assert_eq!(ino("big.bin"), big_ino, "big.bin was copied afresh, not updated in place");
+    assert_eq!(ino("sparse.img"), img_ino, "sparse.img was copied afresh, not updated in place");
+    // Content, holes included (allocated blocks are compared too).
+    same_tree(r, &node.private(310), &[]);
+    agent.stop().await;
+}

@@ -22,6 +22,10 @@ use crate::state::index::{self, BatchCommit, ChunkLocation, FileRecord};
 use crate::state::{self};
 use crate::tree::{Dir, Tree, TreeError};
 
+/// Files at least this large are updated in place (changed chunks written over the old
+/// version) when most of their chunks are already there, instead of copied afresh.
+const IN_PLACE_MIN: u64 = 64 << 20;
+
 /// Files written by a pass listed for verification; past this, verification checks all.
 const MAX_WRITTEN_LIST: usize = 100_000;
 
@@ -104,6 +108,8 @@ struct OpenFile {
     /// Unchanged: segments are checked and consumed, nothing is written.
     skip: bool,
     failed: Option<String>,
+    /// An update in place of the existing file: the offsets whose chunk is already there.
+    in_place: Option<HashSet<u64>>,
 }
 
 impl OpenFile {
@@ -341,7 +347,12 @@ impl<'a> Writer<'a> {
         match &e.data {
             EntryData::Regular { size, digest: content, chunks } => {
                 let skip = unchanged && self.still_there(e)?;
-                self.open_file(e, key, digest, *size, *content, skip, old.is_some())?;
+                let in_place = if !skip && old.is_some() && !e.more && *size >= IN_PLACE_MIN {
+                    self.plan_in_place(&e.path, &key, chunks, remote)?
+                } else {
+                    None
+                };
+                self.open_file(e, key, digest, *size, *content, skip, old.is_some(), in_place)?;
                 self.write_chunks(seq, base, chunks, remote)?;
                 if !e.more {
                     self.close_file()?;
@@ -474,13 +485,20 @@ impl<'a> Writer<'a> {
         digest: Hash32,
         skip: bool,
         recorded: bool,
+        in_place: Option<(File, HashSet<u64>)>,
     ) -> Result<(), ReceiveError> {
         let dir = self.parent_dir(&e.path)?;
+        let (in_place_file, in_place) = match in_place {
+            Some((f, present)) => (Some(f), Some(present)),
+            None => (None, None),
+        };
         // Writes at chunk offsets leave holes between extents; a hole at the end is made when
         // the file is closed. A file the store does not know, with nothing at its name, is
         // written in place; anything else under a temporary name renamed over it at the end.
         let (file, tmp) = if skip {
             (None, None)
+        } else if let Some(f) = in_place_file {
+            (Some(f), None)
         } else {
             let direct = if recorded { None } else { dir.create_new(e.path.file_name())? };
             match direct {
@@ -507,8 +525,57 @@ impl<'a> Writer<'a> {
             chunks: Vec::new(),
             skip,
             failed: None,
+            in_place,
         });
         Ok(())
+    }
+
+    /// Whether the recorded file at `path` can be updated in place: a regular file with one
+    /// name, most of whose new chunks are already at their offsets, and no chunk whose only
+    /// copy on the node is elsewhere in this same file (writing could overwrite it first).
+    /// If so its record is dropped now — a crash in the middle then leaves no record, and
+    /// the next pass copies the file afresh — and the open file is returned.
+    fn plan_in_place(
+        &mut self,
+        path: &RelPath,
+        key: &[u8],
+        chunks: &[ChunkRef],
+        remote: &[bool],
+    ) -> Result<Option<(File, HashSet<u64>)>, ReceiveError> {
+        let dir = self.parent_dir(path)?;
+        let Some(file) = dir.open_rw(path.file_name())? else { return Ok(None) };
+        let Ok(st) = rustix::fs::fstat(&file) else { return Ok(None) };
+        if st.st_nlink != 1 {
+            return Ok(None);
+        }
+        let mut present = HashSet::new();
+        for (k, c) in chunks.iter().enumerate() {
+            if remote[k] {
+                continue;
+            }
+            let loc = match self.recent.get(&c.hash) {
+                Some(l) => Some(l.clone()),
+                None => index::chunk_lookup(&self.conn, &c.hash)?,
+            };
+            let Some(l) = loc else { continue };
+            if l.ctid != self.job.ctid || l.key != key {
+                continue;
+            }
+            let trusted = l.ino == st.st_ino
+                && l.size == st.st_size as u64
+                && l.mtime_ns == ns(st.st_mtime, st.st_mtime_nsec as i64)
+                && l.ctime_ns == ns(st.st_ctime, st.st_ctime_nsec as i64);
+            if !(trusted && l.offset == c.offset && l.len == c.len) {
+                return Ok(None);
+            }
+            present.insert(c.offset);
+        }
+        if present.len() * 2 < chunks.len() {
+            return Ok(None);
+        }
+        self.commit.deletes.push(key.to_vec());
+        self.flush()?;
+        Ok(Some((file, present)))
     }
 
     fn continue_file(&mut self, seq: u64, base: u32, e: &Entry, remote: &[bool]) -> Result<(), ReceiveError> {
@@ -558,6 +625,11 @@ impl<'a> Writer<'a> {
                 self.put_remote(c, data)?;
             } else if self.open.as_ref().is_some_and(|o| o.skip || o.failed.is_some()) {
                 // Unchanged or already failed: nothing to write.
+            } else if let Some(open) = self.open.as_mut()
+                && open.in_place.as_ref().is_some_and(|p| p.contains(&c.offset))
+            {
+                // Already there in the file being updated.
+                open.written.insert(c.hash, c.offset);
             } else if !self.put_local(c)? {
                 // The node's copy is gone or stale: ask the agent for it now.
                 self.expected.lock().unwrap_or_else(|p| p.into_inner()).insert((seq, idx), (c.hash, c.len));
@@ -760,7 +832,28 @@ impl<'a> Writer<'a> {
         }
         let m = &open.meta;
         let p = &open.path;
-        if open.last_end < open.size {
+        if open.in_place.is_some() {
+            // The old version's data where the new one has holes reads as zeros no more.
+            let mut at = 0u64;
+            for c in open.chunks.iter().chain(std::iter::once(&ChunkRef {
+                hash: Hash32([0; 32]),
+                offset: open.size,
+                len: 0,
+            })) {
+                if c.offset > at && at < open.size {
+                    let len = c.offset.min(open.size) - at;
+                    rustix::fs::fallocate(
+                        file,
+                        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                        at,
+                        len,
+                    )
+                    .map_err(|e| tree_io(p, "punch hole", e.into()))?;
+                }
+                at = at.max(c.end());
+            }
+            file.set_len(open.size).map_err(|err| tree_io(p, "truncate", err))?;
+        } else if open.last_end < open.size {
             file.set_len(open.size).map_err(|err| tree_io(p, "truncate", err))?;
         }
         rustix::fs::fchown(file, Some(crate::tree::uid_of(m.uid)), Some(crate::tree::gid_of(m.gid)))
