@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod enroll;
 pub mod export;
+pub mod extents;
 pub mod inventory;
 pub mod scan;
 pub mod services;

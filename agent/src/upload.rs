@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::cache;
+use crate::extents::{OffsetReader, chunk_regions, open_source};
 use crate::walk::{Found, Kind, WalkOptions, Walker};
 
 /// What the controller asked for.
@@ -80,8 +81,6 @@ const BATCH_DATA: u64 = 32 * 1024 * 1024;
 /// Chunks one sender job reads; and what one chunk message carries at most.
 const NEED_SLICE: usize = 128;
 const MESSAGE_DATA: usize = 512 << 10;
-/// Chunking restarts at every multiple of this offset (see `chunk_file`).
-const REGION: u64 = 32 << 20;
 
 /// Where each chunk of a batch can be read again.
 struct ChunkSrc {
@@ -370,8 +369,7 @@ fn produce(
             let mut w = walker;
             for (seq, found) in (0u64..).zip(w.by_ref()) {
                 let cached = if matches!(found.kind, Kind::File) {
-                    let key: Vec<u8> =
-                        found.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
+                    let key: Vec<u8> = found.path.walk_key();
                     let st = &found.st;
                     cache.lookup(&key).filter(|r| {
                         r.same_file(
@@ -588,7 +586,7 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
                     }
                 },
             };
-            let key: Vec<u8> = f.path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect();
+            let key = f.path.walk_key();
             let record = cache::Record {
                 key,
                 dev: ident.0,
@@ -630,58 +628,14 @@ fn chunk_file(
     chunker: &mut Chunker,
     ident: (u64, u64, u64, i64, i64),
 ) -> Result<Vec<ChunkRef>, String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NOATIME.bits() as i32)
-        .open(path)
-        .or_else(|_| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(path)
-        })
-        .map_err(|e| format!("vanished or unreadable: {e}"))?;
+    let file = open_source(path).map_err(|e| format!("vanished or unreadable: {e}"))?;
     let st = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat: {e}"))?;
     if st.st_ino != ident.1 || st.st_size as u64 != ident.2 {
         return Err("changed while being read".into());
     }
     let size = ident.2;
     let mut chunks = Vec::new();
-    // Only sparse files pay for SEEK_DATA/SEEK_HOLE.
-    let sparse = (st.st_blocks as u64) * 512 < size;
-    let mut extents = Vec::new();
-    if sparse {
-        let mut off = 0u64;
-        while off < size {
-            let start = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(off)) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(e) => return Err(format!("cannot map holes: {e}")),
-            };
-            let end = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start)) {
-                Ok(e) => e.min(size),
-                Err(e) => return Err(format!("cannot map holes: {e}")),
-            };
-            if end > start {
-                extents.push((start, end - start));
-            }
-            off = end;
-        }
-    } else if size > 0 {
-        extents.push((0, size));
-    }
-    // Chunk boundaries restart at every multiple of REGION, so that a big file's regions can
-    // be chunked at once by two threads with the same result as one.
-    let mut regions = Vec::new();
-    for (start, len) in extents {
-        let end = start + len;
-        let mut at = start;
-        while at < end {
-            let next = ((at / REGION) + 1) * REGION;
-            regions.push((at, next.min(end) - at));
-            at = next.min(end);
-        }
-    }
+    let regions = chunk_regions(&file, &st, size).map_err(|e| format!("cannot map holes: {e}"))?;
     if regions.len() < 2 {
         for &(start, len) in &regions {
             let mut rd = OffsetReader { file: &file, pos: start };
@@ -719,19 +673,6 @@ fn chunk_file(
         return Err("changed while being read".into());
     }
     Ok(chunks)
-}
-
-struct OffsetReader<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl std::io::Read for OffsetReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
 }
 
 /// Answers the controller's needs: reads each chunk again, checks it, compresses it.
@@ -851,6 +792,7 @@ mod tests {
     fn big_files_are_chunked_by_region_with_the_result_of_one_thread() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("big");
+        use crate::extents::REGION;
         let mut data = vec![0u8; (REGION * 2 + REGION / 2) as usize];
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for b in data.iter_mut() {

@@ -149,6 +149,12 @@ impl RelPath {
         self.components().cmp(other.components())
     }
 
+    /// The key that sorts in walk order as plain bytes: the path with `/` as NUL (which no
+    /// name contains). Pass records and the agent's cache are kept in this order.
+    pub fn walk_key(&self) -> Vec<u8> {
+        self.0.iter().map(|b| if *b == b'/' { 0 } else { *b }).collect()
+    }
+
     /// The path for display: UTF-8 kept, other bytes as `\xNN`.
     pub fn display(&self) -> String {
         if self.is_root() { "/".to_string() } else { format!("/{}", escape_bytes(&self.0)) }

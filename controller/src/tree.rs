@@ -503,31 +503,20 @@ impl Dir {
 
     /// Opens a regular file for reading (never a symlink, device or fifo); `None` if missing.
     pub fn open_read(&self, name: &[u8]) -> Result<Option<std::fs::File>> {
-        let fd = match rustix::fs::openat2(
-            &self.fd,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-            resolve(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::LOOP) => return Ok(None),
-            Err(e) => return Err(self.err(name, "open", e)),
-        };
-        let st = rustix::fs::fstat(&fd).map_err(|e| self.err(name, "stat", e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Ok(None);
-        }
-        Ok(Some(std::fs::File::from(fd)))
+        self.open_regular(name, OFlags::RDONLY)
     }
 
     /// Opens an existing regular file for reading and writing, to update it in place (never a
     /// symlink, device or fifo); `None` if there is no such file.
     pub fn open_rw(&self, name: &[u8]) -> Result<Option<std::fs::File>> {
+        self.open_regular(name, OFlags::RDWR)
+    }
+
+    fn open_regular(&self, name: &[u8], access: OFlags) -> Result<Option<std::fs::File>> {
         let fd = match rustix::fs::openat2(
             &self.fd,
             name,
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
             resolve(),
         ) {

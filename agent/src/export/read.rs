@@ -2,16 +2,14 @@
 //! into chunks whose data goes straight to the bundle, the file checked not to have changed
 //! while it was read.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use crate::extents::{OffsetReader, chunk_regions, open_source};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use p2c_common::chunking::Chunker;
 use p2c_common::manifest::{ChunkRef, Hash32};
-use rustix::fs::{OFlags, Stat};
+use rustix::fs::Stat;
 
 /// What identifies a file's content without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,38 +82,13 @@ pub(super) fn chunk_file(
     chunker: &mut Chunker,
     on_chunk: &mut dyn FnMut(&ChunkRef, &[u8]) -> bool,
 ) -> Result<Vec<ChunkRef>, ReadError> {
-    let open =
-        |flags: OFlags| std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path);
-    // O_NOATIME is refused on files the caller does not own unless it is root.
-    let file = open(OFlags::NOFOLLOW | OFlags::NOATIME)
-        .or_else(|_| open(OFlags::NOFOLLOW))
-        .map_err(|e| ReadError::Changed(format!("vanished or unreadable: {e}")))?;
+    let file = open_source(path).map_err(|e| ReadError::Changed(format!("vanished or unreadable: {e}")))?;
     let st = rustix::fs::fstat(&file).map_err(|e| ReadError::Changed(format!("cannot stat: {e}")))?;
     if st.st_ino != ident.ino || st.st_size as u64 != ident.size {
         return Err(ReadError::Changed("changed while being read".into()));
     }
-    let size = ident.size;
-    // Only sparse files pay for SEEK_DATA/SEEK_HOLE.
-    let mut extents = Vec::new();
-    if (st.st_blocks as u64) * 512 < size {
-        let mut off = 0u64;
-        while off < size {
-            let start = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(off)) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(e) => return Err(ReadError::Changed(format!("cannot map holes: {e}"))),
-            };
-            let end = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start))
-                .map_err(|e| ReadError::Changed(format!("cannot map holes: {e}")))?
-                .min(size);
-            if end > start {
-                extents.push((start, end - start));
-            }
-            off = end;
-        }
-    } else if size > 0 {
-        extents.push((0, size));
-    }
+    let extents = chunk_regions(&file, &st, ident.size)
+        .map_err(|e| ReadError::Changed(format!("cannot map holes: {e}")))?;
     let mut chunks = Vec::new();
     let mut stopped = false;
     for (start, len) in extents {
@@ -139,17 +112,4 @@ pub(super) fn chunk_file(
         return Err(ReadError::Changed("changed while being read".into()));
     }
     Ok(chunks)
-}
-
-struct OffsetReader<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl Read for OffsetReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
 }

@@ -10,7 +10,7 @@ use super::Result;
 /// The key rows are sorted by: the path with `/` replaced by NUL (which no name contains),
 /// so that byte order equals the walk order of [`RelPath::walk_cmp`].
 pub fn walk_key(path: &RelPath) -> Vec<u8> {
-    path.as_bytes().iter().map(|b| if *b == b'/' { 0 } else { *b }).collect()
+    path.walk_key()
 }
 
 /// The path of a key. Keys are only written from valid paths.
