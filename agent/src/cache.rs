@@ -223,6 +223,30 @@ impl Writer {
     }
 }
 
+/// Replaces the records of `fresh` (in walk order) in the cache at `path`, keeping the
+/// others: after a pass that listed only what changed.
+pub fn update(path: &Path, fresh: Vec<Record>) -> std::io::Result<()> {
+    let mut w = Writer::create(path)?;
+    let mut old = Reader::open(path).rest_after(None).peekable();
+    let mut fresh = fresh.into_iter().peekable();
+    loop {
+        let take_old = match (old.peek(), fresh.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(o), Some(f)) => o.key < f.key,
+        };
+        let r = if take_old { old.next() } else { fresh.next() };
+        if let Some(r) = r {
+            if !take_old && old.peek().is_some_and(|o| o.key == r.key) {
+                old.next();
+            }
+            w.push(&r)?;
+        }
+    }
+    w.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

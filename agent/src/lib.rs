@@ -11,5 +11,6 @@ pub mod inventory;
 pub mod scan;
 pub mod services;
 pub mod session;
+pub mod track;
 pub mod upload;
 pub mod walk;

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 use crate::config::AgentSettings;
 use crate::connect;
 use crate::inventory::{self, CollectOptions, FactsFrom};
+use crate::track::{self, Tracking};
 use crate::upload::{self, PassParams};
+use std::os::unix::ffi::OsStrExt;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -31,6 +33,8 @@ pub struct RunOptions {
     /// Stop services and run hooks even though the root is a directory, not `/` (the tree's
     /// own init scripts only; for tests and staged trees).
     pub allow_service_control: bool,
+    /// Change tracking between passes, kept across sessions.
+    pub tracking: Arc<Tracking>,
 }
 
 impl RunOptions {
@@ -41,6 +45,7 @@ impl RunOptions {
             facts,
             max_backoff: Duration::from_secs(30),
             allow_service_control: false,
+            tracking: Arc::default(),
         }
     }
 }
@@ -87,29 +92,54 @@ pub async fn run(settings: AgentSettings, opts: RunOptions, mut shutdown: watch:
 /// Mount points below `root` whose file systems are not copied (pseudo and network), from
 /// the kernel's mount table, as paths relative to `root`.
 pub fn skipped_mounts(root: &Path) -> HashSet<RelPath> {
-    let mut out = HashSet::new();
+    mounts_below(root)
+        .into_iter()
+        .filter(|m| MountKind::of_fs_type(&m.fstype) != MountKind::Local && !m.rel.is_root())
+        .map(|m| m.rel)
+        .collect()
+}
+
+/// One line of the kernel's mount table, for a mount point at or below the root.
+struct MountLine {
+    rel: RelPath,
+    fstype: String,
+    line: String,
+}
+
+fn mounts_below(root: &Path) -> Vec<MountLine> {
+    let mut out = Vec::new();
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return out };
     let root_bytes = root.as_os_str().as_encoded_bytes();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
         let (Some(mp), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
-        if MountKind::of_fs_type(fstype) == MountKind::Local {
-            continue;
-        }
         let mp = unescape_mount(mp);
         let rel = if root_bytes == b"/" {
             mp.strip_prefix(b"/").map(|r| r.to_vec())
+        } else if mp == root_bytes {
+            Some(Vec::new())
         } else {
             mp.strip_prefix(root_bytes).and_then(|r| r.strip_prefix(b"/")).map(|r| r.to_vec())
         };
-        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok())
-            && !rel.is_root()
-        {
-            out.insert(rel);
+        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok()) {
+            out.push(MountLine { rel, fstype: fstype.to_string(), line: line.to_string() });
         }
     }
     out
+}
+
+/// The local file systems below the root that a pass copies, for change tracking.
+fn tracked_mounts(root: &Path, excludes: &[RelPath], skipped: &HashSet<RelPath>) -> track::Mounts {
+    let all = mounts_below(root);
+    let local = all
+        .iter()
+        .filter(|m| MountKind::of_fs_type(&m.fstype) == MountKind::Local && !m.rel.is_root())
+        .filter(|m| !excludes.iter().any(|x| m.rel.starts_with(x)))
+        .filter(|m| !skipped.iter().any(|s| m.rel.starts_with(s)))
+        .map(|m| root.join(std::ffi::OsStr::from_bytes(m.rel.as_bytes())))
+        .collect();
+    track::Mounts { local, signature: all.into_iter().map(|m| m.line).collect() }
 }
 
 fn unescape_mount(s: &str) -> Vec<u8> {
@@ -278,12 +308,14 @@ fn handle(
                 .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
                 .take(64)
                 .collect();
+            let no_descend = skipped_mounts(&opts.root);
+            let mounts = tracked_mounts(&opts.root, &excludes, &no_descend);
             let params = PassParams {
                 migration_id: sp.migration_id.clone(),
                 pass: sp.pass,
                 root: opts.root.clone(),
                 excludes,
-                no_descend: skipped_mounts(&opts.root),
+                no_descend,
                 bwlimit: sp.bwlimit,
                 zstd_level: sp.zstd_level.clamp(-7, 19),
                 chunking,
@@ -297,8 +329,23 @@ fn handle(
                 let _ = old.send(true);
             }
             let client = client.clone();
+            let tracking = opts.tracking.clone();
+            let (since, track) = (sp.changes_since, sp.track_changes);
             tokio::spawn(async move {
-                let r = upload::run_pass(client, params, cancel_rx).await;
+                let (mid, pass) = (params.migration_id.clone(), params.pass);
+                let prep = {
+                    let (tracking, params) = (tracking.clone(), params.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let opts = upload::walk_options(&params, true);
+                        tracking.prepare(&params.migration_id, since, &params.root, mounts, &opts, track)
+                    })
+                    .await
+                };
+                let (epoch, listing) = prep.unwrap_or((None, None));
+                let r = upload::run_pass(client, params, listing, cancel_rx).await;
+                if let (Ok(_), Some(e)) = (&r, epoch) {
+                    tracking.complete(&mid, pass, e);
+                }
                 let ev = match r {
                     Ok(rep) => {
                         result(id, true, "pass finished".into(), serde_json::to_vec(&rep).unwrap_or_default())

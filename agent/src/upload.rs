@@ -33,6 +33,7 @@ use tonic::transport::Channel;
 
 use crate::cache;
 use crate::extents::{OffsetReader, chunk_regions, open_source};
+use crate::track::Listed;
 use crate::walk::{Found, Kind, WalkOptions, Walker};
 
 /// What the controller asked for.
@@ -156,19 +157,31 @@ fn ns(sec: i64, nsec: i64) -> i64 {
 }
 
 /// Runs one pass against the controller.
+///
+/// With `listing` (the base pass and what changed since, see [`crate::track`]) only the
+/// listed entries are sent; otherwise the whole tree is walked.
 pub async fn run_pass(
     mut client: AgentSessionClient<Channel>,
     p: PassParams,
+    listing: Option<(u32, Listed)>,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) -> Result<PassReport, UploadError> {
     std::fs::metadata(&p.root).map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
     // Small: what waits here is chunk data (up to MESSAGE_DATA a message) held in memory.
     let (out_tx, out_rx) = mpsc::channel::<v1::TransferUp>(8);
-    out_tx
-        .send(up(v1::transfer_up::Msg::Open(v1::OpenTransfer {
+    let bytes_of = |v: &[RelPath]| v.iter().map(|p| p.as_bytes().to_vec()).collect::<Vec<_>>();
+    let open = match &listing {
+        Some((base, l)) => v1::OpenTransfer {
             migration_id: p.migration_id.clone(),
             pass: p.pass,
-        })))
+            changes_since: Some(*base),
+            changed_dirs: bytes_of(&l.changes.dirs),
+            new_subtrees: bytes_of(&l.changes.subtrees),
+        },
+        None => v1::OpenTransfer { migration_id: p.migration_id.clone(), pass: p.pass, ..Default::default() },
+    };
+    out_tx
+        .send(up(v1::transfer_up::Msg::Open(open)))
         .await
         .map_err(|_| UploadError::Stream("closed".into()))?;
     let mut inbound = client
@@ -187,18 +200,32 @@ pub async fn run_pass(
     });
     let report = Arc::new(Mutex::new(PassReport::default()));
 
-    // Counter: a quick stat-only walk for the progress estimate.
-    {
-        let (p, out) = (p.clone(), out_tx.clone());
-        let shared = shared.clone();
-        std::thread::spawn(move || count(&p, &out, &shared));
-    }
+    let changes_only = listing.is_some();
+    let source = match listing {
+        Some((_, l)) => {
+            let files = l.found.iter().filter(|f| matches!(f.kind, Kind::File));
+            let (n, bytes) = files.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.st.st_size as u64));
+            let est = v1::Estimate { files: n, bytes };
+            let _ = out_tx.send(up(v1::transfer_up::Msg::Estimate(est))).await;
+            Source::Listed(l.found.into_iter(), l.problems)
+        }
+        None => {
+            // Counter: a quick stat-only walk for the progress estimate.
+            let (pc, out) = (p.clone(), out_tx.clone());
+            let shared = shared.clone();
+            std::thread::spawn(move || count(&pc, &out, &shared));
+            Source::Walk(Box::new(
+                Walker::new(&p.root, walk_options(&p, true))
+                    .map_err(|e| UploadError::Root(p.root.display().to_string(), e))?,
+            ))
+        }
+    };
     // Producer: walk, hash, batch.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let producer = {
         let (p, out, shared, report) = (p.clone(), out_tx.clone(), shared.clone(), report.clone());
         std::thread::spawn(move || {
-            let r = produce(&p, &out, &shared, &report);
+            let r = produce(&p, source, &out, &shared, &report);
             let _ = done_tx.blocking_send(());
             r
         })
@@ -214,7 +241,9 @@ pub async fn run_pass(
         std::thread::spawn(move || send_chunks(&rx, &out, &shared, level));
     }
 
-    let mut cache_w = cache::Writer::create(&p.cache_path).ok();
+    // A full walk writes the cache anew; a listing of changes updates the old one at the end.
+    let mut cache_w = if changes_only { None } else { cache::Writer::create(&p.cache_path).ok() };
+    let mut listed_records: Vec<cache::Record> = Vec::new();
     let mut producing = true;
     let mut done_sent = false;
     let result: Result<v1::PassResult, UploadError> = loop {
@@ -253,11 +282,14 @@ pub async fn run_pass(
                     Some(v1::transfer_down::Msg::Written(w)) => {
                         let info = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.seq);
                         shared.window.notify_all();
-                        if let (Some(info), Some(cw)) = (info, cache_w.as_mut()) {
-                            for f in info.files.iter().filter(|f| !f.failed) {
-                                if let Some(r) = &f.record {
-                                    let _ = cw.push(r);
-                                }
+                        if let Some(info) = info {
+                            let records = info.files.into_iter().filter(|f| !f.failed).filter_map(|f| f.record);
+                            match cache_w.as_mut() {
+                                Some(cw) => records.for_each(|r| {
+                                    let _ = cw.push(&r);
+                                }),
+                                None if changes_only => listed_records.extend(records),
+                                None => {}
                             }
                         }
                     }
@@ -283,6 +315,10 @@ pub async fn run_pass(
         }
         let _ = cw.finish();
     }
+    if changes_only && !listed_records.is_empty() && matches!(&result, Ok(r) if r.ok) {
+        let path = p.cache_path.clone();
+        let _ = tokio::task::spawn_blocking(move || cache::update(&path, listed_records)).await;
+    }
     let mut rep = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
     rep.sent_bytes = shared.sent_bytes.load(Ordering::Relaxed);
     match result {
@@ -295,7 +331,7 @@ pub async fn run_pass(
     }
 }
 
-fn walk_options(p: &PassParams, xattrs: bool) -> WalkOptions {
+pub fn walk_options(p: &PassParams, xattrs: bool) -> WalkOptions {
     // Regular files' attributes are read by the hash workers, and only for files the cache
     // does not vouch for.
     WalkOptions { excludes: p.excludes.clone(), no_descend: p.no_descend.clone(), xattrs, file_xattrs: false }
@@ -342,14 +378,39 @@ fn meta_of(f: &Found) -> Meta {
     }
 }
 
+/// What a pass sends: the whole tree, or a listing of what changed.
+enum Source {
+    Walk(Box<Walker>),
+    Listed(std::vec::IntoIter<Found>, Vec<Problem>),
+}
+
+impl Iterator for Source {
+    type Item = Found;
+
+    fn next(&mut self) -> Option<Found> {
+        match self {
+            Source::Walk(w) => w.next(),
+            Source::Listed(it, _) => it.next(),
+        }
+    }
+}
+
+impl Source {
+    fn take_problems(&mut self) -> Vec<Problem> {
+        match self {
+            Source::Walk(w) => std::mem::take(&mut w.problems),
+            Source::Listed(_, p) => std::mem::take(p),
+        }
+    }
+}
+
 fn produce(
     p: &PassParams,
+    walker: Source,
     out: &Out,
     shared: &Shared,
     report: &Mutex<PassReport>,
 ) -> Result<(), UploadError> {
-    let walker = Walker::new(&p.root, walk_options(p, true))
-        .map_err(|e| UploadError::Root(p.root.display().to_string(), e))?;
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Work>(256);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(256);
@@ -387,7 +448,7 @@ fn produce(
                     break;
                 }
             }
-            *wp.lock().unwrap_or_else(|e| e.into_inner()) = std::mem::take(&mut w.problems);
+            *wp.lock().unwrap_or_else(|e| e.into_inner()) = w.take_problems();
         })
     };
 

@@ -30,6 +30,7 @@ pub struct Found {
     pub xattrs: Vec<Xattr>,
 }
 
+#[derive(Clone)]
 pub struct WalkOptions {
     pub excludes: Vec<RelPath>,
     /// Directories to list but not enter (mount points of pseudo and network file systems).
@@ -54,6 +55,13 @@ pub struct Walker {
     opts: WalkOptions,
     links: HashMap<(u64, u64), RelPath>,
     root: Option<(OwnedFd, Stat)>,
+    /// The path of the walk's first directory (the root, or one directory of a listing of
+    /// changes).
+    base: RelPath,
+    /// Enter subdirectories (false: the first directory and its children only).
+    descend: bool,
+    /// List the first directory (false: only its own entry).
+    list_first: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -113,13 +121,29 @@ impl Walker {
     pub fn new(root: &Path, opts: WalkOptions) -> std::io::Result<Walker> {
         let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let st = rustix::fs::fstat(&fd)?;
-        Ok(Walker {
+        Ok(Walker::from_dir(fd, st, RelPath::ROOT, opts, true, true))
+    }
+
+    /// A walk from an open directory whose path in the tree is `base`: with `descend`, of
+    /// everything beneath it; without, of it and (with `list_first`) its children.
+    pub fn from_dir(
+        fd: OwnedFd,
+        st: Stat,
+        base: RelPath,
+        opts: WalkOptions,
+        descend: bool,
+        list_first: bool,
+    ) -> Walker {
+        Walker {
             stack: Vec::new(),
             opts,
             links: HashMap::new(),
             root: Some((fd, st)),
+            base,
+            descend,
+            list_first,
             problems: Vec::new(),
-        })
+        }
     }
 
     fn excluded(&self, p: &RelPath) -> bool {
@@ -139,11 +163,14 @@ impl Iterator for Walker {
     fn next(&mut self) -> Option<Found> {
         if let Some((fd, st)) = self.root.take() {
             let xattrs = if self.opts.xattrs { read_xattrs(&fd_path(&fd, None)) } else { Vec::new() };
-            match list(&fd) {
-                Ok(names) => self.stack.push(Frame { fd, rel: RelPath::ROOT, names, pos: 0 }),
-                Err(e) => self.problem(RelPath::ROOT, format!("cannot list: {e}")),
+            let base = self.base.clone();
+            if self.list_first {
+                match list(&fd) {
+                    Ok(names) => self.stack.push(Frame { fd, rel: base.clone(), names, pos: 0 }),
+                    Err(e) => self.problem(base.clone(), format!("cannot list: {e}")),
+                }
             }
-            return Some(Found { path: RelPath::ROOT, st, kind: Kind::Dir, xattrs });
+            return Some(Found { path: base, st, kind: Kind::Dir, xattrs });
         }
         loop {
             let top = self.stack.last_mut()?;
@@ -192,7 +219,7 @@ impl Iterator for Walker {
             }
             let kind = match ft {
                 FileType::Directory => {
-                    if !self.opts.no_descend.contains(&path) {
+                    if self.descend && !self.opts.no_descend.contains(&path) {
                         let sub = rustix::fs::openat(
                             &top.fd,
                             &name[..],

@@ -151,6 +151,14 @@ pub struct PassSummary {
     pub skipped: Vec<Problem>,
     /// Extended attributes the node's file system refused (with `--keep-xattrs`).
     pub xattr_errors: u64,
+    /// Entries the agent sent; fewer than `entries` when it listed only what changed.
+    pub listed: u64,
+    /// Set when the agent listed only what changed since that pass (change tracking)
+    /// instead of walking the whole tree.
+    pub changes_since: Option<u32>,
+    /// What the pass copied by: excludes and attribute policy. A pass lists changes only
+    /// against a base of the same scope.
+    pub scope: String,
 }
 
 /// Outcome of `p2c verify` (and the check at the end of every migration).

@@ -70,6 +70,10 @@ pub struct TransferConfig {
     pub compression: Compression,
     /// zstd level when compressing (1 is fast; negative levels are faster still).
     pub zstd_level: i32,
+    /// Live passes after the first list only what the agent's change tracking (fanotify)
+    /// saw change, instead of walking the whole tree. The final pass of a cutover always
+    /// walks everything.
+    pub change_tracking: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,7 @@ impl Default for TransferConfig {
             dedup_scope: DedupScope::Node,
             compression: Compression::Auto,
             zstd_level: 1,
+            change_tracking: true,
         }
     }
 }
@@ -121,6 +126,7 @@ pub struct Settings {
     pub dedup_scope: DedupScope,
     pub compression: Compression,
     pub zstd_level: i32,
+    pub change_tracking: bool,
 }
 
 pub const CONFIG_FILE: &str = "controller.toml";
@@ -188,6 +194,7 @@ impl Settings {
             dedup_scope: t.dedup_scope,
             compression: t.compression,
             zstd_level: t.zstd_level,
+            change_tracking: t.change_tracking,
         })
     }
 

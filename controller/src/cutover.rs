@@ -120,7 +120,7 @@ async fn final_pass(
     let inv = migrate::fetch_inventory(ctl, &conn).await?;
     migrate::prepare_storage(ctl, h, &inv, None, opts)?;
     let excludes = migrate::excludes(opts)?;
-    let s = migrate::run_pass(ctl, h, &excludes, opts, Some(slot)).await?;
+    let s = migrate::run_pass(ctl, h, &excludes, opts, migrate::Walk::Full, Some(slot)).await?;
     h.log(format!("final pass {} done: {} written, {} deleted", s.pass, s.written, s.deleted));
     Ok(inv)
 }

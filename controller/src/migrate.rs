@@ -386,13 +386,17 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
     let conv = ctl.settings.converge_bytes.max(opts.converge_bytes.unwrap_or(0));
     let max_passes = if opts.max_passes > 0 { opts.max_passes } else { ctl.settings.max_passes };
     for i in 0..max_passes {
-        let s = run_pass(ctl, h, &excludes, &opts, None).await?;
+        let s = run_pass(ctl, h, &excludes, &opts, Walk::ChangesIfTracked, None).await?;
         if i == 0 || !ctl.settings.conf_path(h.ctid).exists() {
             write_conf(ctl, h, &inv, &opts)?;
         }
         let converged = s.changed_bytes <= conv && s.changed_during_read.is_empty();
+        let listed = match s.changes_since {
+            Some(b) => format!(" ({} changed since pass {b} listed)", s.listed),
+            None => String::new(),
+        };
         h.log(format!(
-            "pass {} done: {} entries, {} written, {} deleted, {} on the wire, {} copied on the node{}",
+            "pass {} done: {} entries{listed}, {} written, {} deleted, {} on the wire, {} copied on the node{}",
             s.pass,
             s.entries,
             s.written,
@@ -537,6 +541,7 @@ pub(crate) async fn run_pass(
     h: &Arc<MigrationHandle>,
     excludes: &[RelPath],
     opts: &MigrateOptions,
+    walk: Walk,
     mut slot: Option<OwnedSemaphorePermit>,
 ) -> Result<PassSummary, MigrateError> {
     let keep_slot = slot.is_some();
@@ -550,7 +555,11 @@ pub(crate) async fn run_pass(
             }
             slot = Some(permit);
         }
-        let job = next_pass_job(ctl, h, excludes, opts);
+        let mut job = next_pass_job(ctl, h, excludes, opts);
+        if walk == Walk::ChangesIfTracked {
+            job.changes_offered = changes_base(ctl, h, job.pass, excludes, opts);
+        }
+        let changes_since = job.changes_offered.as_ref().map(|(b, _)| *b);
         let pass = job.pass;
         let migration_id = format!("ct{}", h.ctid);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -566,11 +575,13 @@ pub(crate) async fn run_pass(
             bwlimit,
             chunking: Some(ctl.settings.chunking.into()),
             zstd_level: zstd_level(ctl, &conn),
+            changes_since,
+            track_changes: ctl.settings.change_tracking,
         });
         h.log(format!("copy pass {pass} started"));
         let outcome = transfer(ctl, h, &conn, cmd, done_rx, &migration_id).await;
         ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
-        let (summary, err, retry) = match outcome {
+        let (mut summary, err, retry) = match outcome {
             Ok(o) => {
                 note_written(h, o.written);
                 (o.summary, o.error, o.retryable)
@@ -581,6 +592,7 @@ pub(crate) async fn run_pass(
                 (PassSummary { pass, ..Default::default() }, Some(e), true)
             }
         };
+        summary.scope = pass_scope(excludes, opts);
         record_pass(ctl, h, &summary, err.is_none());
         match err {
             None => return Ok(summary),
@@ -595,6 +607,49 @@ pub(crate) async fn run_pass(
             Some(reason) => return Err(MigrateError::Pass { pass, reason }),
         }
     }
+}
+
+/// How a pass reads the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// Only what changed since the last pass, when the agent's change tracking covers it
+    /// (live passes).
+    ChangesIfTracked,
+    /// The whole tree: the final pass of a cutover (writes through a shared memory mapping
+    /// raise no change event, and this pass must miss nothing).
+    Full,
+}
+
+/// What decides which entries a pass copies; a listing of changes needs the same as its base.
+fn pass_scope(excludes: &[RelPath], opts: &MigrateOptions) -> String {
+    let mut b = Vec::new();
+    for x in excludes {
+        b.extend_from_slice(x.as_bytes());
+        b.push(0);
+    }
+    b.push(u8::from(opts.assess.keep_xattrs));
+    p2c_common::manifest::Hash32::of(&b).to_hex()
+}
+
+/// The pass a new pass may list changes against: the one just before it, if it completed
+/// with the same scope and its manifest is there.
+fn changes_base(
+    ctl: &Controller,
+    h: &MigrationHandle,
+    pass: u32,
+    excludes: &[RelPath],
+    opts: &MigrateOptions,
+) -> Option<(u32, PathBuf)> {
+    if !ctl.settings.change_tracking {
+        return None;
+    }
+    let prev = pass.checked_sub(1)?;
+    let passes = ctl.store.passes(h.ctid).ok()?;
+    let (_, complete, json) = passes.iter().find(|(p, _, _)| *p == prev)?;
+    let summary: PassSummary = serde_json::from_str(json).ok()?;
+    let manifest = crate::receive::manifest::pass_path(&ctl.settings.manifest_dir(h.ctid), prev);
+    (*complete && summary.scope == pass_scope(excludes, opts) && manifest.is_file())
+        .then_some((prev, manifest))
 }
 
 /// The job of the migration's next copy pass (its number taken, its progress reset).
@@ -626,6 +681,8 @@ pub(crate) fn next_pass_job(
         byte_limit: limits.map(|(b, _)| b),
         inode_limit: limits.map(|(_, i)| i),
         progress: h.progress.clone(),
+        changes_offered: None,
+        changes: None,
     }
 }
 

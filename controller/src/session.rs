@@ -317,8 +317,22 @@ impl v1::agent_session_server::AgentSession for AgentService {
                 Some(_) => t.remove(&open.migration_id),
             }
         };
-        let slot =
+        let mut slot =
             slot.ok_or_else(|| Status::failed_precondition("no pass of that migration is expected now"))?;
+        match crate::receive::Changes::accept(&slot.job, &open) {
+            Ok(c) => slot.job.changes = c.map(Arc::new),
+            Err(why) => {
+                warn!(agent = %name, migration = %open.migration_id, "{why}");
+                let msg = format!("agent sent an invalid stream: {why}");
+                let _ = slot.done.send(crate::receive::PassOutcome {
+                    summary: p2c_common::migration::PassSummary { pass: open.pass, ..Default::default() },
+                    written: None,
+                    error: Some(msg.clone()),
+                    retryable: false,
+                });
+                return Err(Status::invalid_argument(msg));
+            }
+        }
         let (tx, rx) = mpsc::channel(256);
         let throttle = self.ctl.throttle.clone();
         tokio::spawn(async move {

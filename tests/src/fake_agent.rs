@@ -38,6 +38,7 @@ impl Pass {
         up(v1::transfer_up::Msg::Open(v1::OpenTransfer {
             migration_id: self.start.migration_id.clone(),
             pass: self.start.pass,
+            ..Default::default()
         }))
     }
 }

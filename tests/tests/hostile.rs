@@ -232,6 +232,25 @@ async fn hostile_paths_are_refused() {
         vec![p.open(), batch(0, vec![root_dir(), dir(b"../escape", 0o755)])]
     })
     .await;
+    // A listing of changes nobody offered (a first pass has no base), and one that names
+    // directories while claiming to walk everything.
+    b.refused(&agent, 210, "changes since pass 7 were not offered", |p| {
+        let mut open = p.open();
+        if let Some(v1::transfer_up::Msg::Open(o)) = open.msg.as_mut() {
+            o.changes_since = Some(7);
+            o.changed_dirs = vec![b"etc".to_vec()];
+        }
+        vec![open, batch(0, vec![root_dir()]), done()]
+    })
+    .await;
+    b.refused(&agent, 211, "changed directories sent for a pass that walks everything", |p| {
+        let mut open = p.open();
+        if let Some(v1::transfer_up::Msg::Open(o)) = open.msg.as_mut() {
+            o.new_subtrees = vec![b"../../outside".to_vec()];
+        }
+        vec![open, batch(0, vec![root_dir()]), done()]
+    })
+    .await;
     b.assert_still_serving(291).await;
 }
 
@@ -519,7 +538,11 @@ async fn transfers_are_bound_to_their_agent_and_pass() {
 }
 
 fn up_open(migration_id: &str, pass: u32) -> v1::TransferUp {
-    fake_agent::up(v1::transfer_up::Msg::Open(v1::OpenTransfer { migration_id: migration_id.into(), pass }))
+    fake_agent::up(v1::transfer_up::Msg::Open(v1::OpenTransfer {
+        migration_id: migration_id.into(),
+        pass,
+        ..Default::default()
+    }))
 }
 
 /// Revocation cuts an agent off everywhere, including a copy pass it is in the middle of:

@@ -11,4 +11,5 @@ mod quota;
 mod reconnect;
 mod resume;
 mod security;
+mod tracking;
 mod waves;

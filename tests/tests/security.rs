@@ -73,7 +73,11 @@ async fn try_session(ch: Channel, name: &str) -> Result<(), tonic::Status> {
 /// identified (FAILED_PRECONDITION) or refused.
 async fn try_transfer(ch: Channel) -> tonic::Status {
     let open = v1::TransferUp {
-        msg: Some(v1::transfer_up::Msg::Open(v1::OpenTransfer { migration_id: "ct4242".into(), pass: 0 })),
+        msg: Some(v1::transfer_up::Msg::Open(v1::OpenTransfer {
+            migration_id: "ct4242".into(),
+            pass: 0,
+            ..Default::default()
+        })),
     };
     let mut client = AgentSessionClient::new(ch);
     match client.transfer(tokio_stream::iter(vec![open])).await {

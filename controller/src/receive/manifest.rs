@@ -115,6 +115,14 @@ impl ManifestReader {
         Entry::try_from(msg).map(Some).map_err(|e| self.damaged(e.to_string()))
     }
 
+    /// The next entry as stored: a segment of a large file is returned on its own.
+    pub fn next_segment(&mut self) -> Result<Option<Entry>> {
+        match self.peeked.take() {
+            Some(e) => Ok(Some(e)),
+            None => self.read_raw(),
+        }
+    }
+
     /// The next whole entry (segments joined).
     pub fn next_entry(&mut self) -> Result<Option<Entry>> {
         let mut e = match self.peeked.take() {

@@ -57,7 +57,106 @@ pub struct PassJob {
     /// Most entries the tree may hold (DISKINODES hard).
     pub inode_limit: Option<u64>,
     pub progress: Arc<Progress>,
+    /// The base pass (and its manifest) the agent may list changes against instead of
+    /// sending the whole tree.
+    pub changes_offered: Option<(u32, PathBuf)>,
+    /// What the agent said it lists, once the transfer opened.
+    pub changes: Option<Arc<Changes>>,
 }
+
+/// The part of the tree a pass that lists changes speaks for: each changed directory and
+/// its direct children, and each new subtree whole. Everything else stays as the base
+/// pass left it.
+#[derive(Debug)]
+pub struct Changes {
+    pub base: u32,
+    pub base_manifest: PathBuf,
+    /// Walk keys of the changed directories.
+    dirs: std::collections::HashSet<Vec<u8>>,
+    /// Walk keys of the new subtrees, sorted, none inside another.
+    subtrees: Vec<Vec<u8>>,
+}
+
+/// True when `key` lies strictly beneath the directory `dir` (walk keys).
+pub(crate) fn key_under(key: &[u8], dir: &[u8]) -> bool {
+    if dir.is_empty() {
+        return !key.is_empty();
+    }
+    key.len() > dir.len() && key.starts_with(dir) && key[dir.len()] == 0
+}
+
+/// The walk key of the parent of `key` (`None` for the root).
+fn parent_key(key: &[u8]) -> Option<&[u8]> {
+    if key.is_empty() {
+        return None;
+    }
+    Some(match key.iter().rposition(|b| *b == 0) {
+        Some(i) => &key[..i],
+        None => &[],
+    })
+}
+
+/// Sorted walk keys with nested ones dropped: what [`in_any`] searches.
+fn outermost(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    keys.sort();
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+    for k in keys {
+        if out.last().is_some_and(|l| *l == k || key_under(&k, l)) {
+            continue;
+        }
+        out.push(k);
+    }
+    out
+}
+
+/// True when `key` is one of `sorted` (outermost keys) or lies beneath one.
+pub(crate) fn in_any(sorted: &[Vec<u8>], key: &[u8]) -> bool {
+    // Keys beneath a directory sort right after it, before any key that is not: the only
+    // candidate is the greatest one not after `key`.
+    let i = sorted.partition_point(|k| k.as_slice() <= key);
+    i > 0 && (sorted[i - 1] == key || key_under(key, &sorted[i - 1]))
+}
+
+impl Changes {
+    /// Checks what an agent's Open says it lists against what the pass offered.
+    pub fn accept(job: &PassJob, open: &v1::OpenTransfer) -> Result<Option<Changes>, String> {
+        let Some(since) = open.changes_since else {
+            if !open.changed_dirs.is_empty() || !open.new_subtrees.is_empty() {
+                return Err("changed directories sent for a pass that walks everything".into());
+            }
+            return Ok(None);
+        };
+        let Some((base, manifest)) = &job.changes_offered else {
+            return Err(format!("changes since pass {since} were not offered"));
+        };
+        if since != *base {
+            return Err(format!("changes since pass {base} were offered, not {since}"));
+        }
+        if open.changed_dirs.len() + open.new_subtrees.len() > MAX_REGIONS {
+            return Err("too many changed directories".into());
+        }
+        let key = |b: &Vec<u8>| RelPath::new(b.clone()).map(|p| p.walk_key()).map_err(|e| e.to_string());
+        let dirs = open.changed_dirs.iter().map(key).collect::<Result<_, _>>()?;
+        let subtrees = open.new_subtrees.iter().map(key).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Changes {
+            base: *base,
+            base_manifest: manifest.clone(),
+            dirs,
+            subtrees: outermost(subtrees),
+        }))
+    }
+
+    /// Whether the pass speaks for `key`: what the base had there and is not sent again is
+    /// gone from the source.
+    pub fn covers(&self, key: &[u8]) -> bool {
+        self.dirs.contains(key)
+            || parent_key(key).is_some_and(|p| self.dirs.contains(p))
+            || in_any(&self.subtrees, key)
+    }
+}
+
+/// Most changed directories and subtrees one pass may list.
+const MAX_REGIONS: usize = 100_000;
 
 /// Live counters of a pass, read by status and progress displays.
 #[derive(Debug, Default)]

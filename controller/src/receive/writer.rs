@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use rustix::fs::{FileType, Mode};
 use tokio::sync::mpsc;
 
-use super::manifest::ManifestWriter;
+use super::manifest::{ManifestReader, ManifestWriter};
 use super::{ChunkMsg, Expected, Outbound, PassJob, PlannedBatch, ReceiveError, WriterMsg, protocol};
 use crate::config::DedupScope;
 use crate::state::index::{self, BatchCommit, ChunkLocation, FileRecord};
@@ -172,6 +172,20 @@ struct Writer<'a> {
     /// that a crash loses little).
     last_commit: std::time::Instant,
     uncommitted_bytes: u64,
+    /// A pass that lists changes: the base pass's manifest, carried into this pass's where
+    /// the listing does not speak.
+    base: Option<BaseCursor>,
+    /// Directories this pass found gone (or no longer directories): what was beneath them
+    /// is gone too. Sorted walk keys, none inside another.
+    dead: Vec<Vec<u8>>,
+    /// Base entries outside the listing that cannot stay: hard links whose first name the
+    /// listing removed or replaced (the next full walk brings them back as they are).
+    dropped: HashSet<Vec<u8>>,
+}
+
+struct BaseCursor {
+    reader: ManifestReader,
+    peeked: Option<Entry>,
 }
 
 impl<'a> Writer<'a> {
@@ -185,6 +199,10 @@ impl<'a> Writer<'a> {
         let tree = Tree::create(&job.tree)?;
         let conn = state::connect(&job.db)?;
         let manifest = Some(ManifestWriter::create(&job.manifest)?);
+        let base = match &job.changes {
+            Some(c) => Some(BaseCursor { reader: ManifestReader::open(&c.base_manifest)?, peeked: None }),
+            None => None,
+        };
         Ok(Writer {
             job,
             tree,
@@ -216,6 +234,9 @@ impl<'a> Writer<'a> {
             src_file: None,
             last_commit: std::time::Instant::now(),
             uncommitted_bytes: 0,
+            base,
+            dead: Vec::new(),
+            dropped: HashSet::new(),
         })
     }
 
@@ -262,9 +283,86 @@ impl<'a> Writer<'a> {
                 _ => {}
             }
             let Some(rec) = self.cursor.page.pop_front() else { return Ok(None) };
+            if self.job.changes.is_some() {
+                if !self.gone(&rec.key) {
+                    continue; // outside the listing: stays as it is
+                }
+                if rec.kind == 2 {
+                    self.mark_dead(&rec.key);
+                }
+            }
             // Removed at the end of the pass: until then a renamed file's old name can still
             // give its data to the new one.
             self.deleted.push(rec.key);
+        }
+    }
+
+    // ------------------------------------------------------------------ listings of changes
+
+    /// In a pass that lists changes: whether what the base had at `key` is gone unless this
+    /// pass sends it again.
+    fn gone(&self, key: &[u8]) -> bool {
+        match &self.job.changes {
+            None => true,
+            Some(c) => c.covers(key) || super::in_any(&self.dead, key) || self.dropped.contains(key),
+        }
+    }
+
+    fn mark_dead(&mut self, key: &[u8]) {
+        if super::in_any(&self.dead, key) {
+            return;
+        }
+        let i = self.dead.partition_point(|k| k.as_slice() < key);
+        let end = i + self.dead[i..].iter().take_while(|k| super::key_under(k, key)).count();
+        self.dead.splice(i..end, [key.to_vec()]);
+    }
+
+    /// Carries the base pass's entries before `upto` (`None`: all that are left) into this
+    /// pass's manifest where the listing does not speak; drops the one at `upto` (the pass
+    /// sends it again, as a directory when `new_is_dir`).
+    fn carry_base(&mut self, upto: Option<&[u8]>, new_is_dir: bool) -> Result<(), ReceiveError> {
+        loop {
+            let Some(base) = self.base.as_mut() else { return Ok(()) };
+            if base.peeked.is_none() {
+                base.peeked = base.reader.next_segment()?;
+            }
+            let Some(e) = base.peeked.as_ref() else { return Ok(()) };
+            let key = e.path.walk_key();
+            if upto.is_some_and(|u| key.as_slice() > u) {
+                return Ok(());
+            }
+            let Some(e) = base.peeked.take() else { return Ok(()) };
+            let is_dir = matches!(e.data, EntryData::Directory);
+            if upto == Some(key.as_slice()) {
+                if is_dir && !new_is_dir {
+                    self.mark_dead(&key);
+                }
+                continue;
+            }
+            if self.gone(&key) {
+                if is_dir {
+                    self.mark_dead(&key);
+                }
+                continue;
+            }
+            if let EntryData::HardLink { target } = &e.data
+                && self.gone(&target.walk_key())
+            {
+                self.dropped.insert(key);
+                continue;
+            }
+            if e.segment == 0 {
+                self.summary.entries += 1;
+                if !matches!(e.data, EntryData::HardLink { .. }) {
+                    self.total_inodes += 1;
+                }
+            }
+            self.total_bytes += e.data_bytes();
+            self.summary.data_bytes += e.data_bytes();
+            self.check_limits()?;
+            if let Some(m) = self.manifest.as_mut() {
+                m.push(&e)?;
+            }
         }
     }
 
@@ -318,9 +416,16 @@ impl<'a> Writer<'a> {
         {
             return Err(protocol(format!("{} is out of walk order or repeated", e.path)));
         }
+        self.carry_base(Some(&key), matches!(e.data, EntryData::Directory))?;
         // The cursor reads on from the last key processed: `last_key` moves only after it.
         let old = self.advance_to(Some(&key))?;
         self.last_key = Some(key.clone());
+        if self.job.changes.is_some()
+            && old.as_ref().is_some_and(|r| r.kind == 2)
+            && !matches!(e.data, EntryData::Directory)
+        {
+            self.mark_dead(&key);
+        }
         if excluded {
             // Copied before, excluded now: it leaves the container.
             if let Some(rec) = old {
@@ -329,6 +434,7 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         self.summary.entries += 1;
+        self.summary.listed += 1;
         if let Some(m) = self.manifest.as_mut() {
             m.push(e)?;
         }
@@ -1053,7 +1159,9 @@ impl<'a> Writer<'a> {
                 }
             }
         }
+        self.carry_base(None, false)?;
         self.advance_to(None)?;
+        self.summary.changes_since = self.job.changes.as_ref().map(|c| c.base);
         // Deepest first, so a deleted directory's records go with it.
         let mut deleted = std::mem::take(&mut self.deleted);
         deleted.sort_by(|a, b| b.cmp(a));
@@ -1062,7 +1170,18 @@ impl<'a> Writer<'a> {
                 && !path.is_root()
             {
                 self.parent = None;
+                // A dropped hard link's directory is not in this pass: it keeps its time.
+                let keep_time = match (self.dropped.contains(&key), path.parent()) {
+                    (true, Some(parent)) => self
+                        .tree
+                        .lstat(&parent)?
+                        .map(|st| (parent, Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 })),
+                    _ => None,
+                };
                 self.tree.remove(&path)?;
+                if let Some(pt) = keep_time {
+                    self.dirs.push(pt);
+                }
                 self.summary.deleted += 1;
             }
             self.commit.deletes.push(key);
