@@ -584,21 +584,28 @@ fn hash_worker(
     rx: &Mutex<std::sync::mpsc::Receiver<Work>>,
     tx: &std::sync::mpsc::SyncSender<Ready>,
 ) {
-    let mut chunker = Chunker::new(params);
+    let mut chunkers = Chunkers { main: Chunker::new(params), spare: None };
     loop {
         let w = {
             let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
             guard.recv()
         };
         let Ok(w) = w else { return };
-        let ready = prepare(root, &mut chunker, w);
+        let ready = prepare(root, &mut chunkers, w);
         if tx.send(ready).is_err() {
             return;
         }
     }
 }
 
-fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
+/// A hash worker's chunkers: its own, and one for the second thread that chunks a big file's
+/// regions, made once (a buffer per file would grow the agent's memory).
+struct Chunkers {
+    main: Chunker,
+    spare: Option<Chunker>,
+}
+
+fn prepare(root: &Path, chunker: &mut Chunkers, w: Work) -> Ready {
     let f = w.found;
     let mut meta = meta_of(&f);
     let single = |data: EntryData| Ready {
@@ -686,7 +693,7 @@ fn prepare(root: &Path, chunker: &mut Chunker, w: Work) -> Ready {
 /// Chunks the data extents of a file, checking it did not change while being read.
 fn chunk_file(
     path: &Path,
-    chunker: &mut Chunker,
+    chunkers: &mut Chunkers,
     ident: (u64, u64, u64, i64, i64),
 ) -> Result<Vec<ChunkRef>, String> {
     let file = open_source(path).map_err(|e| format!("vanished or unreadable: {e}"))?;
@@ -700,7 +707,7 @@ fn chunk_file(
     if regions.len() < 2 {
         for &(start, len) in &regions {
             let mut rd = OffsetReader { file: &file, pos: start };
-            chunks.extend(chunker.refs(&mut rd, start, len).map_err(|e| format!("read error: {e}"))?);
+            chunks.extend(chunkers.main.refs(&mut rd, start, len).map_err(|e| format!("read error: {e}"))?);
         }
     } else {
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -713,10 +720,12 @@ fn chunk_file(
             let r = chunker.refs(&mut rd, start, len);
             results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
         };
+        let params = chunkers.main.params();
+        let spare = chunkers.spare.get_or_insert_with(|| Chunker::new(params));
+        let main = &mut chunkers.main;
         std::thread::scope(|sc| {
-            let params = chunker.params();
-            sc.spawn(move || work(&mut Chunker::new(params)));
-            work(chunker);
+            sc.spawn(|| work(spare));
+            work(main);
         });
         for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
             match r {
@@ -872,7 +881,8 @@ mod tests {
             ns(st.st_ctime, st.st_ctime_nsec as i64),
         );
         let params = ChunkParams::default();
-        let got = chunk_file(&path, &mut Chunker::new(params), ident).unwrap();
+        let got =
+            chunk_file(&path, &mut Chunkers { main: Chunker::new(params), spare: None }, ident).unwrap();
         // The same regions chunked one after the other.
         let mut want = Vec::new();
         for r in 0..3u64 {

@@ -51,7 +51,10 @@ pub struct Chunker {
 
 impl Chunker {
     pub fn new(params: ChunkParams) -> Self {
-        let size = (params.max_size as usize * 8).max(4 * 1024 * 1024);
+        // Eight of the largest chunks: reads stay large, and the agent holds four of these
+        // (two hash workers, each with a second thread for big files). The size does not
+        // change where chunks are cut: a chunk is cut only once its whole window is read.
+        let size = (params.max_size as usize * 8).max(1024 * 1024);
         Self { params, buf: vec![0; size] }
     }
 
@@ -132,6 +135,21 @@ impl Chunker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_buffer_does_not_move_chunk_boundaries() {
+        // Chunk indexes on nodes hold chunks cut with older buffer sizes: they must agree.
+        let data = pseudo_random(9 << 20, 7);
+        let p = ChunkParams::default();
+        let cut = |buf: usize| {
+            let mut c = Chunker { params: p, buf: vec![0; buf] };
+            c.refs(&mut &data[..], 0, data.len() as u64).unwrap()
+        };
+        let small = cut(p.max_size as usize + 1);
+        assert_eq!(small, cut(1 << 20));
+        assert_eq!(small, cut(4 << 20));
+        assert_eq!(small, Chunker::new(p).refs(&mut &data[..], 0, data.len() as u64).unwrap());
+    }
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
