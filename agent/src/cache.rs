@@ -24,6 +24,17 @@ pub struct Record {
     pub digest: Hash32,
     pub chunks: Vec<ChunkRef>,
     pub xattrs: Vec<Xattr>,
+    /// For big files: the BLAKE3 of each chunking region, so that a changed file's
+    /// unchanged regions keep their chunks without being chunked again.
+    pub regions: Vec<RegionSum>,
+}
+
+/// One chunking region of a big file (see `extents::chunk_regions`) and the BLAKE3 of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionSum {
+    pub offset: u64,
+    pub len: u64,
+    pub hash: Hash32,
 }
 
 impl Record {
@@ -38,7 +49,9 @@ impl Record {
 
 const MAX_KEY: usize = 8192;
 /// Starts every cache file; a file without it (an older format) is ignored.
-const MAGIC: &[u8; 8] = b"p2cache2";
+const MAGIC: &[u8; 8] = b"p2cache3";
+/// Most regions one record holds (a 32 TiB file).
+const MAX_REGIONS: u32 = 1 << 20;
 const MAX_CHUNKS: u32 = 1 << 24;
 
 /// Reads the previous pass's cache in walk order.
@@ -153,6 +166,21 @@ fn read_one<R: Read>(r: &mut R) -> Option<Record> {
         let value = field(limits::MAX_XATTR_VALUE)?;
         xattrs.push(Xattr { name, value });
     }
+    r.read_exact(&mut u32b).ok()?;
+    let nr = u32::from_le_bytes(u32b);
+    if nr > MAX_REGIONS {
+        return None;
+    }
+    let mut regions = Vec::with_capacity(nr.min(4096) as usize);
+    for _ in 0..nr {
+        r.read_exact(&mut u64b).ok()?;
+        let offset = u64::from_le_bytes(u64b);
+        r.read_exact(&mut u64b).ok()?;
+        let len = u64::from_le_bytes(u64b);
+        let mut h = [0u8; 32];
+        r.read_exact(&mut h).ok()?;
+        regions.push(RegionSum { offset, len, hash: Hash32(h) });
+    }
     Some(Record {
         key,
         dev: n[0],
@@ -163,6 +191,7 @@ fn read_one<R: Read>(r: &mut R) -> Option<Record> {
         digest: Hash32(digest),
         chunks,
         xattrs,
+        regions,
     })
 }
 
@@ -211,6 +240,12 @@ impl Writer {
                 w.write_all(&(f.len() as u32).to_le_bytes())?;
                 w.write_all(f)?;
             }
+        }
+        w.write_all(&(r.regions.len() as u32).to_le_bytes())?;
+        for g in &r.regions {
+            w.write_all(&g.offset.to_le_bytes())?;
+            w.write_all(&g.len.to_le_bytes())?;
+            w.write_all(&g.hash.0)?;
         }
         self.last_key = Some(r.key.clone());
         Ok(())
@@ -262,7 +297,24 @@ mod tests {
             digest: Hash32([n as u8; 32]),
             chunks: vec![ChunkRef { hash: Hash32([7; 32]), offset: 0, len: 10 }],
             xattrs: vec![Xattr { name: b"user.k".to_vec(), value: vec![n as u8; 3] }],
+            regions: vec![RegionSum { offset: 0, len: 10, hash: Hash32([n as u8 + 1; 32]) }],
         }
+    }
+
+    #[test]
+    fn update_replaces_fresh_records_and_keeps_the_others() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.cache");
+        let mut w = Writer::create(&p).unwrap();
+        for (i, k) in [&b"a"[..], b"b", b"c"].iter().enumerate() {
+            w.push(&rec(k, i as u64)).unwrap();
+        }
+        w.finish().unwrap();
+        update(&p, vec![rec(b"b", 7), rec(b"bb", 8)]).unwrap();
+        let all: Vec<(Vec<u8>, u64)> = Reader::open(&p).rest_after(None).map(|r| (r.key, r.ino)).collect();
+        let want: Vec<(Vec<u8>, u64)> =
+            vec![(b"a".to_vec(), 0), (b"b".to_vec(), 7), (b"bb".to_vec(), 8), (b"c".to_vec(), 2)];
+        assert_eq!(all, want);
     }
 
     #[test]
@@ -277,8 +329,7 @@ mod tests {
         w.finish().unwrap();
         let mut r = Reader::open(&p);
         let a = r.lookup(b"a").unwrap();
-        assert_eq!(a.ino, 0);
-        assert_eq!(a.xattrs, rec(b"a", 0).xattrs);
+        assert_eq!(a, rec(b"a", 0), "a record comes back as written");
         assert!(r.lookup(b"b").is_none());
         assert_eq!(r.lookup(b"c").unwrap().ino, 2);
         let rest: Vec<u64> = Reader::open(&p).rest_after(Some(b"a\0b")).map(|r| r.ino).collect();

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -357,7 +357,69 @@ struct Work {
     seq: u64,
     found: Found,
     cached: Option<cache::Record>,
+    /// A changed big file's last chunking: regions whose bytes did not change keep their
+    /// chunks.
+    prior: Option<Prior>,
 }
+
+/// The chunks and region sums of a big file's last chunking, holding `cost` bytes of the
+/// budget for them.
+struct Prior {
+    chunks: Vec<ChunkRef>,
+    regions: Vec<cache::RegionSum>,
+    cost: i64,
+    budget: Arc<AtomicI64>,
+}
+
+impl Drop for Prior {
+    fn drop(&mut self) {
+        self.budget.fetch_add(self.cost, Ordering::Relaxed);
+    }
+}
+
+impl Prior {
+    /// Takes what `r` knows if the budget allows (the work queue must not hold a big
+    /// file's chunk list per item).
+    fn take(r: cache::Record, budget: &Arc<AtomicI64>) -> Option<Prior> {
+        if r.regions.len() < 2 {
+            return None;
+        }
+        let cost = (r.chunks.len() * std::mem::size_of::<ChunkRef>()
+            + r.regions.len() * std::mem::size_of::<cache::RegionSum>()) as i64;
+        if budget.fetch_sub(cost, Ordering::Relaxed) < cost {
+            budget.fetch_add(cost, Ordering::Relaxed);
+            return None;
+        }
+        Some(Prior { chunks: r.chunks, regions: r.regions, cost, budget: budget.clone() })
+    }
+
+    /// The chunks of the region at `start`, if its sum is `hash` and they tile it exactly.
+    fn region_chunks(
+        &self,
+        start: u64,
+        len: u64,
+        hash: Option<p2c_common::manifest::Hash32>,
+    ) -> Option<Vec<ChunkRef>> {
+        let g = self.regions.iter().find(|g| g.offset == start && g.len == len)?;
+        if hash.is_some_and(|h| h != g.hash) {
+            return None;
+        }
+        let from = self.chunks.partition_point(|c| c.offset < start);
+        let to = self.chunks.partition_point(|c| c.offset < start + len);
+        let cs = &self.chunks[from..to];
+        let mut at = start;
+        for c in cs {
+            if c.offset != at {
+                return None;
+            }
+            at += u64::from(c.len);
+        }
+        (at == start + len).then(|| cs.to_vec())
+    }
+}
+
+/// Bytes of prior chunk lists the work queue may hold.
+const PRIOR_BUDGET: i64 = 8 << 20;
 
 /// A finished item: its entry (segments) and how to re-read its chunks.
 struct Ready {
@@ -425,26 +487,33 @@ fn produce(
     let walk_thread = {
         let cache_path = p.cache_path.clone();
         let wp = walker_problems.clone();
+        let budget = Arc::new(AtomicI64::new(PRIOR_BUDGET));
         std::thread::spawn(move || {
             let mut cache = cache::Reader::open(&cache_path);
             let mut w = walker;
             for (seq, found) in (0u64..).zip(w.by_ref()) {
-                let cached = if matches!(found.kind, Kind::File) {
-                    let key: Vec<u8> = found.path.walk_key();
-                    let st = &found.st;
-                    cache.lookup(&key).filter(|r| {
-                        r.same_file(
-                            st.st_dev,
-                            st.st_ino,
-                            st.st_size as u64,
-                            ns(st.st_mtime, st.st_mtime_nsec as i64),
-                            ns(st.st_ctime, st.st_ctime_nsec as i64),
-                        )
-                    })
-                } else {
-                    None
+                let (cached, prior) = match matches!(found.kind, Kind::File) {
+                    true => {
+                        let st = &found.st;
+                        match cache.lookup(&found.path.walk_key()) {
+                            Some(r)
+                                if r.same_file(
+                                    st.st_dev,
+                                    st.st_ino,
+                                    st.st_size as u64,
+                                    ns(st.st_mtime, st.st_mtime_nsec as i64),
+                                    ns(st.st_ctime, st.st_ctime_nsec as i64),
+                                ) =>
+                            {
+                                (Some(r), None)
+                            }
+                            Some(r) => (None, Prior::take(r, &budget)),
+                            None => (None, None),
+                        }
+                    }
+                    false => (None, None),
                 };
-                if work_tx.send(Work { seq, found, cached }).is_err() {
+                if work_tx.send(Work { seq, found, cached, prior }).is_err() {
                     break;
                 }
             }
@@ -636,12 +705,12 @@ fn prepare(root: &Path, chunker: &mut Chunkers, w: Work) -> Ready {
                 Some(r) => r.xattrs.clone(),
                 None => crate::walk::read_xattrs(src.as_os_str().as_encoded_bytes()),
             };
-            let (chunks, digest) = match w.cached {
-                Some(r) => (r.chunks, r.digest),
-                None => match chunk_file(&src, chunker, ident) {
-                    Ok(c) => {
+            let (chunks, digest, regions) = match w.cached {
+                Some(r) => (r.chunks, r.digest, r.regions),
+                None => match chunk_file(&src, chunker, ident, w.prior.as_ref()) {
+                    Ok((c, regions)) => {
                         let d = ContentHasher::digest(ident.2, &c);
-                        (c, d)
+                        (c, d, regions)
                     }
                     Err(reason) => {
                         return Ready {
@@ -665,6 +734,7 @@ fn prepare(root: &Path, chunker: &mut Chunkers, w: Work) -> Ready {
                 digest,
                 chunks: chunks.clone(),
                 xattrs: meta.xattrs.clone(),
+                regions,
             };
             let mut entries = Vec::new();
             let segs: Vec<&[ChunkRef]> =
@@ -690,12 +760,15 @@ fn prepare(root: &Path, chunker: &mut Chunkers, w: Work) -> Ready {
     }
 }
 
-/// Chunks the data extents of a file, checking it did not change while being read.
+/// Chunks the data extents of a file, checking it did not change while being read. A big
+/// file (several regions) is chunked by two threads, and the BLAKE3 of each region is
+/// returned; a region whose sum matches `prior`'s keeps its chunks without being chunked.
 fn chunk_file(
     path: &Path,
     chunkers: &mut Chunkers,
     ident: (u64, u64, u64, i64, i64),
-) -> Result<Vec<ChunkRef>, String> {
+    prior: Option<&Prior>,
+) -> Result<(Vec<ChunkRef>, Vec<cache::RegionSum>), String> {
     let file = open_source(path).map_err(|e| format!("vanished or unreadable: {e}"))?;
     let st = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat: {e}"))?;
     if st.st_ino != ident.1 || st.st_size as u64 != ident.2 {
@@ -703,6 +776,7 @@ fn chunk_file(
     }
     let size = ident.2;
     let mut chunks = Vec::new();
+    let mut sums = Vec::new();
     let regions = chunk_regions(&file, &st, size).map_err(|e| format!("cannot map holes: {e}"))?;
     if regions.len() < 2 {
         for &(start, len) in &regions {
@@ -710,14 +784,28 @@ fn chunk_file(
             chunks.extend(chunkers.main.refs(&mut rd, start, len).map_err(|e| format!("read error: {e}"))?);
         }
     } else {
+        type RegionResult = std::io::Result<(Vec<ChunkRef>, cache::RegionSum)>;
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Mutex<Vec<Option<std::io::Result<Vec<ChunkRef>>>>> =
+        let results: Mutex<Vec<Option<RegionResult>>> =
             Mutex::new((0..regions.len()).map(|_| None).collect());
+        let one = |chunker: &mut Chunker, start: u64, len: u64| -> RegionResult {
+            let rd = || OffsetReader { file: &file, pos: start };
+            let sum = |hash| cache::RegionSum { offset: start, len, hash };
+            if let Some(p) = prior
+                && p.region_chunks(start, len, None).is_some()
+            {
+                let hash = chunker.sum(&mut rd(), len)?;
+                if let Some(cs) = p.region_chunks(start, len, Some(hash)) {
+                    return Ok((cs, sum(hash)));
+                }
+            }
+            let (cs, hash) = chunker.refs_summed(&mut rd(), start, len)?;
+            Ok((cs, sum(hash)))
+        };
         let work = |chunker: &mut Chunker| loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(&(start, len)) = regions.get(i) else { return };
-            let mut rd = OffsetReader { file: &file, pos: start };
-            let r = chunker.refs(&mut rd, start, len);
+            let r = one(chunker, start, len);
             results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
         };
         let params = chunkers.main.params();
@@ -729,7 +817,10 @@ fn chunk_file(
         });
         for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
             match r {
-                Some(Ok(refs)) => chunks.extend(refs),
+                Some(Ok((refs, s))) => {
+                    chunks.extend(refs);
+                    sums.push(s);
+                }
                 Some(Err(e)) => return Err(format!("read error: {e}")),
                 None => return Err("a region was not chunked".into()),
             }
@@ -742,7 +833,7 @@ fn chunk_file(
     if changed {
         return Err("changed while being read".into());
     }
-    Ok(chunks)
+    Ok((chunks, sums))
 }
 
 /// Answers the controller's needs: reads each chunk again, checks it, compresses it.
@@ -881,8 +972,8 @@ mod tests {
             ns(st.st_ctime, st.st_ctime_nsec as i64),
         );
         let params = ChunkParams::default();
-        let got =
-            chunk_file(&path, &mut Chunkers { main: Chunker::new(params), spare: None }, ident).unwrap();
+        let mut chunkers = Chunkers { main: Chunker::new(params), spare: None };
+        let (got, sums) = chunk_file(&path, &mut chunkers, ident, None).unwrap();
         // The same regions chunked one after the other.
         let mut want = Vec::new();
         for r in 0..3u64 {
@@ -895,5 +986,39 @@ mod tests {
         assert!(got.iter().any(|c| c.offset == REGION), "a chunk starts at the region boundary");
         let total: u64 = got.iter().map(|c| u64::from(c.len)).sum();
         assert_eq!(total, data.len() as u64);
+        assert_eq!(sums.len(), 3);
+        assert_eq!(sums[1].hash.0, *blake3::hash(&data[REGION as usize..2 * REGION as usize]).as_bytes());
+
+        // One byte changes in the middle region. The prior chunk lists of the first two
+        // regions are marked: a region taken from the prior keeps the mark, one chunked
+        // again does not.
+        let mut marked = got.clone();
+        for c in marked.iter_mut().filter(|c| c.offset < 2 * REGION) {
+            c.hash.0[0] ^= 0xff;
+        }
+        let budget = Arc::new(AtomicI64::new(0));
+        let prior = Prior { chunks: marked.clone(), regions: sums.clone(), cost: 0, budget };
+        data[(REGION + 1000) as usize] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        let st = rustix::fs::stat(&path).unwrap();
+        let ident = (
+            st.st_dev,
+            st.st_ino,
+            st.st_size as u64,
+            ns(st.st_mtime, st.st_mtime_nsec as i64),
+            ns(st.st_ctime, st.st_ctime_nsec as i64),
+        );
+        let (again, sums2) = chunk_file(&path, &mut chunkers, ident, Some(&prior)).unwrap();
+        let (fresh, _) =
+            chunk_file(&path, &mut Chunkers { main: Chunker::new(params), spare: None }, ident, None)
+                .unwrap();
+        let in_region = |v: &[ChunkRef], r: u64| -> Vec<ChunkRef> {
+            v.iter().filter(|c| c.offset / REGION == r).copied().collect()
+        };
+        assert_eq!(in_region(&again, 0), in_region(&marked, 0), "the unchanged region was chunked again");
+        assert_eq!(in_region(&again, 1), in_region(&fresh, 1), "the changed region kept its old chunks");
+        assert_eq!(in_region(&again, 2), in_region(&fresh, 2));
+        assert_eq!((sums2[0], sums2[2]), (sums[0], sums[2]));
+        assert_ne!(sums2[1], sums[1]);
     }
 }

@@ -69,6 +69,18 @@ impl Chunker {
         reader: &mut R,
         base: u64,
         limit: u64,
+        on_chunk: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        self.chunk_stream_summed(reader, base, limit, None, on_chunk)
+    }
+
+    /// [`Chunker::chunk_stream`], also feeding every byte read to `sum`.
+    fn chunk_stream_summed<R: Read>(
+        &mut self,
+        reader: &mut R,
+        base: u64,
+        limit: u64,
+        mut sum: Option<&mut blake3::Hasher>,
         mut on_chunk: impl FnMut(u64, &[u8]) -> io::Result<()>,
     ) -> io::Result<u64> {
         let p = self.params;
@@ -91,6 +103,9 @@ impl Chunker {
                 if n == 0 {
                     eof = true;
                 } else {
+                    if let Some(h) = sum.as_deref_mut() {
+                        h.update(&self.buf[filled..filled + n]);
+                    }
                     filled += n;
                     remaining -= n as u64;
                 }
@@ -119,6 +134,42 @@ impl Chunker {
                 return Ok(offset - base);
             }
         }
+    }
+
+    /// [`Chunker::refs`], and the BLAKE3 of all the bytes read (to recognise the same bytes
+    /// later without chunking them).
+    pub fn refs_summed<R: Read>(
+        &mut self,
+        reader: &mut R,
+        base: u64,
+        limit: u64,
+    ) -> io::Result<(Vec<ChunkRef>, Hash32)> {
+        let mut out = Vec::new();
+        let mut h = blake3::Hasher::new();
+        self.chunk_stream_summed(reader, base, limit, Some(&mut h), |offset, data| {
+            out.push(ChunkRef { hash: Hash32::of(data), offset, len: data.len() as u32 });
+            Ok(())
+        })?;
+        Ok((out, Hash32(*h.finalize().as_bytes())))
+    }
+
+    /// The BLAKE3 of the next `limit` bytes of `reader` (fewer at its end), read through this
+    /// chunker's buffer: a third of the cost of chunking them.
+    pub fn sum<R: Read>(&mut self, reader: &mut R, limit: u64) -> io::Result<Hash32> {
+        let mut h = blake3::Hasher::new();
+        let mut left = limit;
+        while left > 0 {
+            let want = (self.buf.len() as u64).min(left) as usize;
+            let n = match reader.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&self.buf[..n]);
+            left -= n as u64;
+        }
+        Ok(Hash32(*h.finalize().as_bytes()))
     }
 
     /// Chunks and hashes a whole stream into chunk references.
