@@ -172,6 +172,12 @@ pub fn summary(s: &MigrationSummary) -> String {
             human_bytes(p.local_bytes),
             p.seconds
         ));
+        if let Some(base) = p.changes_since {
+            out.push_str(&format!(
+                "    listed only what changed since pass {base}: {} entries (change tracking)\n",
+                p.listed
+            ));
+        }
         for c in p.changed_during_read.iter().take(10) {
             out.push_str(&format!("    changed while read: {} ({})\n", c.path, c.reason));
         }
@@ -203,4 +209,43 @@ pub fn summary(s: &MigrationSummary) -> String {
         out.push_str(&format!("  error: {e}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2c_common::migration::PassSummary;
+
+    #[test]
+    fn a_pass_that_listed_changes_says_so() {
+        let s = MigrationSummary {
+            ctid: 101,
+            agent: "web1".into(),
+            state: p2c_common::migration::MigrationState::Synced,
+            private_dir: "/vz/private/101".into(),
+            conf_path: "/etc/vz/conf/101.conf".into(),
+            passes: vec![
+                PassSummary { pass: 0, entries: 100, listed: 100, ..Default::default() },
+                PassSummary {
+                    pass: 1,
+                    entries: 100,
+                    listed: 3,
+                    changes_since: Some(0),
+                    ..Default::default()
+                },
+            ],
+            error: None,
+            report: None,
+            verify: None,
+            downtime_seconds: None,
+            guest_changes: Vec::new(),
+            quota: None,
+            warnings: Vec::new(),
+            started_unix: 0,
+            updated_unix: 0,
+        };
+        let text = summary(&s);
+        assert!(text.contains("listed only what changed since pass 0: 3 entries"), "{text}");
+        assert_eq!(text.matches("listed only what changed").count(), 1, "{text}");
+    }
 }
