@@ -130,16 +130,31 @@ fn mounts_below(root: &Path) -> Vec<MountLine> {
 }
 
 /// The local file systems below the root that a pass copies, for change tracking.
+///
+/// The watch stays valid while these mounts stay as they are; pseudo and network file
+/// systems coming and going (a login's `/run/user/N`, a container runtime's mounts) do not
+/// reset it.
 fn tracked_mounts(root: &Path, excludes: &[RelPath], skipped: &HashSet<RelPath>) -> track::Mounts {
-    let all = mounts_below(root);
-    let local = all
-        .iter()
-        .filter(|m| MountKind::of_fs_type(&m.fstype) == MountKind::Local && !m.rel.is_root())
+    let copied: Vec<MountLine> = mounts_below(root)
+        .into_iter()
+        .filter(|m| MountKind::of_fs_type(&m.fstype) == MountKind::Local)
         .filter(|m| !excludes.iter().any(|x| m.rel.starts_with(x)))
         .filter(|m| !skipped.iter().any(|s| m.rel.starts_with(s)))
+        .collect();
+    let local = copied
+        .iter()
+        .filter(|m| !m.rel.is_root())
         .map(|m| root.join(std::ffi::OsStr::from_bytes(m.rel.as_bytes())))
         .collect();
-    track::Mounts { local, signature: all.into_iter().map(|m| m.line).collect() }
+    // Mount point, device and type (mount ids and options may change without the tree).
+    let signature = copied
+        .into_iter()
+        .map(|m| {
+            let f: Vec<&str> = m.line.split(' ').collect();
+            format!("{} {} {}", m.rel.display(), f.get(2).unwrap_or(&""), m.fstype)
+        })
+        .collect();
+    track::Mounts { local, signature }
 }
 
 fn unescape_mount(s: &str) -> Vec<u8> {

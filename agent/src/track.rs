@@ -6,7 +6,7 @@
 //! and walks only the subtrees created or moved in, instead of walking the whole tree.
 //!
 //! What the watch cannot see makes it give up rather than guess: a lost event (queue
-//! overflow), too many changed directories, a change of the mount table, a file system
+//! overflow), too many changed directories, a change of the local mounts, a file system
 //! that cannot be watched. The pass then walks everything. Writes through a shared memory
 //! mapping raise no event at all, which is why the final pass of a cutover always walks
 //! the whole tree, and only live passes before it list changes.
@@ -101,7 +101,7 @@ pub struct Tracker {
     root: PathBuf,
     /// A descriptor on each watched file system, by file system id, to open handles with.
     mounts: HashMap<[u8; 8], OwnedFd>,
-    /// The mount table below the root when the watch started.
+    /// The local file systems mounted below the root when the watch started.
     signature: Vec<String>,
     state: Mutex<State>,
 }
@@ -123,7 +123,7 @@ fn fsid_of(path: &Path) -> std::io::Result<[u8; 8]> {
 
 impl Tracker {
     /// Starts watching the file systems of `root` and of `mounts` (local file systems
-    /// mounted below it). `signature` is the mount table the watch is valid for.
+    /// mounted below it). `signature` names the mounts the watch is valid for.
     pub fn start(
         root: &Path,
         mounts: &[PathBuf],
@@ -452,7 +452,7 @@ struct TrackingInner {
 }
 
 /// The local file systems mounted below the root (their mount points, absolute), and the
-/// mount table below the root as the watch's signature.
+/// mounts that matter to the watch, as its signature.
 pub struct Mounts {
     pub local: Vec<PathBuf>,
     pub signature: Vec<String>,
@@ -481,7 +481,7 @@ impl Tracking {
                 return (None, None);
             }
             if g.tracker.as_ref().is_some_and(|t| t.signature() != mounts.signature.as_slice()) {
-                tracing::info!("the mount table changed: change tracking starts again");
+                tracing::info!("the local mounts changed: change tracking starts again");
                 g.tracker = None;
                 g.bases.clear();
             }

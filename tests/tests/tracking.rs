@@ -151,3 +151,42 @@ async fn a_changed_file_with_other_links_makes_the_pass_walk_everything() {
     assert_eq!(std::fs::read(node.private(312).join("l2/two")).unwrap(), b"version two");
     agent.stop().await;
 }
+
+/// A file system mounted below the root between passes resets the watch (that pass walks
+/// everything); from then on changes inside it are listed like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_mount_resets_the_watch_and_is_then_watched_too() {
+    require_root!();
+    trace_init();
+    let src = tempfile::tempdir().unwrap();
+    let r = src.path();
+    random_tree(r, "mounts", 6, 16 << 10).unwrap();
+    std::fs::create_dir_all(r.join("srv/data")).unwrap();
+    let node = Node::start().await.unwrap();
+    let agent = Agent::start(&node, "src-m", r).await.unwrap();
+    let live = MigrateOptions { cutover: false, max_passes: 1, ..migrate_opts("src-m", 313) };
+    let s = node.migrate(&live).await.unwrap();
+    assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
+
+    let fs =
+        p2c_tests::loopfs::LoopFs::new_at(p2c_tests::loopfs::FsKind::Ext4, 64 << 20, "", &r.join("srv/data"))
+            .unwrap();
+    std::fs::write(fs.path().join("on-the-new-fs"), b"first").unwrap();
+    let s = node.migrate(&live).await.unwrap();
+    let p = s.passes.last().unwrap();
+    assert_eq!(p.changes_since, None, "a new mount must reset the watch: {p:?}");
+    assert!(differences(r, &node.private(313), &[]).is_empty());
+
+    std::fs::create_dir(fs.path().join("later")).unwrap();
+    std::fs::write(fs.path().join("later/second"), b"second").unwrap();
+    std::fs::write(fs.path().join("on-the-new-fs"), b"first, rewritten").unwrap();
+    let s = node.migrate(&live).await.unwrap();
+    let p = s.passes.last().unwrap();
+    assert_eq!(p.changes_since, Some(p.pass - 1), "{p:?}");
+    assert!(p.listed < p.entries / 2, "{p:?}");
+    let diffs = differences(r, &node.private(313), &[]);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert_eq!(std::fs::read(node.private(313).join("srv/data/later/second")).unwrap(), b"second");
+    agent.stop().await;
+    drop(fs);
+}
