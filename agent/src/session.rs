@@ -356,9 +356,9 @@ fn handle(
                     })
                     .await
                 };
-                let (epoch, listing) = prep.unwrap_or((None, None));
-                let r = upload::run_pass(client, params, listing, cancel_rx).await;
-                if let (Ok(_), Some(e)) = (&r, epoch) {
+                let prep = prep.unwrap_or_default();
+                let r = upload::run_pass(client, params, prep.listing, cancel_rx).await;
+                if let (Ok(_), Some(e)) = (&r, prep.epoch) {
                     tracking.complete(&mid, pass, e);
                 }
                 let ev = match r {

@@ -60,30 +60,38 @@ struct Dirty {
 struct State {
     epoch: u64,
     dirty: HashMap<Handle, Dirty>,
+    /// Entries of all `new_dirs` together.
+    new_dirs: usize,
     /// The newest epoch in which events were lost.
     lost: Option<u64>,
+    /// Directories moved or renamed so far: a listing made while one moves may name paths
+    /// that were never sent, and is not used.
+    dir_moves: u64,
 }
 
 impl State {
     fn lose(&mut self) {
         self.dirty.clear();
+        self.new_dirs = 0;
         self.lost = Some(self.epoch);
     }
 
     fn note(&mut self, h: Handle, name: &[u8], mask: u64) {
-        if !self.dirty.contains_key(&h) && self.dirty.len() >= MAX_DIRTY {
+        if (!self.dirty.contains_key(&h) && self.dirty.len() >= MAX_DIRTY) || self.new_dirs >= MAX_DIRTY {
             self.lose();
             return;
         }
         let epoch = self.epoch;
+        let ondir = mask & libc::FAN_ONDIR != 0;
+        if ondir && mask & (libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO) != 0 {
+            self.dir_moves += 1;
+        }
         let d = self.dirty.entry(h).or_default();
         d.epoch = epoch;
-        if mask & libc::FAN_ONDIR != 0
-            && mask & (libc::FAN_CREATE | libc::FAN_MOVED_TO) != 0
-            && !name.is_empty()
-            && name != b"."
-        {
-            d.new_dirs.insert(name.to_vec(), epoch);
+        let new_dir =
+            ondir && mask & (libc::FAN_CREATE | libc::FAN_MOVED_TO) != 0 && !name.is_empty() && name != b".";
+        if new_dir && d.new_dirs.insert(name.to_vec(), epoch).is_none() {
+            self.new_dirs += 1;
         }
     }
 }
@@ -99,8 +107,9 @@ pub struct Changes {
 pub struct Tracker {
     fd: OwnedFd,
     root: PathBuf,
-    /// A descriptor on each watched file system, by file system id, to open handles with.
-    mounts: HashMap<[u8; 8], OwnedFd>,
+    /// Where each watched file system is mounted, by file system id, to open handles
+    /// through (opened when needed: a descriptor kept open would make unmounting it fail).
+    mounts: HashMap<[u8; 8], PathBuf>,
     /// The local file systems mounted below the root when the watch started.
     signature: Vec<String>,
     state: Mutex<State>,
@@ -112,6 +121,8 @@ pub enum TrackError {
     Init(std::io::Error),
     #[error("cannot watch the file system of {0}: {1}")]
     Mark(String, std::io::Error),
+    #[error("{0} and {1} are the same file system (a bind mount): a change could not be told apart")]
+    Alias(String, String),
 }
 
 fn fsid_of(path: &Path) -> std::io::Result<[u8; 8]> {
@@ -160,18 +171,13 @@ impl Tracker {
                 return Err(mark_err(std::io::Error::last_os_error()));
             }
             let fsid = fsid_of(m).map_err(mark_err)?;
-            let dir =
-                rustix::fs::open(m, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|e| mark_err(e.into()))?;
-            fds.entry(fsid).or_insert(dir);
+            if let Some(other) = fds.insert(fsid, m.to_path_buf()) {
+                return Err(TrackError::Alias(other.display().to_string(), m.display().to_string()));
+            }
         }
-        let t = Arc::new(Tracker {
-            fd,
-            root: root.to_path_buf(),
-            mounts: fds,
-            signature,
-            state: Mutex::new(State::default()),
-        });
+        // Handles read back as canonical paths: compare them with the canonical root.
+        let root = root.canonicalize().map_err(|e| TrackError::Mark(root.display().to_string(), e))?;
+        let t = Arc::new(Tracker { fd, root, mounts: fds, signature, state: Mutex::new(State::default()) });
         // Drain the queue often so that a busy server does not overflow it between passes.
         let weak: Weak<Tracker> = Arc::downgrade(&t);
         std::thread::Builder::new()
@@ -225,6 +231,12 @@ impl Tracker {
         st.epoch
     }
 
+    /// Directories moved or renamed so far: a listing made while one moved is not used.
+    pub fn dir_moves(&self) -> u64 {
+        self.drain();
+        self.lock().dir_moves
+    }
+
     /// What changed since `epoch` began, or `None` when the watch cannot tell.
     pub fn changes_since(&self, epoch: u64) -> Option<Changes> {
         self.drain();
@@ -247,10 +259,17 @@ impl Tracker {
             }
             (dirs, subs)
         };
+        // Opened for this listing only: a descriptor kept open would make unmounting fail.
+        let mut fds = HashMap::new();
+        for (fsid, path) in &self.mounts {
+            let dir =
+                rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
+            fds.insert(*fsid, dir.ok()?);
+        }
         let mut out = Changes::default();
         let mut seen = HashSet::new();
         for h in dirs {
-            if let Some(p) = self.resolve(&h)
+            if let Some(p) = self.resolve(&fds, &h)?
                 && seen.insert(p.clone())
             {
                 out.dirs.push(p);
@@ -258,7 +277,7 @@ impl Tracker {
         }
         let mut seen_sub = HashSet::new();
         for (h, name) in subs {
-            if let Some(p) = self.resolve(&h).and_then(|p| p.join(&name).ok())
+            if let Some(p) = self.resolve(&fds, &h)?.and_then(|p| p.join(&name).ok())
                 && seen_sub.insert(p.clone())
             {
                 out.subtrees.push(p);
@@ -267,9 +286,11 @@ impl Tracker {
         Some(out)
     }
 
-    /// The path below the root of a directory handle; `None` when it is gone or elsewhere.
-    fn resolve(&self, h: &Handle) -> Option<RelPath> {
-        let mount = self.mounts.get(&h.fsid)?;
+    /// The path below the root of a directory handle: `Some(None)` when it is gone (its
+    /// parent's event covers it) or outside the root, `None` when it cannot be told (the
+    /// watch must not be trusted then).
+    fn resolve(&self, mounts: &HashMap<[u8; 8], OwnedFd>, h: &Handle) -> Option<Option<RelPath>> {
+        let mount = mounts.get(&h.fsid)?;
         // `struct file_handle` wants 4-byte alignment.
         let mut buf = vec![0u64; h.raw.len().div_ceil(8)];
         // SAFETY: `buf` holds at least `raw.len()` bytes.
@@ -283,19 +304,30 @@ impl Tracker {
             )
         };
         if raw < 0 {
-            return None; // ESTALE: removed since; its parent's event covers it
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ESTALE | libc::ENOENT) => Some(None),
+                _ => {
+                    tracing::info!(error = %e, "change tracking cannot open a directory handle");
+                    None
+                }
+            };
         }
         // SAFETY: a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let st = rustix::fs::fstat(&fd).ok()?;
-        if st.st_nlink == 0
-            || rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory
-        {
-            return None;
+        if st.st_nlink == 0 {
+            return Some(None);
         }
         let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        let rel = path.strip_prefix(&self.root).ok()?;
-        RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec()).ok()
+        let Ok(rel) = path.strip_prefix(&self.root) else { return Some(None) };
+        // The name must lead to this very directory (a directory outside the mount it was
+        // opened through can read back under a wrong name).
+        let again = rustix::fs::statat(rustix::fs::CWD, &path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+        if !again.is_ok_and(|a| a.st_dev == st.st_dev && a.st_ino == st.st_ino) {
+            return None;
+        }
+        Some(RelPath::new(rel.as_os_str().as_encoded_bytes().to_vec()).ok())
     }
 }
 
@@ -447,7 +479,10 @@ impl std::fmt::Debug for Tracking {
 #[derive(Default)]
 struct TrackingInner {
     tracker: Option<Arc<Tracker>>,
-    bases: HashMap<String, HashMap<u32, u64>>,
+    /// Which watch `tracker` is: a base recorded on another one means nothing.
+    generation: u64,
+    /// Per migration, per complete pass: (watch generation, epoch it began in).
+    bases: HashMap<String, HashMap<u32, (u64, u64)>>,
     warned: bool,
 }
 
@@ -458,11 +493,18 @@ pub struct Mounts {
     pub signature: Vec<String>,
 }
 
+/// What [`Tracking::prepare`] hands the pass: the epoch it began in (to record with
+/// [`Tracking::complete`] when it completes) and the listing of changes, if any.
+#[derive(Default)]
+pub struct Prepared {
+    pub epoch: Option<(u64, u64)>,
+    pub listing: Option<(u32, Listed)>,
+}
+
 impl Tracking {
     /// Prepares a pass: stops the watch when tracking is not `enabled`, else starts it if
-    /// needed (again if the mounts changed), begins
-    /// this pass's epoch, and lists what changed since pass `since` if the watch covers
-    /// it. Returns the epoch (for [`Tracking::complete`]) and the listing, if any.
+    /// needed (again if the mounts changed), begins this pass's epoch, and lists what
+    /// changed since pass `since` if the watch covers it.
     pub fn prepare(
         &self,
         migration: &str,
@@ -471,14 +513,15 @@ impl Tracking {
         mounts: Mounts,
         opts: &WalkOptions,
         enabled: bool,
-    ) -> (Option<u64>, Option<(u32, Listed)>) {
-        let (tracker, base) = {
+    ) -> Prepared {
+        let (tracker, generation, base) = {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if !enabled {
-                // The controller does not want it: no watch costs the server anything.
+                // Not wanted (tracking off, or the final pass of a cutover): no watch
+                // costs the server anything.
                 g.tracker = None;
                 g.bases.clear();
-                return (None, None);
+                return Prepared::default();
             }
             if g.tracker.as_ref().is_some_and(|t| t.signature() != mounts.signature.as_slice()) {
                 tracing::info!("the local mounts changed: change tracking starts again");
@@ -487,20 +530,28 @@ impl Tracking {
             }
             if g.tracker.is_none() {
                 match Tracker::start(root, &mounts.local, mounts.signature) {
-                    Ok(t) => g.tracker = Some(t),
+                    Ok(t) => {
+                        g.tracker = Some(t);
+                        g.generation += 1;
+                    }
                     Err(e) => {
                         if !std::mem::replace(&mut g.warned, true) {
                             tracing::info!("no change tracking, every pass walks the whole tree: {e}");
                         }
-                        return (None, None);
+                        return Prepared::default();
                     }
                 }
             }
-            let base = since.and_then(|s| g.bases.get(migration).and_then(|m| m.get(&s)).copied());
-            (g.tracker.clone(), base)
+            let generation = g.generation;
+            let base = since
+                .and_then(|s| g.bases.get(migration).and_then(|m| m.get(&s)).copied())
+                .filter(|(gen_of_base, _)| *gen_of_base == generation)
+                .map(|(_, e)| e);
+            (g.tracker.clone(), generation, base)
         };
-        let Some(tracker) = tracker else { return (None, None) };
+        let Some(tracker) = tracker else { return Prepared::default() };
         let epoch = tracker.begin();
+        let moves = tracker.dir_moves();
         let listing = match (since, base) {
             (None, _) => None,
             (Some(since), None) => {
@@ -509,10 +560,16 @@ impl Tracking {
             }
             (Some(since), Some(e)) => match tracker.changes_since(e) {
                 None => {
-                    tracing::info!("change tracking lost events: walking the whole tree");
+                    tracing::info!("change tracking cannot tell what changed: walking the whole tree");
                     None
                 }
                 Some(ch) => match list(root, &ch, opts) {
+                    // A directory moved while the listing was made: its paths may name
+                    // directories the base never had.
+                    Ok(_) if tracker.dir_moves() != moves => {
+                        tracing::info!("a directory moved while changes were listed: walking the whole tree");
+                        None
+                    }
                     Ok(l) => Some((since, l)),
                     Err(why) => {
                         tracing::info!("walking the whole tree: {why}");
@@ -521,12 +578,16 @@ impl Tracking {
                 },
             },
         };
-        (Some(epoch), listing)
+        Prepared { epoch: Some((generation, epoch)), listing }
     }
 
-    /// Records that `pass` completed: later passes may list changes since its epoch.
-    pub fn complete(&self, migration: &str, pass: u32, epoch: u64) {
+    /// Records that `pass` completed: later passes may list changes since its epoch, as
+    /// long as the same watch runs.
+    pub fn complete(&self, migration: &str, pass: u32, epoch: (u64, u64)) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if epoch.0 != g.generation {
+            return;
+        }
         let m = g.bases.entry(migration.to_string()).or_default();
         m.retain(|p, _| *p + 8 > pass);
         m.insert(pass, epoch);
@@ -576,10 +637,12 @@ mod tests {
         };
         let e1 = t.begin();
         assert_eq!(changes(&t, e1), Changes::default(), "nothing changed yet");
+        let moves = t.dir_moves();
         std::fs::write(r.join("a/b/f"), b"22").unwrap(); // content
         std::fs::remove_file(r.join("c/g")).unwrap(); // deletion
         std::fs::rename(r.join("d/e"), r.join("moved")).unwrap(); // a directory moved in
         std::fs::create_dir(r.join("a/new")).unwrap();
+        assert!(t.dir_moves() > moves, "a directory rename must count as a move");
         let c = changes(&t, e1);
         assert_eq!(c.dirs, vec![rel(""), rel("a"), rel("a/b"), rel("c"), rel("d")]);
         assert_eq!(c.subtrees, vec![rel("a/new"), rel("moved")]);
@@ -590,6 +653,19 @@ mod tests {
         assert!(c.dirs.contains(&rel("c")) || c.dirs.contains(&rel("")), "{c:?}");
         assert!(!c.dirs.contains(&rel("a/b")), "{c:?}");
         assert!(c.subtrees.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn one_file_system_under_two_names_is_not_watched() {
+        if !is_root() {
+            eprintln!("skipped: fanotify file system watches need root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        // What a bind mount of the same file system below the root looks like to the watch.
+        let err = Tracker::start(d.path(), &[d.path().join("sub")], Vec::new()).err().expect("refused");
+        assert!(matches!(err, TrackError::Alias(..)), "{err}");
     }
 
     #[test]

@@ -244,6 +244,7 @@ pub async fn run_pass(
     // A full walk writes the cache anew; a listing of changes updates the old one at the end.
     let mut cache_w = if changes_only { None } else { cache::Writer::create(&p.cache_path).ok() };
     let mut listed_records: Vec<cache::Record> = Vec::new();
+    let mut listed_cost = 0usize;
     let mut producing = true;
     let mut done_sent = false;
     let result: Result<v1::PassResult, UploadError> = loop {
@@ -288,7 +289,16 @@ pub async fn run_pass(
                                 Some(cw) => records.for_each(|r| {
                                     let _ = cw.push(&r);
                                 }),
-                                None if changes_only => listed_records.extend(records),
+                                // Held until the pass ends, so bounded: files past it are
+                                // just chunked again next time.
+                                None if changes_only => {
+                                    for r in records {
+                                        listed_cost += r.chunks.len() + r.regions.len() + 1;
+                                        if listed_cost <= LISTED_RECORDS_MAX {
+                                            listed_records.push(r);
+                                        }
+                                    }
+                                }
                                 None => {}
                             }
                         }
@@ -417,6 +427,9 @@ impl Prior {
         (at == start + len).then(|| cs.to_vec())
     }
 }
+
+/// Chunk references (about 50 bytes each) of the cache records a listing pass holds.
+const LISTED_RECORDS_MAX: usize = 200_000;
 
 /// Bytes of prior chunk lists the work queue may hold.
 const PRIOR_BUDGET: i64 = 8 << 20;

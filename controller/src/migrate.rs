@@ -576,7 +576,8 @@ pub(crate) async fn run_pass(
             chunking: Some(ctl.settings.chunking.into()),
             zstd_level: zstd_level(ctl, &conn),
             changes_since,
-            track_changes: ctl.settings.change_tracking,
+            // After the final pass of a cutover nothing more is copied: no watch.
+            track_changes: ctl.settings.change_tracking && walk != Walk::Full,
         });
         h.log(format!("copy pass {pass} started"));
         let outcome = transfer(ctl, h, &conn, cmd, done_rx, &migration_id).await;

@@ -1165,27 +1165,27 @@ impl<'a> Writer<'a> {
         // Deepest first, so a deleted directory's records go with it.
         let mut deleted = std::mem::take(&mut self.deleted);
         deleted.sort_by(|a, b| b.cmp(a));
+        // A dropped hard link's directory is not in this pass: it keeps the time it had
+        // before the first removal in it.
+        let mut kept_times: HashMap<RelPath, Timestamp> = HashMap::new();
         for key in deleted {
             if let Some(path) = index::key_path(&key)
                 && !path.is_root()
             {
                 self.parent = None;
-                // A dropped hard link's directory is not in this pass: it keeps its time.
-                let keep_time = match (self.dropped.contains(&key), path.parent()) {
-                    (true, Some(parent)) => self
-                        .tree
-                        .lstat(&parent)?
-                        .map(|st| (parent, Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 })),
-                    _ => None,
-                };
-                self.tree.remove(&path)?;
-                if let Some(pt) = keep_time {
-                    self.dirs.push(pt);
+                if self.dropped.contains(&key)
+                    && let Some(parent) = path.parent()
+                    && !kept_times.contains_key(&parent)
+                    && let Some(st) = self.tree.lstat(&parent)?
+                {
+                    kept_times.insert(parent, Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 });
                 }
+                self.tree.remove(&path)?;
                 self.summary.deleted += 1;
             }
             self.commit.deletes.push(key);
         }
+        self.dirs.extend(kept_times);
         // Directory times last, deepest first, once their contents are final.
         self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
         for (p, t) in std::mem::take(&mut self.dirs) {
