@@ -38,7 +38,9 @@ pub struct RegionSum {
 }
 
 impl Record {
-    pub fn same_file(&self, dev: u64, ino: u64, size: u64, mtime_ns: i64, ctime_ns: i64) -> bool {
+    /// Whether this record is of the file with this (device, inode, size, mtime ns,
+    /// ctime ns).
+    pub fn same_file(&self, (dev, ino, size, mtime_ns, ctime_ns): (u64, u64, u64, i64, i64)) -> bool {
         self.dev == dev
             && self.ino == ino
             && self.size == size

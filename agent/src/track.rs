@@ -407,7 +407,6 @@ pub fn list(root: &Path, changes: &Changes, opts: &WalkOptions) -> Result<Listed
     if changes.dirs.len() + changes.subtrees.len() > MAX_REGIONS {
         return Err(format!("more than {MAX_REGIONS} directories changed"));
     }
-    let excluded = |p: &RelPath| opts.excludes.iter().any(|x| p.starts_with(x));
     // Inside a file system that is not copied (only its mount point is).
     let inside_skipped = |p: &RelPath| opts.no_descend.iter().any(|n| p.starts_with(n) && p != n);
     let mut found: BTreeMap<Vec<u8>, Found> = BTreeMap::new();
@@ -415,7 +414,7 @@ pub fn list(root: &Path, changes: &Changes, opts: &WalkOptions) -> Result<Listed
     let mut kept = Changes::default();
     let regions = changes.dirs.iter().map(|d| (d, false)).chain(changes.subtrees.iter().map(|s| (s, true)));
     for (rel, whole) in regions {
-        if excluded(rel) || inside_skipped(rel) {
+        if opts.is_excluded(rel) || inside_skipped(rel) {
             continue;
         }
         let abs = if rel.is_root() {

@@ -403,15 +403,10 @@ impl Prior {
         Some(Prior { chunks: r.chunks, regions: r.regions, cost, budget: budget.clone() })
     }
 
-    /// The chunks of the region at `start`, if its sum is `hash` and they tile it exactly.
-    fn region_chunks(
-        &self,
-        start: u64,
-        len: u64,
-        hash: Option<p2c_common::manifest::Hash32>,
-    ) -> Option<Vec<ChunkRef>> {
-        let g = self.regions.iter().find(|g| g.offset == start && g.len == len)?;
-        if hash.is_some_and(|h| h != g.hash) {
+    /// The sum the region at `start` had, and its chunks, if they tile it exactly.
+    fn region(&self, start: u64, len: u64) -> Option<(p2c_common::manifest::Hash32, &[ChunkRef])> {
+        let g = &self.regions[self.regions.binary_search_by_key(&start, |g| g.offset).ok()?];
+        if g.len != len {
             return None;
         }
         let from = self.chunks.partition_point(|c| c.offset < start);
@@ -424,7 +419,7 @@ impl Prior {
             }
             at += u64::from(c.len);
         }
-        (at == start + len).then(|| cs.to_vec())
+        (at == start + len).then_some((g.hash, cs))
     }
 }
 
@@ -506,24 +501,11 @@ fn produce(
             let mut w = walker;
             for (seq, found) in (0u64..).zip(w.by_ref()) {
                 let (cached, prior) = match matches!(found.kind, Kind::File) {
-                    true => {
-                        let st = &found.st;
-                        match cache.lookup(&found.path.walk_key()) {
-                            Some(r)
-                                if r.same_file(
-                                    st.st_dev,
-                                    st.st_ino,
-                                    st.st_size as u64,
-                                    ns(st.st_mtime, st.st_mtime_nsec as i64),
-                                    ns(st.st_ctime, st.st_ctime_nsec as i64),
-                                ) =>
-                            {
-                                (Some(r), None)
-                            }
-                            Some(r) => (None, Prior::take(r, &budget)),
-                            None => (None, None),
-                        }
-                    }
+                    true => match cache.lookup(&found.path.walk_key()) {
+                        Some(r) if r.same_file(ident_of(&found.st)) => (Some(r), None),
+                        Some(r) => (None, Prior::take(r, &budget)),
+                        None => (None, None),
+                    },
                     false => (None, None),
                 };
                 if work_tx.send(Work { seq, found, cached, prior }).is_err() {
@@ -706,14 +688,7 @@ fn prepare(root: &Path, chunker: &mut Chunkers, w: Work) -> Ready {
         Kind::HardLink(t) => single(EntryData::HardLink { target: t.clone() }),
         Kind::File => {
             let src = abs(root, &f.path);
-            let st = &f.st;
-            let ident = (
-                st.st_dev,
-                st.st_ino,
-                st.st_size as u64,
-                ns(st.st_mtime, st.st_mtime_nsec as i64),
-                ns(st.st_ctime, st.st_ctime_nsec as i64),
-            );
+            let ident = ident_of(&f.st);
             meta.xattrs = match &w.cached {
                 Some(r) => r.xattrs.clone(),
                 None => crate::walk::read_xattrs(src.as_os_str().as_encoded_bytes()),
@@ -804,12 +779,10 @@ fn chunk_file(
         let one = |chunker: &mut Chunker, start: u64, len: u64| -> RegionResult {
             let rd = || OffsetReader { file: &file, pos: start };
             let sum = |hash| cache::RegionSum { offset: start, len, hash };
-            if let Some(p) = prior
-                && p.region_chunks(start, len, None).is_some()
-            {
+            if let Some((had, cs)) = prior.and_then(|p| p.region(start, len)) {
                 let hash = chunker.sum(&mut rd(), len)?;
-                if let Some(cs) = p.region_chunks(start, len, Some(hash)) {
-                    return Ok((cs, sum(hash)));
+                if hash == had {
+                    return Ok((cs.to_vec(), sum(hash)));
                 }
             }
             let (cs, hash) = chunker.refs_summed(&mut rd(), start, len)?;
@@ -949,6 +922,18 @@ fn read_chunk(
     msg
 }
 
+/// (device, inode, size, mtime ns, ctime ns) of a file: what its cache record and its
+/// chunking are checked against.
+fn ident_of(st: &rustix::fs::Stat) -> (u64, u64, u64, i64, i64) {
+    (
+        st.st_dev,
+        st.st_ino,
+        st.st_size as u64,
+        ns(st.st_mtime, st.st_mtime_nsec as i64),
+        ns(st.st_ctime, st.st_ctime_nsec as i64),
+    )
+}
+
 fn same(st: &rustix::fs::Stat, ident: Ident) -> bool {
     (
         st.st_ino,
@@ -977,13 +962,7 @@ mod tests {
         }
         std::fs::write(&path, &data).unwrap();
         let st = rustix::fs::stat(&path).unwrap();
-        let ident = (
-            st.st_dev,
-            st.st_ino,
-            st.st_size as u64,
-            ns(st.st_mtime, st.st_mtime_nsec as i64),
-            ns(st.st_ctime, st.st_ctime_nsec as i64),
-        );
+        let ident = ident_of(&st);
         let params = ChunkParams::default();
         let mut chunkers = Chunkers { main: Chunker::new(params), spare: None };
         let (got, sums) = chunk_file(&path, &mut chunkers, ident, None).unwrap();
@@ -1014,13 +993,7 @@ mod tests {
         data[(REGION + 1000) as usize] ^= 1;
         std::fs::write(&path, &data).unwrap();
         let st = rustix::fs::stat(&path).unwrap();
-        let ident = (
-            st.st_dev,
-            st.st_ino,
-            st.st_size as u64,
-            ns(st.st_mtime, st.st_mtime_nsec as i64),
-            ns(st.st_ctime, st.st_ctime_nsec as i64),
-        );
+        let ident = ident_of(&st);
         let (again, sums2) = chunk_file(&path, &mut chunkers, ident, Some(&prior)).unwrap();
         let (fresh, _) =
             chunk_file(&path, &mut Chunkers { main: Chunker::new(params), spare: None }, ident, None)

@@ -43,6 +43,13 @@ pub struct WalkOptions {
     pub file_xattrs: bool,
 }
 
+impl WalkOptions {
+    /// Whether an operator exclude covers `p`.
+    pub fn is_excluded(&self, p: &RelPath) -> bool {
+        self.excludes.iter().any(|x| p.starts_with(x))
+    }
+}
+
 struct Frame {
     fd: OwnedFd,
     rel: RelPath,
@@ -146,10 +153,6 @@ impl Walker {
         }
     }
 
-    fn excluded(&self, p: &RelPath) -> bool {
-        self.opts.excludes.iter().any(|x| p.starts_with(x))
-    }
-
     fn problem(&mut self, path: RelPath, reason: impl Into<String>) {
         if self.problems.len() < 100_000 {
             self.problems.push(Problem { path, reason: reason.into() });
@@ -188,7 +191,7 @@ impl Iterator for Walker {
                     continue;
                 }
             };
-            if self.excluded(&path) {
+            if self.opts.is_excluded(&path) {
                 continue;
             }
             let top = self.stack.last()?;
