@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::AgentSettings;
 use crate::connect;
+use crate::inventory::mounts::{MountInfo, parse_mountinfo};
 use crate::inventory::{self, CollectOptions, FactsFrom};
 use crate::track::{self, Tracking};
 use crate::upload::{self, PassParams};
@@ -92,41 +93,32 @@ pub async fn run(settings: AgentSettings, opts: RunOptions, mut shutdown: watch:
 /// Mount points below `root` whose file systems are not copied (pseudo and network), from
 /// the kernel's mount table, as paths relative to `root`.
 pub fn skipped_mounts(root: &Path) -> HashSet<RelPath> {
-    mounts_below(root)
-        .into_iter()
-        .filter(|m| MountKind::of_fs_type(&m.fstype) != MountKind::Local && !m.rel.is_root())
-        .map(|m| m.rel)
+    skipped_in(&mount_table(root))
+}
+
+fn skipped_in(table: &[(RelPath, MountInfo)]) -> HashSet<RelPath> {
+    table
+        .iter()
+        .filter(|(rel, m)| MountKind::of_fs_type(&m.fs_type) != MountKind::Local && !rel.is_root())
+        .map(|(rel, _)| rel.clone())
         .collect()
 }
 
-/// One line of the kernel's mount table, for a mount point at or below the root.
-struct MountLine {
-    rel: RelPath,
-    fstype: String,
-    line: String,
-}
-
-fn mounts_below(root: &Path) -> Vec<MountLine> {
-    let mut out = Vec::new();
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return out };
+/// The kernel's mount table: the mounts at or below `root`, with their paths relative to it.
+fn mount_table(root: &Path) -> Vec<(RelPath, MountInfo)> {
+    let Ok(text) = std::fs::read("/proc/self/mountinfo") else { return Vec::new() };
     let root_bytes = root.as_os_str().as_encoded_bytes();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        let (Some(mp), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
-        let mp = unescape_mount(mp);
+    let rel_of = |mp: &[u8]| {
         let rel = if root_bytes == b"/" {
-            mp.strip_prefix(b"/").map(|r| r.to_vec())
+            mp.strip_prefix(b"/")
         } else if mp == root_bytes {
-            Some(Vec::new())
+            Some(&b""[..])
         } else {
-            mp.strip_prefix(root_bytes).and_then(|r| r.strip_prefix(b"/")).map(|r| r.to_vec())
+            mp.strip_prefix(root_bytes).and_then(|r| r.strip_prefix(b"/"))
         };
-        if let Some(rel) = rel.and_then(|r| RelPath::new(r).ok()) {
-            out.push(MountLine { rel, fstype: fstype.to_string(), line: line.to_string() });
-        }
-    }
-    out
+        rel.and_then(|r| RelPath::new(r.to_vec()).ok())
+    };
+    parse_mountinfo(&text).into_iter().filter_map(|m| Some((rel_of(&m.mount_point)?, m))).collect()
 }
 
 /// The local file systems below the root that a pass copies, for change tracking.
@@ -134,43 +126,29 @@ fn mounts_below(root: &Path) -> Vec<MountLine> {
 /// The watch stays valid while these mounts stay as they are; pseudo and network file
 /// systems coming and going (a login's `/run/user/N`, a container runtime's mounts) do not
 /// reset it.
-fn tracked_mounts(root: &Path, excludes: &[RelPath], skipped: &HashSet<RelPath>) -> track::Mounts {
-    let copied: Vec<MountLine> = mounts_below(root)
-        .into_iter()
-        .filter(|m| MountKind::of_fs_type(&m.fstype) == MountKind::Local)
-        .filter(|m| !excludes.iter().any(|x| m.rel.starts_with(x)))
-        .filter(|m| !skipped.iter().any(|s| m.rel.starts_with(s)))
+fn tracked_mounts(
+    root: &Path,
+    table: &[(RelPath, MountInfo)],
+    excludes: &[RelPath],
+    skipped: &HashSet<RelPath>,
+) -> track::Mounts {
+    let copied: Vec<&(RelPath, MountInfo)> = table
+        .iter()
+        .filter(|(_, m)| MountKind::of_fs_type(&m.fs_type) == MountKind::Local)
+        .filter(|(rel, _)| !excludes.iter().any(|x| rel.starts_with(x)))
+        .filter(|(rel, _)| !skipped.iter().any(|s| rel.starts_with(s)))
         .collect();
     let local = copied
         .iter()
-        .filter(|m| !m.rel.is_root())
-        .map(|m| root.join(std::ffi::OsStr::from_bytes(m.rel.as_bytes())))
+        .filter(|(rel, _)| !rel.is_root())
+        .map(|(rel, _)| root.join(std::ffi::OsStr::from_bytes(rel.as_bytes())))
         .collect();
     // Mount point, device and type (mount ids and options may change without the tree).
     let signature = copied
-        .into_iter()
-        .map(|m| {
-            let f: Vec<&str> = m.line.split(' ').collect();
-            format!("{} {} {}", m.rel.display(), f.get(2).unwrap_or(&""), m.fstype)
-        })
+        .iter()
+        .map(|(rel, m)| format!("{} {}:{} {}", rel.display(), m.major, m.minor, m.fs_type))
         .collect();
     track::Mounts { local, signature }
-}
-
-fn unescape_mount(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 fn result(id: u64, ok: bool, message: String, payload: Vec<u8>) -> v1::AgentEvent {
@@ -323,8 +301,9 @@ fn handle(
                 .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
                 .take(64)
                 .collect();
-            let no_descend = skipped_mounts(&opts.root);
-            let mounts = tracked_mounts(&opts.root, &excludes, &no_descend);
+            let table = mount_table(&opts.root);
+            let no_descend = skipped_in(&table);
+            let mounts = tracked_mounts(&opts.root, &table, &excludes, &no_descend);
             let params = PassParams {
                 migration_id: sp.migration_id.clone(),
                 pass: sp.pass,

@@ -24,7 +24,7 @@ mod fsread;
 mod hw;
 mod listeners;
 mod modules;
-mod mounts;
+pub(crate) mod mounts;
 mod names;
 mod net;
 pub mod netconf;

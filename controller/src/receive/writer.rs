@@ -351,19 +351,27 @@ impl<'a> Writer<'a> {
                 self.dropped.insert(key);
                 continue;
             }
-            if e.segment == 0 {
-                self.summary.entries += 1;
-                if !matches!(e.data, EntryData::HardLink { .. }) {
-                    self.total_inodes += 1;
-                }
-            }
-            self.total_bytes += e.data_bytes();
-            self.summary.data_bytes += e.data_bytes();
-            self.check_limits()?;
-            if let Some(m) = self.manifest.as_mut() {
-                m.push(&e)?;
+            self.account(&e)?;
+        }
+    }
+
+    /// Counts an entry (or one segment of a large file) into the pass, against the quota
+    /// limits, and adds it to the pass's manifest.
+    fn account(&mut self, e: &Entry) -> Result<(), ReceiveError> {
+        if e.segment == 0 {
+            self.summary.entries += 1;
+            if !matches!(e.data, EntryData::HardLink { .. }) {
+                self.total_inodes += 1;
             }
         }
+        let bytes = e.data_bytes();
+        self.total_bytes += bytes;
+        self.summary.data_bytes += bytes;
+        self.check_limits()?;
+        if let Some(m) = self.manifest.as_mut() {
+            m.push(e)?;
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------------ batches
@@ -433,17 +441,8 @@ impl<'a> Writer<'a> {
             }
             return Ok(());
         }
-        self.summary.entries += 1;
         self.summary.listed += 1;
-        if let Some(m) = self.manifest.as_mut() {
-            m.push(e)?;
-        }
-        if !matches!(e.data, EntryData::HardLink { .. }) {
-            self.total_inodes += 1;
-        }
-        self.total_bytes += e.data_bytes();
-        self.summary.data_bytes += e.data_bytes();
-        self.check_limits()?;
+        self.account(e)?;
         let digest = e.digest();
         let unchanged = old.as_ref().is_some_and(|r| r.digest == digest && r.kind == kind_code(&e.data));
         if old.is_some() && !unchanged {
@@ -694,13 +693,7 @@ impl<'a> Writer<'a> {
         let EntryData::Regular { chunks, .. } = &e.data else {
             return Err(protocol("segment is not a file"));
         };
-        if let Some(m) = self.manifest.as_mut() {
-            m.push(e)?;
-        }
-        let bytes = e.data_bytes();
-        self.total_bytes += bytes;
-        self.summary.data_bytes += bytes;
-        self.check_limits()?;
+        self.account(e)?;
         self.write_chunks(seq, base, chunks, remote)?;
         if !e.more {
             self.close_file()?;
