@@ -58,24 +58,28 @@ pub fn parse_proc_swaps(text: &str) -> Vec<Swap> {
 
 /// `partition` for device specs (`/dev/...`, `UUID=`, `LABEL=`...), `file` otherwise.
 fn kind_of_spec(spec: &str) -> &'static str {
-    let dev = spec.starts_with("/dev/")
-        || ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL="].iter().any(|p| spec.starts_with(p));
+    let dev = spec.starts_with("/dev/") || disk_by(spec).is_some();
     if dev { "partition" } else { "file" }
+}
+
+/// The `/dev/disk/by-*` directory and the value of a `UUID=`, `LABEL=`, `PARTUUID=` or
+/// `PARTLABEL=` spec.
+fn disk_by(spec: &str) -> Option<(&'static str, &str)> {
+    [
+        ("UUID=", "by-uuid"),
+        ("LABEL=", "by-label"),
+        ("PARTUUID=", "by-partuuid"),
+        ("PARTLABEL=", "by-partlabel"),
+    ]
+    .into_iter()
+    .find_map(|(prefix, dir)| spec.strip_prefix(prefix).map(|v| (dir, v)))
 }
 
 /// Where a device spec points on this machine, for matching fstab against /proc/swaps.
 fn canonical(root: &Path, spec: &str) -> Option<PathBuf> {
-    let by = |dir: &str, v: &str| fsread::below(root, &format!("/dev/disk/{dir}/{v}"));
-    let p = if let Some(v) = spec.strip_prefix("UUID=") {
-        by("by-uuid", v)
-    } else if let Some(v) = spec.strip_prefix("LABEL=") {
-        by("by-label", v)
-    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
-        by("by-partuuid", v)
-    } else if let Some(v) = spec.strip_prefix("PARTLABEL=") {
-        by("by-partlabel", v)
-    } else {
-        fsread::below(root, spec)
+    let p = match disk_by(spec) {
+        Some((dir, v)) => fsread::below(root, &format!("/dev/disk/{dir}/{v}")),
+        None => fsread::below(root, spec),
     };
     std::fs::canonicalize(p).ok()
 }
@@ -117,19 +121,12 @@ pub fn swaps(root: &Path, active: Vec<Swap>) -> Result<Vec<Swap>, ReadError> {
 /// The node a device spec (`/dev/sdb2`, `UUID=...`, `LABEL=...`) names below `dev`, the
 /// live `/dev`: `/dev/sdb2` → `DEV/sdb2`, `UUID=u` → `DEV/disk/by-uuid/u`.
 fn live_node(dev: &Path, spec: &str) -> Option<PathBuf> {
-    let by =
-        |dir: &str, v: &str| (!v.is_empty() && !v.contains('/')).then(|| dev.join("disk").join(dir).join(v));
-    if let Some(v) = spec.strip_prefix("UUID=") {
-        by("by-uuid", v)
-    } else if let Some(v) = spec.strip_prefix("LABEL=") {
-        by("by-label", v)
-    } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
-        by("by-partuuid", v)
-    } else if let Some(v) = spec.strip_prefix("PARTLABEL=") {
-        by("by-partlabel", v)
-    } else {
-        let rel = spec.strip_prefix("/dev/")?;
-        (!rel.is_empty() && !rel.split('/').any(|c| c == "..")).then(|| dev.join(rel))
+    match disk_by(spec) {
+        Some((dir, v)) => (!v.is_empty() && !v.contains('/')).then(|| dev.join("disk").join(dir).join(v)),
+        None => {
+            let rel = spec.strip_prefix("/dev/")?;
+            (!rel.is_empty() && !rel.split('/').any(|c| c == "..")).then(|| dev.join(rel))
+        }
     }
 }
 
