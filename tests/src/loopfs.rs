@@ -56,14 +56,7 @@ impl LoopFs {
     }
 
     fn make(kind: FsKind, size: u64, mount_opts: &str, at: Option<&Path>) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("p2c-loopfs-")
-            .tempdir()
-            .context("cannot make a temporary directory")?;
-        let image = dir.path().join("image");
-        File::create(&image)
-            .and_then(|f| f.set_len(size))
-            .with_context(|| format!("cannot make image {}", image.display()))?;
+        let (dir, image) = sparse_image("p2c-loopfs-", size)?;
         // -F / -f: make it on a plain file, over whatever is there, without asking.
         let (mkfs, force) = match kind {
             FsKind::Ext4 => ("mkfs.ext4", "-F"),
@@ -133,17 +126,21 @@ pub struct LoopDev {
     device: PathBuf,
 }
 
+/// A `size`-byte sparse file `image` in a new temporary directory named `prefix...`.
+fn sparse_image(prefix: &str, size: u64) -> anyhow::Result<(TempDir, PathBuf)> {
+    let dir =
+        tempfile::Builder::new().prefix(prefix).tempdir().context("cannot make a temporary directory")?;
+    let image = dir.path().join("image");
+    File::create(&image)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("cannot make image {}", image.display()))?;
+    Ok((dir, image))
+}
+
 impl LoopDev {
     /// Attaches a `size`-byte sparse image to a free loop device.
     pub fn new(size: u64) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("p2c-loopdev-")
-            .tempdir()
-            .context("cannot make a temporary directory")?;
-        let image = dir.path().join("image");
-        File::create(&image)
-            .and_then(|f| f.set_len(size))
-            .with_context(|| format!("cannot make image {}", image.display()))?;
+        let (dir, image) = sparse_image("p2c-loopdev-", size)?;
         let device = run_cmd(Command::new("losetup").args(["--find", "--show"]).arg(&image))?;
         Ok(Self { _dir: dir, device: PathBuf::from(device.trim()) })
     }
