@@ -11,6 +11,7 @@
 //! mapping raise no event at all, which is why the final pass of a cutover always walks
 //! the whole tree, and only live passes before it list changes.
 
+use p2c_common::sync::Locked;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -200,7 +201,7 @@ impl Tracker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Reads every queued event into the state.
@@ -470,7 +471,7 @@ pub struct Tracking {
 
 impl std::fmt::Debug for Tracking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.inner.locked();
         f.debug_struct("Tracking").field("watching", &g.tracker.is_some()).finish()
     }
 }
@@ -514,7 +515,7 @@ impl Tracking {
         enabled: bool,
     ) -> Prepared {
         let (tracker, generation, base) = {
-            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.inner.locked();
             if !enabled {
                 // Not wanted (tracking off, or the final pass of a cutover): no watch
                 // costs the server anything.
@@ -583,7 +584,7 @@ impl Tracking {
     /// Records that `pass` completed: later passes may list changes since its epoch, as
     /// long as the same watch runs.
     pub fn complete(&self, migration: &str, pass: u32, epoch: (u64, u64)) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.locked();
         if epoch.0 != g.generation {
             return;
         }

@@ -10,6 +10,7 @@
 //! Memory is bounded by the window, the channel capacities and one chunking buffer per
 //! worker, not by the size of the tree.
 
+use p2c_common::sync::Locked;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -128,7 +129,7 @@ impl Shared {
         }
         let rate = self.bwlimit as f64;
         let wait = {
-            let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = self.bucket.locked();
             let now = Instant::now();
             let burst = rate / 4.0;
             b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(burst);
@@ -248,10 +249,9 @@ pub async fn run_pass(
     let mut producing = true;
     let mut done_sent = false;
     let result: Result<v1::PassResult, UploadError> = loop {
-        if !producing && !done_sent && shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-        {
+        if !producing && !done_sent && shared.outstanding.locked().is_empty() {
             let done = {
-                let r = report.lock().unwrap_or_else(|e| e.into_inner());
+                let r = report.locked();
                 v1::PassDone {
                     files: r.files,
                     bytes: r.bytes,
@@ -281,7 +281,7 @@ pub async fn run_pass(
                         }
                     }
                     Some(v1::transfer_down::Msg::Written(w)) => {
-                        let info = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.seq);
+                        let info = shared.outstanding.locked().remove(&w.seq);
                         shared.window.notify_all();
                         if let Some(info) = info {
                             let records = info.files.into_iter().filter(|f| !f.failed).filter_map(|f| f.record);
@@ -329,7 +329,7 @@ pub async fn run_pass(
         let path = p.cache_path.clone();
         let _ = tokio::task::spawn_blocking(move || cache::update(&path, listed_records)).await;
     }
-    let mut rep = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut rep = std::mem::take(&mut *report.locked());
     rep.sent_bytes = shared.sent_bytes.load(Ordering::Relaxed);
     match result {
         Ok(r) if r.ok => {
@@ -512,7 +512,7 @@ fn produce(
                     break;
                 }
             }
-            *wp.lock().unwrap_or_else(|e| e.into_inner()) = w.take_problems();
+            *wp.locked() = w.take_problems();
         })
     };
 
@@ -530,7 +530,7 @@ fn produce(
                 return Ok(());
             }
             {
-                let mut o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+                let mut o = shared.outstanding.locked();
                 while o.len() >= WINDOW && !shared.stopped() {
                     o = shared
                         .window
@@ -555,7 +555,7 @@ fn produce(
         while let Some(r) = pending.remove(&next) {
             next += 1;
             if let Some(pr) = r.problem {
-                report.lock().unwrap_or_else(|e| e.into_inner()).changed.push(pr);
+                report.locked().changed.push(pr);
                 continue;
             }
             let nseg = r.entries.len();
@@ -607,7 +607,7 @@ fn produce(
                     if let Some(fi) = file_idx {
                         info.files[fi].record = r.record.clone();
                     }
-                    let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut rep = report.locked();
                     rep.files += 1;
                     if let EntryData::Regular { size, .. } = &e.data {
                         rep.bytes += size;
@@ -630,8 +630,8 @@ fn produce(
     for w in workers {
         let _ = w.join();
     }
-    let mut probs = std::mem::take(&mut *walker_problems.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probs = std::mem::take(&mut *walker_problems.locked());
+    let mut rep = report.locked();
     for pr in probs.drain(..) {
         if pr.reason.starts_with("vanished") {
             rep.changed.push(pr);
@@ -651,7 +651,7 @@ fn hash_worker(
     let mut chunkers = Chunkers { main: Chunker::new(params), spare: None };
     loop {
         let w = {
-            let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = rx.locked();
             guard.recv()
         };
         let Ok(w) = w else { return };
@@ -792,7 +792,7 @@ fn chunk_file(
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(&(start, len)) = regions.get(i) else { return };
             let r = one(chunker, start, len);
-            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            results.locked()[i] = Some(r);
         };
         let params = chunkers.main.params();
         let spare = chunkers.spare.get_or_insert_with(|| Chunker::new(params));
@@ -833,7 +833,7 @@ fn send_chunks(
     let mut open: Option<(PathBuf, File)> = None;
     loop {
         let job = {
-            let g = rx.lock().unwrap_or_else(|e| e.into_inner());
+            let g = rx.locked();
             g.recv()
         };
         let Ok((seq, indexes)) = job else { return };
@@ -875,7 +875,7 @@ fn read_chunk(
     index: u32,
 ) -> v1::ChunkData {
     let src = {
-        let o = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+        let o = shared.outstanding.locked();
         o.get(&seq).and_then(|b| {
             let c = b.chunks.get(index as usize)?;
             let f = b.files.get(c.file)?;
@@ -905,7 +905,7 @@ fn read_chunk(
     if !ok {
         msg.unavailable = true;
         msg.reason = "changed while being read".into();
-        if let Some(b) = shared.outstanding.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&seq)
+        if let Some(b) = shared.outstanding.locked().get_mut(&seq)
             && let Some(f) = b.files.get_mut(fi)
         {
             f.failed = true;

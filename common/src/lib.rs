@@ -15,6 +15,7 @@ pub mod paths;
 pub mod pki;
 pub mod scan;
 pub mod services;
+pub mod sync;
 pub mod telemetry;
 pub mod token;
 pub mod units;

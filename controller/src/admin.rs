@@ -1,5 +1,6 @@
 //! The admin API behind `p2c`, served on the root-only Unix socket.
 
+use p2c_common::sync::Locked;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -178,8 +179,7 @@ impl v1::admin_server::Admin for AdminService {
                 let running: Vec<String> = self
                     .ctl
                     .migrations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .locked()
                     .values()
                     .filter(|m| m.agent == a.name)
                     .map(|m| format!("CT {} {}", m.ctid, m.state().as_str()))
@@ -269,9 +269,9 @@ impl v1::admin_server::Admin for AdminService {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
         let h =
-            self.ctl.migrations.lock().unwrap_or_else(|p| p.into_inner()).get(&ctid).cloned().ok_or_else(
-                || Status::not_found(format!("no migration of CT {ctid} runs in this controller")),
-            )?;
+            self.ctl.migrations.locked().get(&ctid).cloned().ok_or_else(|| {
+                Status::not_found(format!("no migration of CT {ctid} runs in this controller"))
+            })?;
         Ok(Response::new(follow(h, None)))
     }
 
@@ -279,7 +279,7 @@ impl v1::admin_server::Admin for AdminService {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
         let rows = self.ctl.store.migrations().map_err(|e| Status::internal(e.to_string()))?;
-        let live = self.ctl.migrations.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let live = self.ctl.migrations.locked().clone();
         let mut out = Vec::new();
         for r in rows.into_iter().filter(|r| ctid == 0 || r.ctid == ctid) {
             let summary: Option<MigrationSummary> =
@@ -293,7 +293,7 @@ impl v1::admin_server::Admin for AdminService {
                     waiting = h.waiting();
                     // The rate of the pass running now, not averaged over queueing and
                     // earlier passes.
-                    let since = *h.pass_started.lock().unwrap_or_else(|p| p.into_inner());
+                    let since = *h.pass_started.locked();
                     let secs = since.unwrap_or(h.started).elapsed().as_secs_f64().max(0.001);
                     let copying = !h.state().is_idle() && waiting.is_none();
                     let rate = if copying { (done as f64 / secs) as u64 } else { 0 };
@@ -331,7 +331,7 @@ impl v1::admin_server::Admin for AdminService {
     async fn discard(&self, req: Request<v1::CtidRef>) -> Result<Response<v1::JsonReply>, Status> {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
-        if let Some(h) = self.ctl.migrations.lock().unwrap_or_else(|p| p.into_inner()).get(&ctid)
+        if let Some(h) = self.ctl.migrations.locked().get(&ctid)
             && !h.state().is_idle()
         {
             return Err(Status::failed_precondition(format!(
@@ -361,7 +361,7 @@ impl v1::admin_server::Admin for AdminService {
         .map_err(|e| Status::internal(e.to_string()))?;
         freed.map_err(|e| Status::internal(format!("cannot remove CT {ctid}: {e}")))?;
         self.ctl.store.delete_migration(ctid).map_err(|e| Status::internal(e.to_string()))?;
-        self.ctl.migrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&ctid);
+        self.ctl.migrations.locked().remove(&ctid);
         json(&serde_json::json!({ "discarded": ctid }))
     }
 

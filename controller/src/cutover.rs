@@ -7,6 +7,7 @@
 //! ([`MigrateError::CutoverAborted`]): the source keeps serving and `p2c cutover N` can be run
 //! again. A failure while finalising also starts them again, and fails the migration.
 
+use p2c_common::sync::Locked;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ const AGENT_WAIT: Duration = Duration::from_secs(60);
 /// Runs the cutover of `h`, whose live passes are done.
 pub(crate) async fn run(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
     migrate::set_state(ctl, h, MigrationState::CuttingOver, None);
-    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let opts = h.options.locked().clone();
     let conn = agent(ctl, h).await.map_err(MigrateError::CutoverAborted)?;
     if let Some(hook) = &opts.pre_cutover_hook {
         h.log(format!("running the pre-cutover hook on the source: {hook}"));
@@ -72,16 +73,12 @@ pub(crate) async fn run(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<()
     if let Err(e) = migrate::finalise(ctl, h, &inv, &opts).await {
         let note = start_again(ctl, h, &stopped).await;
         if !note.is_empty() {
-            h.summary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .warnings
-                .push(note.trim_start_matches("; ").into());
+            h.summary.locked().warnings.push(note.trim_start_matches("; ").into());
         }
         return Err(e);
     }
     let downtime = t0.elapsed().as_secs_f64();
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).downtime_seconds = Some(downtime);
+    h.summary.locked().downtime_seconds = Some(downtime);
     if let Some(hook) = &opts.post_cutover_hook {
         h.log(format!("running the post-cutover hook on the source: {hook}"));
         let r = match agent(ctl, h).await {
@@ -89,11 +86,7 @@ pub(crate) async fn run(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<()
             Err(e) => Err(e),
         };
         if let Err(e) = r {
-            h.summary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .warnings
-                .push(format!("post-cutover hook: {e}"));
+            h.summary.locked().warnings.push(format!("post-cutover hook: {e}"));
         }
     }
     h.log(format!("container {} is ready; downtime {:.1}s", h.ctid, downtime));

@@ -23,6 +23,7 @@
 //! bundle is refused like a hostile agent. Dedup against the node's chunk index applies: only
 //! chunks the node does not hold are read from the bundle.
 
+use p2c_common::sync::Locked;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -81,7 +82,7 @@ pub fn start(ctl: &Controller, req: ImportRequest) -> Result<Started, MigrateErr
                 if fresh {
                     // Nothing on the node was touched: leave no record either.
                     let _ = ctl2.store.delete_migration(h2.ctid);
-                    ctl2.migrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&h2.ctid);
+                    ctl2.migrations.locked().remove(&h2.ctid);
                 }
                 return;
             }
@@ -95,7 +96,7 @@ pub fn start(ctl: &Controller, req: ImportRequest) -> Result<Started, MigrateErr
             migrate::stopped(&ctl2, &h2, e);
         }
     });
-    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
+    ctl.background.locked().push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -137,10 +138,10 @@ async fn check(ctl: &Controller, h: &Arc<MigrationHandle>, path: &Path) -> Resul
     let inv = migrate::parse_inventory(&verified.inventory)?;
     let scan = ScanResult::from_json(&verified.scan)
         .map_err(|e| MigrateError::Other(format!("the bundle's scan: {e}")))?;
-    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let opts = h.options.locked().clone();
     let report = crate::preflight::assess_with(ctl, &h.agent, &inv, Some(&scan), &opts.assess).await;
     let _ = h.events.send(Event::Report(Box::new(report.clone())));
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).report = Some(report.clone());
+    h.summary.locked().report = Some(report.clone());
     if report.has_blockers() && !opts.force {
         let list: Vec<String> = report.blockers().map(|f| format!("{} ({})", f.code, f.title)).collect();
         return Err(MigrateError::Blocked(list.len(), list.join("; ")));
@@ -155,7 +156,7 @@ async fn build(
     path: &Path,
     c: Checked,
 ) -> Result<(), MigrateError> {
-    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let opts = h.options.locked().clone();
     migrate::prepare_storage(ctl, h, &c.inv, Some(&c.scan), &opts)?;
     let excludes = migrate::excludes(&opts)?;
     let slot = migrate::copy_slot(ctl, h).await?;
@@ -190,7 +191,7 @@ async fn build(
             first.join(", ")
         );
         h.log(w.clone());
-        h.summary.lock().unwrap_or_else(|p| p.into_inner()).warnings.push(w);
+        h.summary.locked().warnings.push(w);
     }
     migrate::set_state(ctl, h, MigrationState::Finalising, None);
     migrate::finalise(ctl, h, &c.inv, &opts).await?;
@@ -230,7 +231,7 @@ impl Feed {
 
     /// Gives up: the reason is kept, and the transfer is ended.
     fn fail(&self, why: String) {
-        let mut e = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.error.locked();
         if e.is_none() {
             *e = Some(why.clone());
             let _ = self.inbound.blocking_send(Err(Status::data_loss(why)));
@@ -275,9 +276,9 @@ impl Feed {
                 continue;
             }
             {
-                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                let mut open = self.open.locked();
                 while open.len() >= WINDOW && !self.stopped() {
-                    open = self.window.wait(open).unwrap_or_else(|p| p.into_inner());
+                    open = p2c_common::sync::wait(&self.window, open);
                 }
                 if self.stopped() {
                     return Ok(());
@@ -290,9 +291,9 @@ impl Feed {
             seq += 1;
         }
         {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let mut open = self.open.locked();
             while !open.is_empty() && !self.stopped() {
-                open = self.window.wait(open).unwrap_or_else(|p| p.into_inner());
+                open = p2c_common::sync::wait(&self.window, open);
             }
         }
         if self.stopped() {
@@ -316,19 +317,14 @@ impl Feed {
             }
             let need = match d {
                 Down::Written(seq) => {
-                    self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+                    self.open.locked().remove(&seq);
                     self.window.notify_all();
                     continue;
                 }
                 Down::Need(n) => n,
             };
             for index in need.indexes {
-                let at = self
-                    .open
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&need.seq)
-                    .and_then(|refs| refs.get(index as usize).copied());
+                let at = self.open.locked().get(&need.seq).and_then(|refs| refs.get(index as usize).copied());
                 let Some((hash, offset)) = at else {
                     return Err(format!(
                         "the receive path asked for chunk {}/{index}, which no open batch has",
@@ -427,6 +423,6 @@ async fn transfer(job: PassJob, path: &Path, trailer: &Trailer) -> (PassOutcome,
     };
     let _ = feeder.await;
     let _ = chunker.await;
-    let error = feed.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let error = feed.error.locked().take();
     (outcome, error)
 }

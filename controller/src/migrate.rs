@@ -1,6 +1,7 @@
 //! A migration, start to finish: inventory, pre-flight report, live copy passes until the
 //! changes converge, then (now or on `p2c cutover`) stop services, final pass, finalise.
 
+use p2c_common::sync::Locked;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +99,7 @@ pub struct QuotaState {
 
 impl MigrationHandle {
     pub fn state(&self) -> MigrationState {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+        *self.state.locked()
     }
 
     pub(crate) fn log(&self, msg: impl Into<String>) {
@@ -108,16 +109,16 @@ impl MigrationHandle {
     }
 
     pub fn summary(&self) -> MigrationSummary {
-        self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.summary.locked().clone()
     }
 
     /// What the migration waits for, if anything (shown by `p2c status`).
     pub fn waiting(&self) -> Option<String> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.waiting.locked().clone()
     }
 
     fn set_waiting(&self, what: Option<String>) {
-        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = what;
+        *self.waiting.locked() = what;
     }
 }
 
@@ -126,9 +127,9 @@ fn now() -> u64 {
 }
 
 pub(crate) fn set_state(ctl: &Controller, h: &MigrationHandle, st: MigrationState, error: Option<String>) {
-    *h.state.lock().unwrap_or_else(|p| p.into_inner()) = st;
+    *h.state.locked() = st;
     let summary = {
-        let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = h.summary.locked();
         s.state = st;
         if error.is_some() || st != MigrationState::Failed {
             s.error = error;
@@ -176,7 +177,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
     let sub = h.events.subscribe();
     let (ctl2, h2) = (ctl.clone(), h.clone());
     let task = tokio::spawn(async move {
-        let cutover = h2.options.lock().unwrap_or_else(|p| p.into_inner()).cutover;
+        let cutover = h2.options.locked().cutover;
         let r = match sync(&ctl2, &h2).await {
             Ok(()) if cutover => crate::cutover::run(&ctl2, &h2).await,
             other => other,
@@ -185,7 +186,7 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
             stopped(&ctl2, &h2, e);
         }
     });
-    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
+    ctl.background.locked().push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -197,7 +198,7 @@ pub(crate) fn register(ctl: &Controller, opts: MigrateOptions) -> Result<Arc<Mig
     }
     p2c_common::pki::validate_agent_name(&opts.agent).map_err(|e| MigrateError::Other(e.to_string()))?;
     let ctid = opts.ctid;
-    let mut running = ctl.migrations.lock().unwrap_or_else(|p| p.into_inner());
+    let mut running = ctl.migrations.locked();
     if let Some(h) = running.get(&ctid)
         && !h.state().is_idle()
     {
@@ -261,13 +262,7 @@ pub(crate) fn register(ctl: &Controller, opts: MigrateOptions) -> Result<Arc<Mig
 
 /// Runs the cutover of a synced migration in the background.
 pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
-    let h = ctl
-        .migrations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&ctid)
-        .cloned()
-        .ok_or(MigrateError::Unknown(ctid))?;
+    let h = ctl.migrations.locked().get(&ctid).cloned().ok_or(MigrateError::Unknown(ctid))?;
     let st = h.state();
     if st != MigrationState::Synced {
         return Err(MigrateError::NotSynced(ctid, st.as_str().to_string()));
@@ -279,7 +274,7 @@ pub fn cutover(ctl: &Controller, ctid: u32) -> Result<Started, MigrateError> {
             stopped(&ctl2, &h2, e);
         }
     });
-    ctl.background.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
+    ctl.background.locked().push(task.abort_handle());
     Ok((h, sub))
 }
 
@@ -350,13 +345,13 @@ pub(crate) fn excludes(opts: &MigrateOptions) -> Result<Vec<RelPath>, MigrateErr
 
 async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
     set_state(ctl, h, MigrationState::Copying, None);
-    let opts = h.options.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let opts = h.options.locked().clone();
     h.log(format!("collecting the inventory of {}", h.agent));
     let inv = inventory(ctl, h).await?;
     // A migration that already copied re-uses the scan of its first run (a full walk of the
     // source); the inventory, and so the report, is fresh.
     let scan_file = ctl.settings.manifest_dir(h.ctid).join("scan.json");
-    let earlier = if h.summary.lock().unwrap_or_else(|p| p.into_inner()).passes.is_empty() {
+    let earlier = if h.summary.locked().passes.is_empty() {
         None
     } else {
         std::fs::read(&scan_file).ok().and_then(|j| p2c_common::scan::ScanResult::from_json(&j).ok())
@@ -376,7 +371,7 @@ async fn sync(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateE
         }
     };
     let _ = h.events.send(Event::Report(Box::new(report.clone())));
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).report = Some(report.clone());
+    h.summary.locked().report = Some(report.clone());
     if report.has_blockers() && !opts.force {
         let list: Vec<String> = report.blockers().map(|f| format!("{} ({})", f.code, f.title)).collect();
         return Err(MigrateError::Blocked(list.len(), list.join("; ")));
@@ -428,7 +423,7 @@ pub(crate) fn prepare_storage(
     scan: Option<&p2c_common::scan::ScanResult>,
     opts: &MigrateOptions,
 ) -> Result<(), MigrateError> {
-    let mut guard = h.quota.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard = h.quota.locked();
     if guard.is_some() {
         return Ok(());
     }
@@ -488,12 +483,7 @@ fn root_only_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Where the container's files are (the private area, or its mounted image).
 fn ct_root(ctl: &Controller, h: &MigrationHandle) -> PathBuf {
-    h.quota
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|q| q.root.clone())
-        .unwrap_or_else(|| ctl.settings.private_dir(h.ctid))
+    h.quota.locked().as_ref().map(|q| q.root.clone()).unwrap_or_else(|| ctl.settings.private_dir(h.ctid))
 }
 
 fn write_conf(
@@ -504,13 +494,7 @@ fn write_conf(
 ) -> Result<CtConf, MigrateError> {
     let mut c = CtConf::from_inventory(h.ctid, &h.agent, &ctl.settings.vz_root, opts.layout, inv);
     c.created = time_string();
-    c.quota = h
-        .quota
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|q| q.plan.conf_keys())
-        .unwrap_or_default();
+    c.quota = h.quota.locked().as_ref().map(|q| q.plan.conf_keys()).unwrap_or_default();
     c.write(&ctl.settings.conf_path(h.ctid))
         .map_err(|e| MigrateError::Finalise(format!("{}: {e}", ctl.settings.conf_path(h.ctid).display())))?;
     Ok(c)
@@ -564,8 +548,7 @@ pub(crate) async fn run_pass(
         let migration_id = format!("ct{}", h.ctid);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         ctl.transfers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(migration_id.clone(), TransferSlot { agent: h.agent.clone(), pass, job, done: done_tx });
         let bwlimit = bandwidth(ctl, opts);
         let cmd = v1::controller_command::Command::StartPass(v1::StartPass {
@@ -581,7 +564,7 @@ pub(crate) async fn run_pass(
         });
         h.log(format!("copy pass {pass} started"));
         let outcome = transfer(ctl, h, &conn, cmd, done_rx, &migration_id).await;
-        ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(&migration_id);
+        ctl.transfers.locked().remove(&migration_id);
         let (mut summary, err, retry) = match outcome {
             Ok(o) => {
                 note_written(h, o.written);
@@ -662,13 +645,9 @@ pub(crate) fn next_pass_job(
 ) -> PassJob {
     let pass = h.pass.fetch_add(1, Ordering::Relaxed);
     h.progress.reset();
-    *h.pass_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    let limits = h
-        .quota
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|q| (q.plan.diskspace.1.saturating_mul(1024), q.plan.diskinodes.1));
+    *h.pass_started.locked() = Some(Instant::now());
+    let limits =
+        h.quota.locked().as_ref().map(|q| (q.plan.diskspace.1.saturating_mul(1024), q.plan.diskinodes.1));
     PassJob {
         ctid: h.ctid,
         pass,
@@ -692,13 +671,13 @@ pub(crate) fn record_pass(ctl: &Controller, h: &MigrationHandle, summary: &PassS
     let json = serde_json::to_string(summary).unwrap_or_default();
     let _ = ctl.store.record_pass(h.ctid, summary.pass, complete, &json);
     if complete {
-        h.summary.lock().unwrap_or_else(|p| p.into_inner()).passes.push(summary.clone());
+        h.summary.locked().passes.push(summary.clone());
     }
 }
 
 /// Adds what a pass wrote to the files verification must re-read.
 fn note_written(h: &MigrationHandle, written: Option<Vec<RelPath>>) {
-    let mut w = h.written_since_verify.lock().unwrap_or_else(|p| p.into_inner());
+    let mut w = h.written_since_verify.locked();
     match (w.as_mut(), written) {
         (Some(set), Some(list)) => set.extend(list),
         _ => *w = None,
@@ -713,15 +692,14 @@ pub(crate) async fn verify_before_cutover(
     h: &Arc<MigrationHandle>,
 ) -> Result<(), MigrateError> {
     let root = ct_root(ctl, h);
-    let keep = h.options.lock().unwrap_or_else(|p| p.into_inner()).assess.keep_xattrs;
+    let keep = h.options.locked().assess.keep_xattrs;
     h.log("verifying the container's content before the cutover");
     let v = verify_tree(ctl, h.ctid, &root, Default::default(), keep, None).await?;
     if !v.ok {
         h.log(format!("{} difference(s) found; the final pass copies them again", v.mismatches.len()));
         ctl.store.forget_files(h.ctid, &v.mismatched_paths)?;
     }
-    *h.written_since_verify.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(v.mismatched_paths.into_iter().collect());
+    *h.written_since_verify.locked() = Some(v.mismatched_paths.into_iter().collect());
     Ok(())
 }
 
@@ -809,7 +787,7 @@ async fn wind_down(
     done: &mut oneshot::Receiver<PassOutcome>,
     migration_id: &str,
 ) -> Option<PassOutcome> {
-    ctl.transfers.lock().unwrap_or_else(|p| p.into_inner()).remove(migration_id);
+    ctl.transfers.locked().remove(migration_id);
     tokio::time::timeout(WIND_DOWN, done).await.ok().and_then(Result::ok)
 }
 
@@ -857,19 +835,19 @@ pub(crate) async fn finalise(
         changes.len()
     ));
     let rewritten = changes.iter().filter_map(|c| RelPath::from_user(c.path.as_bytes()).ok()).collect();
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).guest_changes = changes;
-    let only = h.written_since_verify.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    h.summary.locked().guest_changes = changes;
+    let only = h.written_since_verify.locked().clone();
     let v = verify_tree(ctl, h.ctid, &root, rewritten, opts.assess.keep_xattrs, only).await?;
     if !v.ok {
         let first = v.mismatches.first().cloned().unwrap_or_default();
-        h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v.clone());
+        h.summary.locked().verify = Some(v.clone());
         return Err(MigrateError::Finalise(format!(
             "verification found {} difference(s) between the container and the source (first: {first}); run the migration again",
             v.mismatches.len()
         )));
     }
     h.log(format!("verified {} entries against the source manifest", v.checked));
-    h.summary.lock().unwrap_or_else(|p| p.into_inner()).verify = Some(v);
+    h.summary.locked().verify = Some(v);
     let tree = crate::tree::Tree::open(&root).map_err(|e| MigrateError::Finalise(e.to_string()))?;
     tokio::task::spawn_blocking(move || rustix::fs::syncfs(tree.root_fd()))
         .await
@@ -880,7 +858,7 @@ pub(crate) async fn finalise(
 
 /// Applies the quota plan with the selected method (after unmounting a ploop image).
 async fn apply_quota(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), MigrateError> {
-    let Some(mut q) = h.quota.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Ok(()) };
+    let Some(mut q) = h.quota.locked().take() else { return Ok(()) };
     if let Some(m) = q.mount.take() {
         m.unmount().map_err(|e| MigrateError::Quota(e.to_string()))?;
     }
@@ -898,14 +876,10 @@ async fn apply_quota(ctl: &Controller, h: &Arc<MigrationHandle>) -> Result<(), M
     } else {
         let why = outcome.details.first().cloned().unwrap_or_default();
         h.log(format!("quotas recorded, not enforced: {why}"));
-        h.summary
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .warnings
-            .push(format!("quotas not enforced on this node: {why}"));
+        h.summary.locked().warnings.push(format!("quotas not enforced on this node: {why}"));
     }
     {
-        let mut s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = h.summary.locked();
         s.quota = serde_json::to_value(&outcome).ok();
         s.warnings.extend(q.plan.warnings.iter().cloned());
     }

@@ -1,6 +1,7 @@
 //! The daemon: the agent endpoint (TLS on TCP: enrolment, sessions, transfers) and the
 //! operator's admin socket (gRPC on a root-only Unix socket), sharing one [`Controller`].
 
+use p2c_common::sync::{Locked, RwLocked};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -42,13 +43,13 @@ pub struct Revoked(RwLock<HashSet<String>>);
 
 impl Revoked {
     pub fn add(&self, fps: impl IntoIterator<Item = String>) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).extend(fps);
+        self.0.write_locked().extend(fps);
     }
 }
 
 impl RevocationCheck for Revoked {
     fn is_revoked(&self, fingerprint: &str) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(fingerprint)
+        self.0.read_locked().contains(fingerprint)
     }
 }
 
@@ -116,7 +117,7 @@ impl Controller {
         }
         self.revoked.add(self.store.revoked_fingerprints()?);
         self.sessions.close(name);
-        self.transfers.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.agent != name);
+        self.transfers.locked().retain(|_, s| s.agent != name);
         info!(agent = name, "agent revoked");
         Ok(true)
     }
@@ -144,10 +145,10 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
-        for t in self.controller.background.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self.controller.background.locked().drain(..) {
             t.abort();
         }
-        self.controller.transfers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.controller.transfers.locked().clear();
         self.controller.sessions.close_all();
     }
 }

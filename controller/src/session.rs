@@ -1,6 +1,7 @@
 //! Agent sessions: identity from the client certificate, the control stream, and the
 //! transfer streams agents open for copy passes.
 
+use p2c_common::sync::Locked;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,10 +55,10 @@ impl AgentConn {
     ) -> Result<(u64, oneshot::Receiver<AgentReply>), CallError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        self.pending.locked().insert(id, tx);
         let msg = v1::ControllerCommand { request_id: id, command: Some(cmd) };
         if self.tx.send(Ok(msg)).await.is_err() {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.pending.locked().remove(&id);
             return Err(CallError::Disconnected(self.name.clone()));
         }
         Ok((id, rx))
@@ -74,14 +75,14 @@ impl AgentConn {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Disconnected(self.name.clone())),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                self.pending.locked().remove(&id);
                 Err(CallError::Timeout(self.name.clone(), timeout))
             }
         }
     }
 
     fn resolve(&self, id: u64, reply: AgentReply) {
-        if let Some(tx) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+        if let Some(tx) = self.pending.locked().remove(&id) {
             let _ = tx.send(reply);
         }
     }
@@ -102,22 +103,22 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn get(&self, name: &str) -> Option<Arc<AgentConn>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.map.locked().get(name).cloned()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.map.locked().keys().cloned().collect()
     }
 
     pub fn close(&self, name: &str) {
-        if let Some(c) = self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(name) {
+        if let Some(c) = self.map.locked().remove(name) {
             let _ = c.close.send(true);
         }
         self.changed.notify_waiters();
     }
 
     pub fn close_all(&self) {
-        for (_, c) in self.map.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        for (_, c) in self.map.locked().drain() {
             let _ = c.close.send(true);
         }
     }
@@ -222,7 +223,7 @@ impl v1::agent_session_server::AgentSession for AgentService {
             close,
         });
         {
-            let mut map = self.ctl.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.ctl.sessions.map.locked();
             if let Some(old) = map.insert(name.clone(), conn.clone()) {
                 let _ = old.close.send(true);
             }
@@ -259,13 +260,13 @@ impl v1::agent_session_server::AgentSession for AgentService {
                 }
             }
             {
-                let mut map = ctl.sessions.map.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = ctl.sessions.map.locked();
                 if map.get(&conn.name).is_some_and(|c| c.id == conn.id) {
                     map.remove(&conn.name);
                 }
             }
             let _ = conn.close.send(true);
-            conn.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            conn.pending.locked().clear();
             ctl.sessions.changed.notify_waiters();
             info!(agent = %conn.name, "agent disconnected");
         });
@@ -301,7 +302,7 @@ impl v1::agent_session_server::AgentSession for AgentService {
             _ => return Err(Status::invalid_argument("a transfer must start with Open")),
         };
         let slot = {
-            let mut t = self.ctl.transfers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut t = self.ctl.transfers.locked();
             match t.get(&open.migration_id) {
                 None => None,
                 Some(s) if s.agent != name => {

@@ -8,6 +8,7 @@
 //! (An agent-side limit set at the start of a pass cannot follow migrations that start or
 //! end during the pass.)
 
+use p2c_common::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ impl NodeThrottle {
             return;
         }
         let start = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next.locked();
             let start = (*next).max(Instant::now());
             *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
             start

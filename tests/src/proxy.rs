@@ -4,6 +4,7 @@
 //! through the proxy), answers `200` and forwards bytes both ways. Or it refuses every
 //! request with a status of the test's choice.
 
+use p2c_common::sync::Locked;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,7 @@ impl ConnectProxy {
 
     /// The request lines received so far (`CONNECT host:port HTTP/1.1`), in order.
     pub fn requests(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.log.locked().clone()
     }
 }
 
@@ -76,7 +77,7 @@ async fn serve(mut client: TcpStream, policy: &Policy, log: &Mutex<Vec<String>>)
     let text = String::from_utf8_lossy(&head);
     let line = text.lines().next().unwrap_or_default().to_string();
     tracing::info!(request = %line, "proxy");
-    log.lock().unwrap_or_else(|p| p.into_inner()).push(line.clone());
+    log.locked().push(line.clone());
     let mut words = line.split_whitespace();
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let reply = |status: &str| format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

@@ -5,6 +5,7 @@
 //! Nothing is fetched except through apt (`apt-get download`), and the cache lives under
 //! [`CACHE_DIR`], never in the repository.
 
+use p2c_common::sync::Locked;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -371,12 +372,10 @@ pub fn run_qemu(
             if n == 0 {
                 break;
             }
-            sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+            sink.locked().extend_from_slice(&buf[..n]);
         }
     });
-    let text = |c: &Mutex<Vec<u8>>| {
-        String::from_utf8_lossy(&c.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    };
+    let text = |c: &Mutex<Vec<u8>>| String::from_utf8_lossy(&c.locked()).into_owned();
     let start = Instant::now();
     let (mut last_len, mut moved) = (0usize, Instant::now());
     let status = loop {
@@ -385,7 +384,7 @@ pub fn run_qemu(
             Ok(None) => {
                 // A guest whose console stops moving has hung (under KVM on some hosts the
                 // kernel stops right after the firmware's and loader's lines).
-                let len = console.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let len = console.locked().len();
                 if len != last_len {
                     (last_len, moved) = (len, Instant::now());
                 }

@@ -23,6 +23,7 @@ mod resume;
 #[cfg(test)]
 mod tests;
 
+use p2c_common::sync::Locked;
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -529,7 +530,7 @@ fn reader(
     let mut comp = zstd::bulk::Compressor::new(1).ok();
     loop {
         let work = {
-            let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = rx.locked();
             guard.recv()
         };
         let Ok(work) = work else { return };

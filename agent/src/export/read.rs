@@ -3,6 +3,7 @@
 //! while it was read.
 
 use crate::extents::{OffsetReader, chunk_regions, open_source};
+use p2c_common::sync::Locked;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ impl Pace {
         }
         let rate = self.rate as f64;
         let wait = {
-            let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = self.bucket.locked();
             let now = Instant::now();
             b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate / 4.0);
             b.1 = now;

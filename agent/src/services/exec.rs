@@ -1,5 +1,6 @@
 //! Running one command on the source with a timeout, keeping only the tail of its output.
 
+use p2c_common::sync::Locked;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,7 +133,7 @@ pub async fn run(mut cmd: Command, timeout: Duration, cap: usize) -> std::io::Re
             r.abort();
         }
     }
-    let take = |t: &Arc<Mutex<Tail>>| std::mem::take(&mut *t.lock().unwrap_or_else(|p| p.into_inner()));
+    let take = |t: &Arc<Mutex<Tail>>| std::mem::take(&mut *t.locked());
     Ok(Finished { status, timed_out, stdout: take(&out), stderr: take(&err), elapsed: started.elapsed() })
 }
 
@@ -147,7 +148,7 @@ async fn drain(mut r: impl AsyncRead + Unpin, into: Arc<Mutex<Tail>>) {
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => into.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]),
+            Ok(n) => into.locked().push(&buf[..n]),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod manifest;
 mod planner;
 mod writer;
 
+use p2c_common::sync::Locked;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -480,7 +481,7 @@ fn verify_one(
     progress: &Progress,
     dec: &mut Option<zstd::bulk::Decompressor<'static>>,
 ) -> ChunkMsg {
-    let want = expected.lock().unwrap_or_else(|p| p.into_inner()).remove(&(c.seq, c.index));
+    let want = expected.locked().remove(&(c.seq, c.index));
     match want {
         None => ChunkMsg::Invalid(format!("chunk {}/{} was not requested", c.seq, c.index)),
         Some(_) if c.unavailable => {

@@ -1,5 +1,6 @@
 //! Decides, per chunk of each batch, whether the agent must send it.
 
+use p2c_common::sync::Locked;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -76,7 +77,7 @@ fn plan(
     let mut need = Vec::new();
     let mut want = Vec::new();
     {
-        let mut flying = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut flying = in_flight.locked();
         for e in &entries {
             let skip = job.excludes.iter().any(|x| e.path.starts_with(x));
             excluded.push(skip);
@@ -94,7 +95,7 @@ fn plan(
             }
         }
     }
-    expected.lock().unwrap_or_else(|p| p.into_inner()).extend(want);
+    expected.locked().extend(want);
     let msg =
         v1::TransferDown { msg: Some(v1::transfer_down::Msg::Need(v1::NeedChunks { seq, indexes: need })) };
     Ok((PlannedBatch { seq, entries, excluded, remote }, msg))

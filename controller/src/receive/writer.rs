@@ -1,5 +1,6 @@
 //! Applies planned batches to the container tree (see the module docs of `receive`).
 
+use p2c_common::sync::Locked;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -395,7 +396,7 @@ impl<'a> Writer<'a> {
         self.flush()?;
         self.recent.clear();
         {
-            let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = self.in_flight.locked();
             for h in self.batch_remote.drain(..) {
                 f.remove(&h);
             }
@@ -731,7 +732,7 @@ impl<'a> Writer<'a> {
                 open.written.insert(c.hash, c.offset);
             } else if !self.put_local(c)? {
                 // The node's copy is gone or stale: ask the agent for it now.
-                self.expected.lock().unwrap_or_else(|p| p.into_inner()).insert((seq, idx), (c.hash, c.len));
+                self.expected.locked().insert((seq, idx), (c.hash, c.len));
                 let need = v1::TransferDown {
                     msg: Some(v1::transfer_down::Msg::Need(v1::NeedChunks { seq, indexes: vec![idx] })),
                 };

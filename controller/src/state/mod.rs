@@ -5,6 +5,7 @@
 //! (`chunks`). Every multi-row change is one transaction, so a controller killed at any
 //! moment leaves a consistent store behind.
 
+use p2c_common::sync::Locked;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -171,7 +172,7 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions
         // roll back), so a poisoned lock is safe to keep using.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.locked()
     }
 
     // ------------------------------------------------------------------ tokens
