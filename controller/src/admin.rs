@@ -1,6 +1,5 @@
 //! The admin API behind `p2c`, served on the root-only Unix socket.
 
-use p2c_common::sync::Locked;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,8 +15,10 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::migrate::{self, Event, MigrateError, MigrationHandle};
-use crate::server::Controller;
+use crate::context::Controller;
+use crate::migrate;
+use crate::migration::{BeginError, Event, MigrateError, MigrationHandle, TransitionError};
+use crate::online::{OnlineAgent, fetch_inventory};
 
 pub struct AdminService {
     ctl: Controller,
@@ -35,26 +36,38 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Response<v1::JsonReply>, Status> {
         .map_err(|e| Status::internal(e.to_string()))
 }
 
-/// Only root (or the controller's own user) may use the admin socket.
+/// Only root (or the controller's own user) may use the admin socket. A call whose peer
+/// cannot be told is refused.
 fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
-    let me = rustix::process::geteuid().as_raw();
     let cred = req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred);
-    match cred {
-        Some(c) if c.uid() == 0 || c.uid() == me => Ok(()),
+    allowed(cred.map(|c| c.uid()), rustix::process::geteuid().as_raw())
+}
+
+/// The admin socket's rule: the caller's uid is root's or the controller's own.
+fn allowed(peer_uid: Option<u32>, me: u32) -> Result<(), Status> {
+    match peer_uid {
+        Some(uid) if uid == 0 || uid == me => Ok(()),
         Some(_) => Err(Status::permission_denied("the admin socket is for root only")),
-        None => Ok(()),
+        None => Err(Status::permission_denied(
+            "the admin socket could not tell who is calling; only root on the node may use it",
+        )),
     }
 }
 
 impl From<MigrateError> for Status {
     fn from(e: MigrateError) -> Status {
         match e {
-            MigrateError::BadCtid | MigrateError::Other(_) => Status::invalid_argument(e.to_string()),
-            MigrateError::Running(_) | MigrateError::OtherAgent { .. } | MigrateError::Occupied(_) => {
-                Status::already_exists(e.to_string())
-            }
+            MigrateError::BadCtid
+            | MigrateError::BadName { .. }
+            | MigrateError::Exclude { .. }
+            | MigrateError::Bundle(_)
+            | MigrateError::Other(_) => Status::invalid_argument(e.to_string()),
+            MigrateError::Begin(BeginError::Store(_)) => Status::internal(e.to_string()),
+            MigrateError::Begin(_) => Status::already_exists(e.to_string()),
             MigrateError::Unknown(_) => Status::not_found(e.to_string()),
-            MigrateError::NotSynced(..) => Status::failed_precondition(e.to_string()),
+            MigrateError::Transition(TransitionError::Refused { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             MigrateError::Call(_) => Status::unavailable(e.to_string()),
             _ => Status::internal(e.to_string()),
         }
@@ -79,11 +92,11 @@ pub fn issue_token(
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::MigrateEvent, Status>> + Send>>;
 
 fn progress_event(h: &MigrationHandle) -> v1::MigrateEvent {
-    let p = &h.progress;
+    let p = h.progress();
     v1::MigrateEvent {
         event: Some(v1::migrate_event::Event::Progress(v1::Progress {
-            ctid: h.ctid,
-            pass: h.pass.load(Ordering::Relaxed).saturating_sub(1),
+            ctid: h.ctid(),
+            pass: h.current_pass(),
             phase: h.state().as_str().to_string(),
             files_done: p.files_done.load(Ordering::Relaxed),
             files_total: p.files_total.load(Ordering::Relaxed),
@@ -113,7 +126,7 @@ fn follow(
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
     let replay_report = sub.is_none();
-    let mut sub = sub.unwrap_or_else(|| h.events.subscribe());
+    let mut sub = sub.unwrap_or_else(|| h.subscribe());
     tokio::spawn(async move {
         if replay_report && let Some(r) = h.summary().report {
             let _ = tx.send(Ok(to_event(Event::Report(Box::new(r))))).await;
@@ -176,14 +189,16 @@ impl v1::admin_server::Admin for AdminService {
             .into_iter()
             .map(|a| {
                 let conn = self.ctl.sessions.get(&a.name);
-                let running: Vec<String> = self
+                let mut running: Vec<(u32, String)> = self
                     .ctl
                     .migrations
-                    .locked()
+                    .snapshot()
                     .values()
-                    .filter(|m| m.agent == a.name)
-                    .map(|m| format!("CT {} {}", m.ctid, m.state().as_str()))
+                    .filter(|m| m.agent() == a.name)
+                    .map(|m| (m.ctid(), format!("CT {} {}", m.ctid(), m.state().as_str())))
                     .collect();
+                running.sort();
+                let running: Vec<String> = running.into_iter().map(|(_, s)| s).collect();
                 AgentStatus {
                     connected: conn.is_some(),
                     peer: conn.as_ref().map(|c| c.peer.clone()),
@@ -213,7 +228,7 @@ impl v1::admin_server::Admin for AdminService {
         authorize(&req)?;
         let name = req.into_inner().name;
         if let Some(conn) = self.ctl.sessions.get(&name) {
-            let inv = migrate::fetch_inventory(&self.ctl, &conn).await?;
+            let inv = fetch_inventory(&self.ctl, &conn).await?;
             return json(&inv);
         }
         match self.ctl.store.inventory(&name).map_err(|e| Status::internal(e.to_string()))? {
@@ -238,8 +253,9 @@ impl v1::admin_server::Admin for AdminService {
                 r.agent_name
             ))
         })?;
-        let inv = migrate::fetch_inventory(&self.ctl, &conn).await?;
-        let (report, _): (Report, _) = crate::preflight::report(&self.ctl, &r.agent_name, &inv, &opts).await;
+        let inv = fetch_inventory(&self.ctl, &conn).await?;
+        let src = OnlineAgent::new(&self.ctl, &r.agent_name);
+        let (report, _): (Report, _) = crate::preflight::report(&self.ctl, &src, &inv, &opts).await;
         json(&report)
     }
 
@@ -269,7 +285,7 @@ impl v1::admin_server::Admin for AdminService {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
         let h =
-            self.ctl.migrations.locked().get(&ctid).cloned().ok_or_else(|| {
+            self.ctl.migrations.get(ctid).ok_or_else(|| {
                 Status::not_found(format!("no migration of CT {ctid} runs in this controller"))
             })?;
         Ok(Response::new(follow(h, None)))
@@ -279,29 +295,27 @@ impl v1::admin_server::Admin for AdminService {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
         let rows = self.ctl.store.migrations().map_err(|e| Status::internal(e.to_string()))?;
-        let live = self.ctl.migrations.locked().clone();
+        let live = self.ctl.migrations.snapshot();
         let mut out = Vec::new();
         for r in rows.into_iter().filter(|r| ctid == 0 || r.ctid == ctid) {
-            let summary: Option<MigrationSummary> =
-                r.summary.as_deref().and_then(|j| serde_json::from_str(j).ok());
+            let summary: Option<&MigrationSummary> = r.summary.as_ref();
             let mut waiting = None;
             let (state, pass, done, total, rate, eta) = match live.get(&r.ctid) {
                 Some(h) => {
-                    let p = &h.progress;
+                    let p = h.progress();
                     let done = p.bytes_done.load(Ordering::Relaxed);
                     let total = p.bytes_total.load(Ordering::Relaxed);
                     waiting = h.waiting();
                     // The rate of the pass running now, not averaged over queueing and
                     // earlier passes.
-                    let since = *h.pass_started.locked();
-                    let secs = since.unwrap_or(h.started).elapsed().as_secs_f64().max(0.001);
+                    let secs = h.running_since().elapsed().as_secs_f64().max(0.001);
                     let copying = !h.state().is_idle() && waiting.is_none();
                     let rate = if copying { (done as f64 / secs) as u64 } else { 0 };
                     let eta = if rate > 0 && total > done { Some((total - done) / rate) } else { None };
-                    (h.state(), h.pass.load(Ordering::Relaxed).saturating_sub(1), done, total, rate, eta)
+                    (h.state(), h.current_pass(), done, total, rate, eta)
                 }
                 None => {
-                    let st = MigrationState::parse(&r.state).unwrap_or(MigrationState::Failed);
+                    let st = r.state;
                     let pass = summary.as_ref().and_then(|s| s.passes.last()).map(|p| p.pass).unwrap_or(0);
                     let bytes =
                         summary.as_ref().and_then(|s| s.passes.last()).map(|p| p.data_bytes).unwrap_or(0);
@@ -331,11 +345,10 @@ impl v1::admin_server::Admin for AdminService {
     async fn discard(&self, req: Request<v1::CtidRef>) -> Result<Response<v1::JsonReply>, Status> {
         authorize(&req)?;
         let ctid = req.into_inner().ctid;
-        if let Some(h) = self.ctl.migrations.locked().get(&ctid)
-            && !h.state().is_idle()
-        {
+        if let Err(state) = self.ctl.migrations.forget(ctid) {
             return Err(Status::failed_precondition(format!(
-                "CT {ctid} is being migrated; wait for it to stop"
+                "CT {ctid} is being migrated ({}); wait for it to stop",
+                state.as_str()
             )));
         }
         let known = self.ctl.store.migration(ctid).map_err(|e| Status::internal(e.to_string()))?.is_some();
@@ -361,7 +374,6 @@ impl v1::admin_server::Admin for AdminService {
         .map_err(|e| Status::internal(e.to_string()))?;
         freed.map_err(|e| Status::internal(format!("cannot remove CT {ctid}: {e}")))?;
         self.ctl.store.delete_migration(ctid).map_err(|e| Status::internal(e.to_string()))?;
-        self.ctl.migrations.locked().remove(&ctid);
         json(&serde_json::json!({ "discarded": ctid }))
     }
 
@@ -374,10 +386,9 @@ impl v1::admin_server::Admin for AdminService {
             .migration(ctid)
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("CT {ctid} is not a p2c migration")))?;
-        let summary: Option<MigrationSummary> =
-            row.summary.as_deref().and_then(|j| serde_json::from_str(j).ok());
-        let opts: Option<MigrateOptions> = serde_json::from_str(&row.options).ok();
-        let rewritten = summary
+        let opts = Some(row.options);
+        let rewritten = row
+            .summary
             .map(|s| {
                 s.guest_changes
                     .iter()
@@ -393,12 +404,29 @@ impl v1::admin_server::Admin for AdminService {
             let guard = crate::quota::ploop::Ploop::new(crate::quota::Node::linux())
                 .mount(&private, &mp)
                 .map_err(|e| Status::failed_precondition(format!("cannot mount the container image: {e}")))?;
-            let v = migrate::verify_tree(&self.ctl, ctid, &mp, rewritten, keep, None).await;
+            let v = crate::finalise::verify_tree(&self.ctl, ctid, &mp, rewritten, keep, None).await;
             let _ = guard.unmount();
             v?
         } else {
-            migrate::verify_tree(&self.ctl, ctid, &private, rewritten, keep, None).await?
+            crate::finalise::verify_tree(&self.ctl, ctid, &private, rewritten, keep, None).await?
         };
         json(&v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_socket_refuses_unknown_and_foreign_callers() {
+        assert!(allowed(Some(0), 1000).is_ok());
+        assert!(allowed(Some(1000), 1000).is_ok());
+        let foreign = allowed(Some(1001), 1000).unwrap_err();
+        assert_eq!(foreign.code(), tonic::Code::PermissionDenied);
+        // No credentials is no permission.
+        let unknown = allowed(None, 0).unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::PermissionDenied);
+        assert!(unknown.message().contains("could not tell who is calling"), "{}", unknown.message());
     }
 }

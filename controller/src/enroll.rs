@@ -6,7 +6,7 @@ use p2c_proto::v1;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
-use crate::server::Controller;
+use crate::context::Controller;
 
 pub struct EnrollService {
     ctl: Controller,

@@ -3,43 +3,42 @@
 
 use std::path::Path;
 
-use std::time::Duration;
-
 use p2c_common::findings::Report;
-use p2c_common::inventory::Inventory;
+use p2c_common::inventory::{INVENTORY_SCHEMA, Inventory};
 use p2c_common::migration::{AssessOptions, GuestChange};
 use p2c_common::scan::ScanResult;
-use p2c_proto::v1;
-use tracing::warn;
 
+use crate::context::Controller;
 use crate::ctconf::CtConf;
-use crate::server::Controller;
-use crate::session::AgentReply;
+use crate::migration::MigrateError;
+use crate::port::Source;
 
-/// The pre-flight report for an agent's inventory: a scan of the source (unless quick or
-/// the agent is away), the node's facts, then the rules of [`crate::assess`].
-pub async fn report(
+/// The pre-flight report for a source's inventory: a scan of the source (unless quick or
+/// the source cannot scan), the node's facts, then the rules of [`crate::assess`].
+pub async fn report<S: Source>(
     ctl: &Controller,
-    agent: &str,
+    src: &S,
     inv: &Inventory,
     opts: &AssessOptions,
 ) -> (Report, Option<ScanResult>) {
-    let mut scan = None;
-    if !opts.quick
-        && let Some(conn) = ctl.sessions.get(agent)
-    {
-        let req = v1::ScanRequest::from(&crate::assess::scan_options(inv, opts));
-        match conn.call(v1::controller_command::Command::Scan(req), Duration::from_secs(3600)).await {
-            Ok(AgentReply::Result(r)) if r.ok => match ScanResult::from_json(&r.payload_json) {
-                Ok(s) => scan = Some(s),
-                Err(e) => warn!(agent, "scan result refused: {e}"),
-            },
-            Ok(AgentReply::Result(r)) => warn!(agent, "scan failed: {}", r.message),
-            Ok(_) => warn!(agent, "unexpected answer to a scan"),
-            Err(e) => warn!(agent, "scan failed: {e}"),
-        }
+    let scan = if opts.quick { None } else { src.scan(&crate::assess::scan_options(inv, opts)).await };
+    (assess_with(ctl, src.name(), inv, scan.as_ref(), opts).await, scan)
+}
+
+/// Reads an inventory as an agent (or a bundle) reports it, refusing what this controller
+/// cannot read.
+pub fn parse_inventory(json: &[u8]) -> Result<Inventory, MigrateError> {
+    if json.len() > 8 * 1024 * 1024 {
+        return Err(MigrateError::Inventory("larger than 8 MiB".into()));
     }
-    (assess_with(ctl, agent, inv, scan.as_ref(), opts).await, scan)
+    let inv: Inventory = serde_json::from_slice(json).map_err(|e| MigrateError::Inventory(e.to_string()))?;
+    if inv.schema != INVENTORY_SCHEMA {
+        return Err(MigrateError::Inventory(format!(
+            "schema {} (this controller reads {INVENTORY_SCHEMA}); run the same p2c release on both sides",
+            inv.schema
+        )));
+    }
+    Ok(inv)
 }
 
 /// The pre-flight report for an inventory and a scan already at hand (a bundle's): the
@@ -69,15 +68,7 @@ pub async fn assess_with(
 fn earlier_run(ctl: &Controller, ctid: u32) -> Option<crate::assess::ExistingPrivate> {
     ctl.store.migration(ctid).ok().flatten()?;
     let files = ctl.store.file_count(ctid).ok()?;
-    let bytes = ctl
-        .store
-        .passes(ctid)
-        .ok()?
-        .into_iter()
-        .filter_map(|(_, _, j)| serde_json::from_str::<p2c_common::migration::PassSummary>(&j).ok())
-        .map(|p| p.data_bytes)
-        .max()
-        .unwrap_or(0);
+    let bytes = ctl.store.passes(ctid).ok()?.into_iter().map(|p| p.summary.data_bytes).max().unwrap_or(0);
     (files > 0).then(|| crate::assess::ExistingPrivate {
         path: ctl.settings.private_dir(ctid).display().to_string(),
         bytes,

@@ -1,30 +1,28 @@
-//! The daemon: the agent endpoint (TLS on TCP: enrolment, sessions, transfers) and the
-//! operator's admin socket (gRPC on a root-only Unix socket), sharing one [`Controller`].
+//! The daemon's wiring: the agent endpoint (TLS on TCP: enrolment, sessions, transfers) and
+//! the operator's admin socket (gRPC on a root-only Unix socket), both over one
+//! [`Controller`] (`crate::context`).
 
-use p2c_common::sync::{Locked, RwLocked};
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use p2c_common::manifest::limits::MAX_MESSAGE;
-use p2c_common::pki::{self, RevocationCheck};
+use p2c_common::pki;
 use p2c_proto::v1;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Settings;
-use crate::init::{InitError, NodePki};
-use crate::migrate::MigrationHandle;
-use crate::session::Sessions;
-use crate::state::{Store, StoreError};
+pub use crate::context::Controller;
+use crate::context::OpenError;
+use crate::state::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Init(#[from] InitError),
+    Open(#[from] OpenError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -35,92 +33,6 @@ pub enum ServeError {
     Admin { path: String, source: std::io::Error },
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Fingerprints of revoked agent certificates, checked at every TLS handshake.
-#[derive(Debug, Default)]
-pub struct Revoked(RwLock<HashSet<String>>);
-
-impl Revoked {
-    pub fn add(&self, fps: impl IntoIterator<Item = String>) {
-        self.0.write_locked().extend(fps);
-    }
-}
-
-impl RevocationCheck for Revoked {
-    fn is_revoked(&self, fingerprint: &str) -> bool {
-        self.0.read_locked().contains(fingerprint)
-    }
-}
-
-/// A pass the controller waits for an agent to open.
-pub struct TransferSlot {
-    pub agent: String,
-    pub pass: u32,
-    pub job: crate::receive::PassJob,
-    pub done: tokio::sync::oneshot::Sender<crate::receive::PassOutcome>,
-}
-
-pub struct Inner {
-    pub settings: Settings,
-    pub store: Store,
-    pub pki: NodePki,
-    pub revoked: Arc<Revoked>,
-    pub sessions: Sessions,
-    pub transfers: Mutex<HashMap<String, TransferSlot>>,
-    pub migrations: Mutex<HashMap<u32, Arc<MigrationHandle>>>,
-    /// Copy slots: at most `max_concurrent` migrations transfer at once.
-    pub copy_slots: Arc<Semaphore>,
-    /// The node-wide bandwidth cap every transfer shares.
-    pub throttle: Arc<crate::throttle::NodeThrottle>,
-    /// Background work (migration drivers), stopped with the controller.
-    pub background: Mutex<Vec<tokio::task::AbortHandle>>,
-}
-
-/// The controller's shared state; cheap to clone.
-#[derive(Clone)]
-pub struct Controller(pub Arc<Inner>);
-
-impl std::ops::Deref for Controller {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl Controller {
-    pub fn new(settings: Settings) -> Result<Controller, ServeError> {
-        let store = Store::open(&settings.db_path())?;
-        let pki = NodePki::load(&settings)?;
-        let revoked = Arc::new(Revoked::default());
-        revoked.add(store.revoked_fingerprints()?);
-        let copy_slots = Arc::new(Semaphore::new(settings.max_concurrent));
-        let throttle = Arc::new(crate::throttle::NodeThrottle::new(settings.node_bwlimit));
-        Ok(Controller(Arc::new(Inner {
-            settings,
-            store,
-            pki,
-            revoked,
-            sessions: Sessions::default(),
-            transfers: Mutex::new(HashMap::new()),
-            migrations: Mutex::new(HashMap::new()),
-            copy_slots,
-            throttle,
-            background: Mutex::new(Vec::new()),
-        })))
-    }
-
-    /// Revokes an agent: its certificates, its live session, its running transfers.
-    pub fn revoke(&self, name: &str) -> Result<bool, StoreError> {
-        if !self.store.revoke_agent(name)? {
-            return Ok(false);
-        }
-        self.revoked.add(self.store.revoked_fingerprints()?);
-        self.sessions.close(name);
-        self.transfers.locked().retain(|_, s| s.agent != name);
-        info!(agent = name, "agent revoked");
-        Ok(true)
-    }
 }
 
 /// A running controller (for the daemon, the demo and tests).
@@ -145,11 +57,7 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
-        for t in self.controller.background.locked().drain(..) {
-            t.abort();
-        }
-        self.controller.transfers.locked().clear();
-        self.controller.sessions.close_all();
+        self.controller.abort_all();
     }
 }
 
@@ -245,7 +153,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
             warn!("admin socket stopped: {e}");
         }
     }));
-    crate::migrate::recover(&ctl);
+    crate::migrate::recover(&ctl)?;
     info!(%addr, admin = %sock_path.display(), "controller listening");
     Ok(Running { controller: ctl, addr, shutdown, tasks })
 }

@@ -2,140 +2,46 @@
 //! transfer streams agents open for copy passes.
 
 use p2c_common::sync::Locked;
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use p2c_proto::v1;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument, warn};
 
-use crate::server::Controller;
+use crate::context::Controller;
+use crate::link::{AgentConn, AgentReply, Command, CommandResult, Hello};
+use crate::receive::{PassError, PassOutcome};
 
-/// What an agent answered to a command.
-#[derive(Debug)]
-pub enum AgentReply {
-    Inventory(Vec<u8>),
-    Result(v1::CommandResult),
+/// A command as the agent reads it on the wire.
+fn to_wire(request_id: u64, cmd: Command) -> v1::ControllerCommand {
+    use v1::controller_command::Command as W;
+    let command = match cmd {
+        Command::Inventory => W::Inventory(v1::RequestInventory {}),
+        Command::Scan(o) => W::Scan(v1::ScanRequest::from(&o)),
+        Command::StartPass(p) => W::StartPass(v1::StartPass {
+            migration_id: p.migration_id,
+            pass: p.pass,
+            excludes: p.excludes.iter().map(|e| e.as_bytes().to_vec()).collect(),
+            bwlimit: p.bwlimit,
+            chunking: Some(p.chunking.into()),
+            zstd_level: p.zstd_level,
+            changes_since: p.changes_since,
+            track_changes: p.track_changes,
+        }),
+        Command::CancelPass { migration_id } => W::CancelPass(v1::CancelPass { migration_id }),
+        Command::Services { services, start } => W::StopServices(v1::StopServices { services, start }),
+        Command::RunHook { command, timeout_secs } => W::RunHook(v1::RunHook { command, timeout_secs }),
+    };
+    v1::ControllerCommand { request_id, command: Some(command) }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("agent {0} is not connected; start `p2c-agent run` on the source (see `p2c agents`)")]
-    NotConnected(String),
-    #[error("agent {0} disconnected before answering")]
-    Disconnected(String),
-    #[error("agent {0} did not answer within {1:?}")]
-    Timeout(String, Duration),
-}
-
-/// One connected agent.
-pub struct AgentConn {
-    pub name: String,
-    pub id: u64,
-    pub peer: String,
-    pub hello: v1::Hello,
-    pub connected_unix: u64,
-    tx: mpsc::Sender<Result<v1::ControllerCommand, Status>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<AgentReply>>>,
-    next: AtomicU64,
-    close: watch::Sender<bool>,
-}
-
-impl AgentConn {
-    /// Sends a command and returns the request id and a receiver for its answer.
-    pub async fn send(
-        &self,
-        cmd: v1::controller_command::Command,
-    ) -> Result<(u64, oneshot::Receiver<AgentReply>), CallError> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.locked().insert(id, tx);
-        let msg = v1::ControllerCommand { request_id: id, command: Some(cmd) };
-        if self.tx.send(Ok(msg)).await.is_err() {
-            self.pending.locked().remove(&id);
-            return Err(CallError::Disconnected(self.name.clone()));
-        }
-        Ok((id, rx))
-    }
-
-    /// Sends a command and waits for the answer.
-    pub async fn call(
-        &self,
-        cmd: v1::controller_command::Command,
-        timeout: Duration,
-    ) -> Result<AgentReply, CallError> {
-        let (id, rx) = self.send(cmd).await?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(CallError::Disconnected(self.name.clone())),
-            Err(_) => {
-                self.pending.locked().remove(&id);
-                Err(CallError::Timeout(self.name.clone(), timeout))
-            }
-        }
-    }
-
-    fn resolve(&self, id: u64, reply: AgentReply) {
-        if let Some(tx) = self.pending.locked().remove(&id) {
-            let _ = tx.send(reply);
-        }
-    }
-
-    /// A receiver that turns true when this session ends.
-    pub fn closed(&self) -> watch::Receiver<bool> {
-        self.close.subscribe()
-    }
-}
-
-/// Connected agents by name.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<AgentConn>>>,
-    next_id: AtomicU64,
-    changed: tokio::sync::Notify,
-}
-
-impl Sessions {
-    pub fn get(&self, name: &str) -> Option<Arc<AgentConn>> {
-        self.map.locked().get(name).cloned()
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.map.locked().keys().cloned().collect()
-    }
-
-    pub fn close(&self, name: &str) {
-        if let Some(c) = self.map.locked().remove(name) {
-            let _ = c.close.send(true);
-        }
-        self.changed.notify_waiters();
-    }
-
-    pub fn close_all(&self) {
-        for (_, c) in self.map.locked().drain() {
-            let _ = c.close.send(true);
-        }
-    }
-
-    /// Waits until `name` is connected, up to `timeout`.
-    pub async fn wait_for(&self, name: &str, timeout: Duration) -> Option<Arc<AgentConn>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            if let Some(c) = self.get(name) {
-                return Some(c);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.get(name);
-            }
-        }
-    }
+fn result_of(r: v1::CommandResult) -> CommandResult {
+    CommandResult { ok: r.ok, message: r.message, payload_json: r.payload_json }
 }
 
 /// The controller's identity of the caller: only from its verified client certificate.
@@ -205,47 +111,47 @@ impl v1::agent_session_server::AgentSession for AgentService {
                 p2c_proto::PROTOCOL_VERSION
             )));
         }
-        let mut hello = hello;
-        hello.hostname.truncate(255);
-        hello.agent_version.truncate(64);
-        hello.root.truncate(4096);
-        let (tx, rx) = mpsc::channel(64);
-        let (close, mut closed) = watch::channel(false);
-        let conn = Arc::new(AgentConn {
-            name: name.clone(),
-            id: self.ctl.sessions.next_id.fetch_add(1, Ordering::Relaxed),
-            peer: peer.clone(),
-            hello: hello.clone(),
-            connected_unix: crate::state::now(),
-            tx,
-            pending: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
-            close,
-        });
-        {
-            let mut map = self.ctl.sessions.map.locked();
-            if let Some(old) = map.insert(name.clone(), conn.clone()) {
-                let _ = old.close.send(true);
-            }
+        let hello = Hello {
+            hostname: bounded(hello.hostname, 255),
+            agent_version: bounded(hello.agent_version, 64),
+            root: hello.root.into_iter().take(4096).collect(),
+        };
+        let (conn, mut commands) =
+            AgentConn::new(name.clone(), self.ctl.sessions.next_id(), peer.clone(), hello);
+        self.ctl.sessions.insert(conn.clone());
+        if let Err(e) = self.ctl.store.touch_agent(&name, Some(&conn.hello.hostname)) {
+            warn!(agent = %name, "cannot record that the agent connected: {e}");
         }
-        self.ctl.sessions.changed.notify_waiters();
-        let _ = self.ctl.store.touch_agent(&name, Some(&hello.hostname));
-        info!(agent = %name, %peer, hostname = %hello.hostname, "agent connected");
-        let ctl = self.ctl.clone();
+        info!(agent = %name, %peer, hostname = %conn.hello.hostname, "agent connected");
+        let (tx, rx) = mpsc::channel(64);
+        let mut closed = conn.closed();
         let mut closed_out = conn.closed();
+        // Commands out, in the session's order.
+        tokio::spawn(async move {
+            while let Some((id, cmd)) = commands.recv().await {
+                if tx.send(Ok(to_wire(id, cmd))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let ctl = self.ctl.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = closed.changed() => break,
+                    _ = closed.wait_for(|c| *c) => break,
                     m = inbound.next() => match m {
                         Some(Ok(ev)) => match ev.event {
                             Some(v1::agent_event::Event::Heartbeat(_)) => {
-                                let _ = ctl.store.touch_agent(&conn.name, None);
+                                if let Err(e) = ctl.store.touch_agent(&conn.name, None) {
+                                    warn!(agent = %conn.name, "cannot record the agent's heartbeat: {e}");
+                                }
                             }
                             Some(v1::agent_event::Event::Inventory(inv)) => {
                                 conn.resolve(inv.request_id, AgentReply::Inventory(inv.inventory_json));
                             }
-                            Some(v1::agent_event::Event::Result(r)) => conn.resolve(r.request_id, AgentReply::Result(r)),
+                            Some(v1::agent_event::Event::Result(r)) => {
+                                conn.resolve(r.request_id, AgentReply::Result(result_of(r)));
+                            }
                             Some(v1::agent_event::Event::Hello(_)) | None => {
                                 warn!(agent = %conn.name, "unexpected message on the session; closing it");
                                 break;
@@ -259,15 +165,7 @@ impl v1::agent_session_server::AgentSession for AgentService {
                     },
                 }
             }
-            {
-                let mut map = ctl.sessions.map.locked();
-                if map.get(&conn.name).is_some_and(|c| c.id == conn.id) {
-                    map.remove(&conn.name);
-                }
-            }
-            let _ = conn.close.send(true);
-            conn.pending.locked().clear();
-            ctl.sessions.changed.notify_waiters();
+            ctl.sessions.remove(&conn);
             info!(agent = %conn.name, "agent disconnected");
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).take_until(async move {
@@ -324,11 +222,12 @@ impl v1::agent_session_server::AgentSession for AgentService {
             Ok(c) => slot.job.changes = c.map(Arc::new),
             Err(why) => {
                 warn!(agent = %name, migration = %open.migration_id, "{why}");
-                let msg = format!("agent sent an invalid stream: {why}");
-                let _ = slot.done.send(crate::receive::PassOutcome {
+                let error = PassError::Invalid(why);
+                let msg = error.to_string();
+                let _ = slot.done.send(PassOutcome {
                     summary: p2c_common::migration::PassSummary { pass: open.pass, ..Default::default() },
                     written: None,
-                    error: Some(msg.clone()),
+                    error: Some(error),
                     retryable: false,
                 });
                 return Err(Status::invalid_argument(msg));
@@ -338,7 +237,8 @@ impl v1::agent_session_server::AgentSession for AgentService {
         let throttle = self.ctl.throttle.clone();
         tokio::spawn(async move {
             let outcome = if throttle.rate() > 0 {
-                crate::receive::run_pass(slot.job, crate::throttle::paced(inbound, throttle), tx).await
+                let size = |m: &v1::TransferUp| prost::Message::encoded_len(m) as u64;
+                crate::receive::run_pass(slot.job, crate::throttle::paced(inbound, throttle, size), tx).await
             } else {
                 crate::receive::run_pass(slot.job, inbound, tx).await
             };
@@ -346,4 +246,16 @@ impl v1::agent_session_server::AgentSession for AgentService {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }

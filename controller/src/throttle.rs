@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use p2c_proto::v1;
 use tokio::time::Instant;
-use tonic::Status;
 
 /// One shared byte-rate limit.
 #[derive(Debug)]
@@ -50,18 +48,22 @@ impl NodeThrottle {
     }
 }
 
-/// `inbound` with every message paced by `throttle` (by its encoded size).
-pub fn paced<S>(
+/// `inbound` with every message paced by `throttle`, by the size `size` gives it (an error
+/// passes at once).
+pub fn paced<S, T, E>(
     inbound: S,
     throttle: Arc<NodeThrottle>,
-) -> impl Stream<Item = Result<v1::TransferUp, Status>> + Send + Unpin
+    size: fn(&T) -> u64,
+) -> impl Stream<Item = Result<T, E>> + Send + Unpin
 where
-    S: Stream<Item = Result<v1::TransferUp, Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<T, E>> + Send + Unpin + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
 {
-    Box::pin(futures::stream::unfold((inbound, throttle), |(mut inbound, throttle)| async move {
+    Box::pin(futures::stream::unfold((inbound, throttle), move |(mut inbound, throttle)| async move {
         let item = inbound.next().await?;
         if let Ok(m) = &item {
-            throttle.take(prost::Message::encoded_len(m) as u64).await;
+            throttle.take(size(m)).await;
         }
         Some((item, (inbound, throttle)))
     }))
@@ -71,20 +73,20 @@ where
 mod tests {
     use super::*;
 
-    fn chunk(len: usize) -> Result<v1::TransferUp, Status> {
-        Ok(v1::TransferUp {
-            msg: Some(v1::transfer_up::Msg::Chunk(v1::ChunkData {
-                data: vec![7u8; len].into(),
-                ..Default::default()
-            })),
-        })
+    fn chunk(len: usize) -> Result<Vec<u8>, ()> {
+        Ok(vec![7u8; len])
+    }
+
+    #[allow(clippy::ptr_arg)] // the stream's items are Vec<u8>
+    fn len(m: &Vec<u8>) -> u64 {
+        m.len() as u64
     }
 
     #[tokio::test]
     async fn unlimited_passes_at_once() {
         let t = Arc::new(NodeThrottle::new(0));
         let started = std::time::Instant::now();
-        let n = paced(futures::stream::iter((0..100).map(|_| chunk(1 << 20))), t).count().await;
+        let n = paced(futures::stream::iter((0..100).map(|_| chunk(1 << 20))), t, len).count().await;
         assert_eq!(n, 100);
         assert!(started.elapsed() < Duration::from_millis(500));
     }
@@ -96,7 +98,7 @@ mod tests {
         let started = std::time::Instant::now();
         let run = |t: Arc<NodeThrottle>, delay: u64| async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            let mut s = paced(futures::stream::iter((0..20).map(|_| chunk(16 << 10))), t);
+            let mut s = paced(futures::stream::iter((0..20).map(|_| chunk(16 << 10))), t, len);
             let mut at = Vec::new();
             while s.next().await.is_some() {
                 at.push(started.elapsed());

@@ -11,5 +11,6 @@ mod quota;
 mod reconnect;
 mod resume;
 mod security;
+mod service;
 mod tracking;
 mod waves;

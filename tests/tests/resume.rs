@@ -29,13 +29,7 @@ fn same_tree(src: &std::path::Path, dst: &std::path::Path, extra_excludes: &[std
 
 /// Every pass the store recorded for a container (failed ones included), in order.
 fn passes(node: &Node, ctid: u32) -> Vec<(bool, PassSummary)> {
-    node.controller()
-        .store
-        .passes(ctid)
-        .unwrap()
-        .into_iter()
-        .map(|(_, ok, j)| (ok, serde_json::from_str(&j).unwrap()))
-        .collect()
+    node.controller().store.passes(ctid).unwrap().into_iter().map(|p| (p.complete, p.summary)).collect()
 }
 
 /// Starts `p2c migrate` in the background and returns the stream to read its summary from.
@@ -50,8 +44,8 @@ async fn wait_progress(node: &Node, ctid: u32, bytes: u64) {
     wait_for(&format!("CT {ctid} to copy {bytes} bytes"), Duration::from_secs(60), || {
         let ctl = ctl.clone();
         async move {
-            let m = ctl.migrations.lock().unwrap().get(&ctid).cloned();
-            m.is_some_and(|h| h.progress.bytes_done.load(Ordering::Relaxed) >= bytes)
+            let m = ctl.migrations.get(ctid);
+            m.is_some_and(|h| h.progress().bytes_done.load(Ordering::Relaxed) >= bytes)
         }
     })
     .await;

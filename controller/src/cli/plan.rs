@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use p2c_common::cli::JsonArg;
-use p2c_common::migration::{AgentStatus, MigrateOptions, MigrationState, MigrationSummary, StatusEntry};
+use p2c_common::migration::{AgentStatus, MigrateOptions, StatusEntry};
 use p2c_proto::v1;
 use p2c_proto::v1::admin_client::AdminClient;
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use super::client;
-use super::wave_view::WaveView;
+use super::wave_view::{Outcome, WaveView};
 use crate::plan::Plan;
 
 #[derive(Debug, Subcommand)]
@@ -33,36 +33,6 @@ pub enum PlanCmd {
         #[command(flatten)]
         json: JsonArg,
     },
-}
-
-/// How one server of the plan ended.
-#[derive(Clone, Debug)]
-pub enum Outcome {
-    /// The migration ran and stopped in this state.
-    Summary(Box<MigrationSummary>),
-    /// It did not start (the controller refused it) or could not be followed to its end.
-    Error(String),
-}
-
-impl Outcome {
-    /// Done, or synced when the plan did not ask for a cutover; with no error either way.
-    pub fn succeeded(&self, opts: &MigrateOptions) -> bool {
-        match self {
-            Outcome::Summary(s) => {
-                s.error.is_none()
-                    && (s.state == MigrationState::Done
-                        || (s.state == MigrationState::Synced && !opts.cutover))
-            }
-            Outcome::Error(_) => false,
-        }
-    }
-
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Outcome::Summary(s) => s.error.as_deref(),
-            Outcome::Error(e) => Some(e),
-        }
-    }
 }
 
 pub async fn run(mut c: AdminClient<Channel>, cmd: PlanCmd) -> anyhow::Result<i32> {

@@ -8,12 +8,41 @@ use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2c_common::migration::{MigrateOptions, StatusEntry};
+use p2c_common::migration::{MigrateOptions, MigrationState, MigrationSummary, StatusEntry};
 use p2c_common::units::{human_bytes, human_duration};
 use serde_json::json;
 
-use super::plan::Outcome;
 use crate::plan::Plan;
+
+/// How one server of the plan ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The migration ran and stopped in this state.
+    Summary(Box<MigrationSummary>),
+    /// It did not start (the controller refused it) or could not be followed to its end.
+    Error(String),
+}
+
+impl Outcome {
+    /// Done, or synced when the plan did not ask for a cutover; with no error either way.
+    pub fn succeeded(&self, opts: &MigrateOptions) -> bool {
+        match self {
+            Outcome::Summary(s) => {
+                s.error.is_none()
+                    && (s.state == MigrationState::Done
+                        || (s.state == MigrationState::Synced && !opts.cutover))
+            }
+            Outcome::Error(_) => false,
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Summary(s) => s.error.as_deref(),
+            Outcome::Error(e) => Some(e),
+        }
+    }
+}
 
 pub struct WaveView {
     json: bool,

@@ -192,9 +192,43 @@ pub struct PassOutcome {
     /// The regular files the pass wrote, even if it then failed (`None` when too many to
     /// list): what verification must re-read after this pass.
     pub written: Option<Vec<RelPath>>,
-    pub error: Option<String>,
+    pub error: Option<PassError>,
     /// The error was the connection, not the data: running the pass again will resume.
     pub retryable: bool,
+}
+
+/// Why a pass failed, as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassError {
+    /// What the peer (an agent, or a bundle playing one) sent is invalid.
+    Invalid(String),
+    /// Anything else (the tree, the store, the quota, the connection...).
+    Other(String),
+}
+
+impl PassError {
+    /// The message with the peer named: "{peer} sent an invalid stream: ..." for `Invalid`.
+    pub fn describe(&self, peer: &str) -> String {
+        match self {
+            PassError::Invalid(m) => format!("{peer} sent an invalid stream: {m}"),
+            PassError::Other(m) => m.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe("agent"))
+    }
+}
+
+impl From<ReceiveError> for PassError {
+    fn from(e: ReceiveError) -> PassError {
+        match e {
+            ReceiveError::Protocol(m) => PassError::Invalid(m),
+            other => PassError::Other(other.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +356,7 @@ where
             return PassOutcome {
                 summary: PassSummary { pass: job.pass, ..Default::default() },
                 written: None,
-                error: Some("cannot start receive threads".into()),
+                error: Some(PassError::Other("cannot start receive threads".into())),
                 retryable: false,
             };
         }
@@ -449,7 +483,7 @@ where
         }
     }
     let retryable = matches!(err, Some(ReceiveError::Stream(_)));
-    PassOutcome { summary, written, error: err.map(|e| e.to_string()), retryable }
+    PassOutcome { summary, written, error: err.map(PassError::from), retryable }
 }
 
 fn stopped() -> ReceiveError {

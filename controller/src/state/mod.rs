@@ -9,6 +9,7 @@ use p2c_common::sync::Locked;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use p2c_common::migration::{MigrateOptions, MigrationState, MigrationSummary, PassSummary};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub mod index;
@@ -23,6 +24,10 @@ pub enum StoreError {
     Schema { found: i64, known: i64 },
     #[error("state database: stored JSON is damaged: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(
+        "state database: the {what} of CT {ctid} is damaged ({detail}); `p2c discard {ctid}` forgets the migration"
+    )]
+    Damaged { ctid: u32, what: &'static str, detail: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -131,16 +136,26 @@ pub struct AgentRow {
     pub os: Option<String>,
 }
 
-/// A migration row.
+/// A migration as the store keeps it.
 #[derive(Clone, Debug)]
 pub struct MigrationRow {
     pub ctid: u32,
     pub agent: String,
-    pub state: String,
-    pub options: String,
-    pub summary: Option<String>,
+    pub state: MigrationState,
+    pub options: MigrateOptions,
+    /// The summary as of the last change of state (none before the first).
+    pub summary: Option<MigrationSummary>,
     pub created: u64,
     pub updated: u64,
+}
+
+/// One copy pass as the store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassRecord {
+    pub pass: u32,
+    /// The pass ran to its end (its manifest is complete).
+    pub complete: bool,
+    pub summary: PassSummary,
 }
 
 /// The shared handle used by the daemon's control paths (small, quick statements).
@@ -319,42 +334,62 @@ impl Store {
     // ------------------------------------------------------------------ migrations
 
     pub fn migration(&self, ctid: u32) -> Result<Option<MigrationRow>> {
-        Ok(self
+        let raw = self
             .lock()
             .query_row(
                 "SELECT ctid, agent, state, options, summary, created, updated FROM migrations WHERE ctid = ?1",
                 [ctid],
-                row_to_migration,
+                RawMigration::read,
             )
-            .optional()?)
+            .optional()?;
+        raw.map(RawMigration::parse).transpose()
     }
 
     pub fn migrations(&self) -> Result<Vec<MigrationRow>> {
-        let c = self.lock();
-        let mut st = c.prepare(
-            "SELECT ctid, agent, state, options, summary, created, updated FROM migrations ORDER BY ctid",
-        )?;
-        let rows = st.query_map([], row_to_migration)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        let raw = {
+            let c = self.lock();
+            let mut st = c.prepare(
+                "SELECT ctid, agent, state, options, summary, created, updated FROM migrations ORDER BY ctid",
+            )?;
+            st.query_map([], RawMigration::read)?.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        raw.into_iter().map(RawMigration::parse).collect()
     }
 
     /// Creates the migration row, or updates agent/options of an existing one.
-    pub fn upsert_migration(&self, ctid: u32, agent: &str, state: &str, options: &str) -> Result<()> {
+    pub fn upsert_migration(
+        &self,
+        ctid: u32,
+        agent: &str,
+        state: MigrationState,
+        options: &MigrateOptions,
+    ) -> Result<()> {
         let t = now() as i64;
+        let options = serde_json::to_string(options)?;
         self.lock().execute(
             "INSERT INTO migrations (ctid, agent, state, options, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
              ON CONFLICT(ctid) DO UPDATE SET agent = excluded.agent, state = excluded.state,
                  options = excluded.options, updated = excluded.updated",
-            params![ctid, agent, state, options, t],
+            params![ctid, agent, state.as_str(), options, t],
         )?;
         Ok(())
     }
 
-    pub fn set_migration_state(&self, ctid: u32, state: &str, summary: Option<&str>) -> Result<()> {
-        self.lock().execute(
+    /// Records a migration's state, and its summary when one is given.
+    pub fn set_migration_state(
+        &self,
+        ctid: u32,
+        state: MigrationState,
+        summary: Option<&MigrationSummary>,
+    ) -> Result<()> {
+        let summary = summary.map(serde_json::to_string).transpose()?;
+        let n = self.lock().execute(
             "UPDATE migrations SET state = ?2, summary = COALESCE(?3, summary), updated = ?4 WHERE ctid = ?1",
-            params![ctid, state, summary, now() as i64],
+            params![ctid, state.as_str(), summary, now() as i64],
         )?;
+        if n == 0 {
+            return Err(StoreError::Damaged { ctid, what: "record", detail: "it is missing".into() });
+        }
         Ok(())
     }
 
@@ -370,23 +405,35 @@ impl Store {
         Ok(())
     }
 
-    pub fn record_pass(&self, ctid: u32, pass: u32, complete: bool, summary: &str) -> Result<()> {
+    pub fn record_pass(&self, ctid: u32, summary: &PassSummary, complete: bool) -> Result<()> {
+        let json = serde_json::to_string(summary)?;
         self.lock().execute(
             "INSERT INTO passes (ctid, pass, complete, summary) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(ctid, pass) DO UPDATE SET complete = excluded.complete, summary = excluded.summary",
-            params![ctid, pass, complete, summary],
+            params![ctid, summary.pass, complete, json],
         )?;
         Ok(())
     }
 
-    /// Pass summaries of a migration, in order: (pass, complete, summary JSON).
-    pub fn passes(&self, ctid: u32) -> Result<Vec<(u32, bool, String)>> {
-        let c = self.lock();
-        let mut st = c.prepare("SELECT pass, complete, summary FROM passes WHERE ctid = ?1 ORDER BY pass")?;
-        let rows = st
-            .query_map([ctid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+    /// The passes of a migration, in order.
+    pub fn passes(&self, ctid: u32) -> Result<Vec<PassRecord>> {
+        let rows = {
+            let c = self.lock();
+            let mut st =
+                c.prepare("SELECT pass, complete, summary FROM passes WHERE ctid = ?1 ORDER BY pass")?;
+            st.query_map([ctid], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        rows.into_iter()
+            .map(|(pass, complete, json)| {
+                let summary = serde_json::from_str(&json).map_err(|e| StoreError::Damaged {
+                    ctid,
+                    what: "pass record",
+                    detail: format!("pass {pass}: {e}"),
+                })?;
+                Ok(PassRecord { pass, complete, summary })
+            })
+            .collect()
     }
 
     /// Forgets the records of these paths, so that the next pass writes them again.
@@ -411,16 +458,52 @@ impl Store {
     }
 }
 
-fn row_to_migration(r: &rusqlite::Row<'_>) -> rusqlite::Result<MigrationRow> {
-    Ok(MigrationRow {
-        ctid: r.get(0)?,
-        agent: r.get(1)?,
-        state: r.get(2)?,
-        options: r.get(3)?,
-        summary: r.get(4)?,
-        created: r.get::<_, i64>(5)? as u64,
-        updated: r.get::<_, i64>(6)? as u64,
-    })
+/// A migration row as SQLite holds it, before its text columns are parsed.
+struct RawMigration {
+    ctid: u32,
+    agent: String,
+    state: String,
+    options: String,
+    summary: Option<String>,
+    created: u64,
+    updated: u64,
+}
+
+impl RawMigration {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMigration> {
+        Ok(RawMigration {
+            ctid: r.get(0)?,
+            agent: r.get(1)?,
+            state: r.get(2)?,
+            options: r.get(3)?,
+            summary: r.get(4)?,
+            created: r.get::<_, i64>(5)? as u64,
+            updated: r.get::<_, i64>(6)? as u64,
+        })
+    }
+
+    fn parse(self) -> Result<MigrationRow> {
+        let ctid = self.ctid;
+        let damaged = |what, detail: String| StoreError::Damaged { ctid, what, detail };
+        let state = MigrationState::parse(&self.state)
+            .ok_or_else(|| damaged("state", format!("unknown state {:?}", self.state)))?;
+        let options = serde_json::from_str(&self.options).map_err(|e| damaged("options", e.to_string()))?;
+        let summary = self
+            .summary
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| damaged("summary", e.to_string()))?;
+        Ok(MigrationRow {
+            ctid,
+            agent: self.agent,
+            state,
+            options,
+            summary,
+            created: self.created,
+            updated: self.updated,
+        })
+    }
 }
 
 /// Why enrolment was refused.
@@ -492,5 +575,51 @@ mod tests {
         assert!(!s.revoke_agent("nobody").unwrap());
         assert_eq!(s.agent_for_cert("fp1").unwrap(), None);
         assert_eq!(s.revoked_fingerprints().unwrap(), vec!["fp1".to_string()]);
+    }
+
+    #[test]
+    fn migrations_and_passes_round_trip_typed() {
+        let (_d, s) = store();
+        let opts = MigrateOptions { agent: "web01".into(), ctid: 101, ..Default::default() };
+        s.upsert_migration(101, "web01", MigrationState::Pending, &opts).unwrap();
+        let summary = MigrationSummary {
+            ctid: 101,
+            agent: "web01".into(),
+            state: MigrationState::Synced,
+            private_dir: String::new(),
+            conf_path: String::new(),
+            passes: Vec::new(),
+            error: None,
+            report: None,
+            verify: None,
+            downtime_seconds: None,
+            guest_changes: Vec::new(),
+            quota: None,
+            warnings: Vec::new(),
+            started_unix: 0,
+            updated_unix: 0,
+        };
+        s.set_migration_state(101, MigrationState::Synced, Some(&summary)).unwrap();
+        let row = s.migration(101).unwrap().unwrap();
+        assert_eq!((row.state, row.options.ctid, row.agent.as_str()), (MigrationState::Synced, 101, "web01"));
+        assert_eq!(row.summary.unwrap().state, MigrationState::Synced);
+        let pass = PassSummary { pass: 0, entries: 7, ..Default::default() };
+        s.record_pass(101, &pass, true).unwrap();
+        assert_eq!(s.passes(101).unwrap(), vec![PassRecord { pass: 0, complete: true, summary: pass }]);
+        // No row to update is an error, not a silent no-op.
+        assert!(s.set_migration_state(999, MigrationState::Failed, None).is_err());
+    }
+
+    #[test]
+    fn a_damaged_row_is_an_error_naming_the_migration() {
+        let (_d, s) = store();
+        let opts = MigrateOptions { agent: "web01".into(), ctid: 7, ..Default::default() };
+        s.upsert_migration(7, "web01", MigrationState::Pending, &opts).unwrap();
+        s.lock().execute("UPDATE migrations SET state = 'exploded' WHERE ctid = 7", []).unwrap();
+        let e = s.migration(7).unwrap_err().to_string();
+        assert!(e.contains("state of CT 7 is damaged") && e.contains("p2c discard 7"), "{e}");
+        s.lock().execute("INSERT INTO passes VALUES (8, 0, 1, '{not json')", []).unwrap();
+        let e = s.passes(8).unwrap_err().to_string();
+        assert!(e.contains("pass record of CT 8 is damaged"), "{e}");
     }
 }

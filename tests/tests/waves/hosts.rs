@@ -148,7 +148,7 @@ async fn hosts_migrate_in_parallel_and_a_cut_link_only_delays_its_own() {
     assert_container_matches(&cut.root, &node.private(cut.ctid), &s, &[]);
     assert_eq!(s.agent, cut.agent.name);
     let passes = node.controller().store.passes(cut.ctid).unwrap();
-    assert!(passes.iter().any(|(_, complete, _)| !complete), "the interrupted pass is on record: {passes:?}");
+    assert!(passes.iter().any(|p| !p.complete), "the interrupted pass is on record: {passes:?}");
     assert_eq!(cut.peer(&node), Some(cut.v4()), "the agent came back from its own host");
     eprintln!("three hosts migrated in {:.1}s", started.elapsed().as_secs_f64());
 }

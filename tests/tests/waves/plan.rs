@@ -125,7 +125,7 @@ ctid = 503
         (state(501), state(502), state(503)),
         (Some(MigrationState::Done), Some(MigrationState::Synced), None)
     );
-    let done = node.controller().migrations.lock().unwrap().get(&501).unwrap().summary();
+    let done = node.controller().migrations.get(501).unwrap().summary();
     assert_container_matches(&dir.path().join("wave-a"), &node.private(501), &done, &["tmp"]);
     assert_eq!(std::fs::read(node.private(503).join("keep-me")).unwrap(), b"another container");
 }
