@@ -10,7 +10,7 @@
 //! | hostname, OS, DNS, passwd/group names, raw bindings, runtimes | files below root | files below root |
 //! | kernel | uname(2) | newest `/boot/vmlinuz-*` or `/lib/modules/*`, ELF machine of `/bin/sh` |
 //! | interfaces, routes | getifaddrs(3), /proc/net/{route,ipv6_route}; `dhcp` from the configuration | the network configuration files |
-//! | CPUs, memory | /proc | /proc of the host standing in for the server |
+//! | CPUs, memory | sysinfo (/proc) | sysinfo on the host standing in for the server |
 //! | mounts | mountinfo at or beneath root | the same |
 //! | SELinux mode | selinuxfs, config below root | config below root |
 //! | swaps | /proc/swaps + fstab below root | fstab below root |
@@ -167,8 +167,8 @@ fn system(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool, 
             Err(e) => gaps.push(format!("kernel: {e}")),
         }
     }
-    inv.cpus = hw::cpus(&host.proc);
-    match hw::memory(&host.proc) {
+    inv.cpus = hw::cpus();
+    match hw::memory() {
         Ok(m) => {
             inv.memory_bytes = m.memory_bytes;
             inv.swap_bytes = m.swap_bytes;
