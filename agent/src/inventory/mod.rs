@@ -16,7 +16,7 @@
 //! | swaps | /proc/swaps + fstab below root | fstab below root |
 //! | block devices | /sys/class/block | those backing the mounts beneath root |
 //! | kernel modules | /proc/modules | /etc/modules, modules-load.d, sysconfig/modules |
-//! | listeners | /proc/net/{tcp,udp}{,6} | none |
+//! | listeners | /proc/net/{tcp,udp}{,6} and /proc/*/fd, through procfs | none |
 //! | quotas | quotactl(2) where active, else quota files | quota files |
 
 mod blockdev;
