@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | hostname, OS, DNS, passwd/group names, raw bindings, runtimes | files below root | files below root |
 //! | kernel | uname(2) | newest `/boot/vmlinuz-*` or `/lib/modules/*`, ELF machine of `/bin/sh` |
-//! | interfaces, routes | getifaddrs(3), /proc/net/{route,ipv6_route}; `dhcp` from the configuration | the network configuration files |
+//! | interfaces, routes | getifaddrs(3), sysinfo (MAC, MTU), /proc/net/{route,ipv6_route}; `dhcp` from the configuration | the network configuration files |
 //! | CPUs, memory | sysinfo (/proc) | sysinfo on the host standing in for the server |
 //! | mounts | mountinfo at or beneath root | the same |
 //! | SELinux mode | selinuxfs, config below root | config below root |
@@ -187,7 +187,7 @@ fn network(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool,
     let (conf, g) = netconf::read_tree(root);
     gaps.extend(g);
     if live {
-        match net::live_interfaces(&host.sys, &conf) {
+        match net::live_interfaces(&conf) {
             Ok(i) => inv.interfaces = i,
             Err(e) => gaps.push(format!("interfaces: {e}")),
         }
