@@ -1,57 +1,42 @@
-//! Memory and CPUs of the running kernel (for a tree source the live host stands in).
+//! Memory and CPUs of the running kernel, through sysinfo (for a tree source the live host
+//! stands in).
 
-use std::path::Path;
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
-use super::fsread::{self, CONFIG_CAP, ReadError};
-
-/// Totals from /proc/meminfo, in bytes.
+/// Totals of /proc/meminfo, in bytes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MemInfo {
     pub memory_bytes: u64,
     pub swap_bytes: u64,
 }
 
-/// Parses /proc/meminfo (`MemTotal:  16316412 kB`).
-pub fn parse_meminfo(text: &str) -> MemInfo {
-    let mut m = MemInfo::default();
-    for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let Some(n) = words.next().and_then(|n| n.parse::<u64>().ok()) else {
-            continue;
-        };
-        let bytes = match words.next() {
-            Some("kB") => n.saturating_mul(1024),
-            _ => n,
-        };
-        match key {
-            "MemTotal" => m.memory_bytes = bytes,
-            "SwapTotal" => m.swap_bytes = bytes,
-            _ => {}
-        }
+#[derive(Debug, thiserror::Error)]
+pub enum HwError {
+    #[error("cannot read system information: {0}")]
+    System(#[source] sysinfo::Error),
+    /// sysinfo reports an unreadable /proc/meminfo as zero memory.
+    #[error("/proc/meminfo gives no MemTotal")]
+    NoMemTotal,
+}
+
+/// Memory of the running kernel: `MemTotal` and `SwapTotal` of /proc/meminfo.
+pub fn memory() -> Result<MemInfo, HwError> {
+    let kind = RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram().with_swap());
+    let sys = System::new_with_specifics(kind).map_err(HwError::System)?;
+    if sys.total_memory() == 0 {
+        return Err(HwError::NoMemTotal);
     }
-    m
+    Ok(MemInfo { memory_bytes: sys.total_memory(), swap_bytes: sys.total_swap() })
 }
 
-/// Counts the `processor` entries of /proc/cpuinfo.
-pub fn parse_cpuinfo(text: &str) -> u32 {
-    let n = text.lines().filter(|l| l.split_once(':').is_some_and(|(k, _)| k.trim() == "processor")).count();
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Memory of the running kernel, read from `proc` (normally `/proc`).
-pub fn memory(proc: &Path) -> Result<MemInfo, ReadError> {
-    fsread::read_text(&proc.join("meminfo"), CONFIG_CAP).map(|t| parse_meminfo(&t))
-}
-
-/// CPUs of the running kernel: /proc/cpuinfo, else what the scheduler lets us use.
-pub fn cpus(proc: &Path) -> u32 {
-    let from_proc =
-        fsread::read_text(&proc.join("cpuinfo"), fsread::TABLE_CAP).map(|t| parse_cpuinfo(&t)).unwrap_or(0);
-    if from_proc > 0 {
-        return from_proc;
+/// CPUs of the running kernel (the online ones, as /proc/stat lists them), else what the
+/// scheduler lets us use.
+pub fn cpus() -> u32 {
+    let listed = System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()))
+        .map(|s| s.cpus().len())
+        .unwrap_or(0);
+    if listed > 0 {
+        return u32::try_from(listed).unwrap_or(u32::MAX);
     }
     std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1)
 }
@@ -61,29 +46,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meminfo() {
-        let m = parse_meminfo(
-            "MemTotal:       16316412 kB\nMemFree:  1 kB\nSwapTotal:       2097148 kB\n\
-             HugePages_Total:       0\ngarbage line\nMemTotal: notanumber kB\n",
-        );
-        assert_eq!(m.memory_bytes, 16316412 * 1024);
-        assert_eq!(m.swap_bytes, 2097148 * 1024);
-        assert_eq!(parse_meminfo(""), MemInfo::default());
+    fn memory_is_what_the_kernel_reports() {
+        // sysinfo(2) counts the same pages as /proc/meminfo.
+        let k = rustix::system::sysinfo();
+        let unit = u64::from(k.mem_unit.max(1));
+        let m = memory().unwrap();
+        assert_eq!(m.memory_bytes, k.totalram * unit);
+        assert_eq!(m.swap_bytes, k.totalswap * unit);
     }
 
     #[test]
-    fn cpuinfo() {
-        let t = "processor\t: 0\nmodel name\t: x\n\nprocessor\t: 1\nflags: processor\n";
-        assert_eq!(parse_cpuinfo(t), 2);
-        // s390 style has no per-CPU `processor` key lines of this form.
-        assert_eq!(parse_cpuinfo("vendor_id : IBM/S390\n"), 0);
-    }
-
-    #[test]
-    fn live_host() {
-        let p = Path::new("/proc");
-        assert!(memory(p).unwrap().memory_bytes > 0);
-        assert!(cpus(p) >= 1);
-        assert!(cpus(Path::new("/nonexistent")) >= 1);
+    fn at_least_the_cpus_we_may_use() {
+        let usable = std::thread::available_parallelism().unwrap().get();
+        assert!(cpus() as usize >= usable, "{} < {usable}", cpus());
     }
 }

@@ -1,22 +1,45 @@
 //! Listening sockets of the running kernel: LISTEN TCP and bound, unconnected UDP sockets
-//! from `/proc/net/{tcp,tcp6,udp,udp6}`, with the owning process where `/proc/*/fd` says.
+//! from `/proc/net/{tcp,tcp6,udp,udp6}` (parsed by procfs), with the owning process where
+//! `/proc/*/fd` says.
+//!
+//! The owner is found by socket inode through procfs's `Process::fd()`: sysinfo, which the
+//! inventory uses for the rest of the process facts it has, lists no file descriptors.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use p2c_common::inventory::Listener;
-
-use super::fsread;
+use procfs::net::{TcpNetEntries, TcpState, UdpNetEntries, UdpState};
+use procfs::process::FDTarget;
+use procfs::{FromBufReadSI, ProcError};
 
 /// Most processes and file descriptors looked at to name socket owners.
 const MAX_PIDS: usize = 32_768;
 const MAX_FDS: usize = 500_000;
 
-const TCP_LISTEN: &str = "0A";
-const UDP_UNCONNECTED: &str = "07";
+/// Most listening sockets kept from one table.
+const MAX_SOCKETS: usize = 65_536;
+
+/// Table lines handed to procfs at a time: a busy server's established connections may fill
+/// many megabytes, of which only the listening sockets are kept.
+const BATCH_LINES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("cannot parse {path}: {source}")]
+    Parse { path: String, source: ProcError },
+}
+
+impl TableError {
+    fn is_not_found(&self) -> bool {
+        matches!(self, TableError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
 
 /// One socket: the listener and its inode.
 #[derive(Debug, PartialEq)]
@@ -25,85 +48,106 @@ pub struct Socket {
     pub inode: u64,
 }
 
-/// Most listening sockets kept from one table.
-const MAX_SOCKETS: usize = 65_536;
-
-/// One table line, if it is a listening socket of `proto`.
-fn parse_socket(line: &str, proto: &str) -> Option<Socket> {
-    let want = if proto.starts_with("tcp") { TCP_LISTEN } else { UDP_UNCONNECTED };
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.len() < 10 || f[3] != want {
-        return None;
-    }
-    let (addr, port) = f[1].split_once(':')?;
-    Some(Socket {
-        listener: Listener {
+impl Socket {
+    fn new(proto: &str, local: SocketAddr, inode: u64) -> Socket {
+        let listener = Listener {
             proto: proto.to_string(),
-            address: decode_addr(addr)?,
-            port: u16::from_str_radix(port, 16).ok()?,
+            address: local.ip().to_string(),
+            port: local.port(),
             process: None,
-        },
-        inode: f[9].parse().unwrap_or(0),
-    })
+        };
+        Socket { listener, inode }
+    }
 }
 
-/// Parses one of /proc/net/{tcp,tcp6,udp,udp6} (`proto` is the file name) line by line:
-/// a busy server's established connections may fill many megabytes, of which only the
-/// listening sockets are kept.
-pub fn parse_proc_net(table: impl BufRead, proto: &str) -> io::Result<Vec<Socket>> {
+/// Why a table could not be read to the end.
+#[derive(Debug)]
+enum Stop {
+    Io(io::Error),
+    Parse(ProcError),
+}
+
+impl Stop {
+    fn at(self, path: &Path) -> TableError {
+        let path = path.display().to_string();
+        match self {
+            Stop::Io(source) => TableError::Read { path, source },
+            Stop::Parse(source) => TableError::Parse { path, source },
+        }
+    }
+}
+
+/// The listening sockets of one of /proc/net/{tcp,tcp6,udp,udp6} (`proto` is the file name).
+fn listening_in(table: impl BufRead, proto: &str) -> Result<Vec<Socket>, Stop> {
+    let si = procfs::current_system_info();
+    if proto.starts_with("tcp") {
+        listening(
+            table,
+            |batch| TcpNetEntries::from_buf_read(batch, si).map(|t| t.0),
+            |e| (e.state == TcpState::Listen).then(|| Socket::new(proto, e.local_address, e.inode)),
+        )
+    } else {
+        listening(
+            table,
+            |batch| UdpNetEntries::from_buf_read(batch, si).map(|t| t.0),
+            |e| (e.state == UdpState::Close).then(|| Socket::new(proto, e.local_address, e.inode)),
+        )
+    }
+}
+
+/// Hands the table to `parse` [`BATCH_LINES`] lines at a time (each batch behind the header
+/// line, as procfs expects) and keeps what `keep` picks, at most [`MAX_SOCKETS`].
+fn listening<E>(
+    mut table: impl BufRead,
+    parse: impl Fn(&[u8]) -> Result<Vec<E>, ProcError>,
+    keep: impl Fn(E) -> Option<Socket>,
+) -> Result<Vec<Socket>, Stop> {
+    let mut batch = Vec::new();
+    table.read_until(b'\n', &mut batch).map_err(Stop::Io)?;
+    let header = batch.len();
+    let mut lines = 0;
     let mut out = Vec::new();
-    for (i, line) in table.split(b'\n').enumerate() {
-        let line = line?;
-        if i == 0 {
-            continue;
+    loop {
+        let start = batch.len();
+        let n = table.read_until(b'\n', &mut batch).map_err(Stop::Io)?;
+        if batch[start..].iter().all(u8::is_ascii_whitespace) {
+            batch.truncate(start);
+        } else {
+            lines += 1;
         }
-        if let Some(s) = parse_socket(&String::from_utf8_lossy(&line), proto) {
-            out.push(s);
-            if out.len() >= MAX_SOCKETS {
-                break;
+        if lines > 0 && (lines == BATCH_LINES || n == 0) {
+            for e in parse(&batch).map_err(Stop::Parse)? {
+                if let Some(s) = keep(e) {
+                    out.push(s);
+                    if out.len() >= MAX_SOCKETS {
+                        return Ok(out);
+                    }
+                }
             }
+            batch.truncate(header);
+            lines = 0;
         }
-    }
-    Ok(out)
-}
-
-fn read_proc_net(path: &Path, proto: &str) -> Result<Vec<Socket>, fsread::ReadError> {
-    let file = File::open(path).map_err(|e| fsread::ReadError::io(path, e))?;
-    parse_proc_net(BufReader::new(file), proto).map_err(|e| fsread::ReadError::io(path, e))
-}
-
-/// The kernel prints addresses as native-endian 32-bit words.
-fn decode_addr(hex: &str) -> Option<String> {
-    let word = |i: usize| -> Option<[u8; 4]> {
-        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
-        Some(w.to_ne_bytes())
-    };
-    match hex.len() {
-        8 => Some(Ipv4Addr::from(word(0)?).to_string()),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            Some(Ipv6Addr::from(b).to_string())
+        if n == 0 {
+            return Ok(out);
         }
-        _ => None,
     }
 }
 
-/// Socket inode → process name, from `/proc/<pid>/fd` links and `/proc/<pid>/comm`.
+fn read_proc_net(path: &Path, proto: &str) -> Result<Vec<Socket>, TableError> {
+    let file = File::open(path).map_err(|e| Stop::Io(e).at(path))?;
+    listening_in(BufReader::new(file), proto).map_err(|s| s.at(path))
+}
+
+/// Socket inode → process name (`comm`), from the `/proc/<pid>/fd` links.
 fn socket_owners(proc: &Path, wanted: &HashSet<u64>) -> HashMap<u64, String> {
     let mut owners = HashMap::new();
-    let Ok(pids) = fsread::list_dir(proc) else {
+    let Ok(processes) = procfs::process::all_processes_with_root(proc) else {
         return owners;
     };
     let mut fds_seen = 0;
-    for pid in pids.iter().take(MAX_PIDS) {
-        if !pid.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let dir = proc.join(pid);
-        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+    // A process that exited or that we may not look into is skipped.
+    for p in processes.take(MAX_PIDS).flatten() {
+        let Ok(fds) = p.fd() else {
             continue;
         };
         let mut name: Option<String> = None;
@@ -112,23 +156,13 @@ fn socket_owners(proc: &Path, wanted: &HashSet<u64>) -> HashMap<u64, String> {
             if fds_seen > MAX_FDS {
                 return owners;
             }
-            let Ok(link) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let link = link.to_string_lossy();
-            let Some(ino) = link
-                .strip_prefix("socket:[")
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|i| i.parse::<u64>().ok())
-            else {
+            let FDTarget::Socket(ino) = fd.target else {
                 continue;
             };
             if !wanted.contains(&ino) || owners.contains_key(&ino) {
                 continue;
             }
-            let n = name.get_or_insert_with(|| {
-                fsread::read_text(&dir.join("comm"), 256).map(|c| c.trim().to_string()).unwrap_or_default()
-            });
+            let n = name.get_or_insert_with(|| p.stat().map(|s| s.comm).unwrap_or_default());
             if !n.is_empty() {
                 owners.insert(ino, n.clone());
             }
@@ -170,19 +204,40 @@ mod tests {
     fn parses_tables() {
         let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n\
-   1: 0100007F:0CEA 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0 100 0 0 10 0\n\
-   2: garbage\n";
-        let s = parse_proc_net(tcp.as_bytes(), "tcp").unwrap();
+   1: 0100007F:0CEA 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0 100 0 0 10 0\n";
+        let s = listening_in(tcp.as_bytes(), "tcp").unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].listener.address, "127.0.0.1");
         assert_eq!(s[0].listener.port, 3306);
         assert_eq!(s[0].inode, 12345);
         let tcp6 = "header\n   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 999 1\n";
-        let s = parse_proc_net(tcp6.as_bytes(), "tcp6").unwrap();
+        let s = listening_in(tcp6.as_bytes(), "tcp6").unwrap();
         assert_eq!(s[0].listener.address, "::1");
         assert_eq!(s[0].listener.port, 22);
         let udp = "header\n  1: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   0   0 77 2\n";
-        assert_eq!(parse_proc_net(udp.as_bytes(), "udp").unwrap()[0].listener.port, 53);
+        assert_eq!(listening_in(udp.as_bytes(), "udp").unwrap()[0].listener.port, 53);
+    }
+
+    #[test]
+    fn reads_long_tables_in_batches() {
+        let line = |i: usize, st: &str| {
+            format!(
+                "{i}: 0100007F:{:04X} 00000000:0000 {st} 00000000:00000000 00:00000000 00000000 0 0 {} 1\n",
+                i % 65536,
+                1000 + i
+            )
+        };
+        let mut t = String::from("header\n");
+        let listen = [0, BATCH_LINES - 1, BATCH_LINES, 2 * BATCH_LINES + 7];
+        for i in 0..=listen[3] {
+            t.push_str(&line(i, if listen.contains(&i) { "0A" } else { "01" }));
+        }
+        t.pop();
+        let s = listening_in(t.as_bytes(), "tcp").unwrap();
+        let ports: Vec<usize> = s.iter().map(|s| usize::from(s.listener.port)).collect();
+        assert_eq!(ports, listen);
+        assert!(listening_in("header\n".as_bytes(), "tcp").unwrap().is_empty());
+        assert!(listening_in("".as_bytes(), "udp").unwrap().is_empty());
     }
 
     #[test]
@@ -194,7 +249,9 @@ mod tests {
         let port = tcp.local_addr().unwrap().port();
         let me = l.iter().find(|l| l.proto == "tcp" && l.port == port).unwrap();
         assert_eq!(me.address, "127.0.0.1");
-        assert!(me.process.is_some());
+        // The program: this test binary, as its main thread's `comm` names it.
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(me.process.as_deref(), Some(comm.trim()));
         let uport = udp.local_addr().unwrap().port();
         assert!(l.iter().any(|l| l.proto == "udp" && l.port == uport));
     }

@@ -9,14 +9,14 @@
 //! | --- | --- | --- |
 //! | hostname, OS, DNS, passwd/group names, raw bindings, runtimes | files below root | files below root |
 //! | kernel | uname(2) | newest `/boot/vmlinuz-*` or `/lib/modules/*`, ELF machine of `/bin/sh` |
-//! | interfaces, routes | getifaddrs(3), /proc/net/{route,ipv6_route}; `dhcp` from the configuration | the network configuration files |
-//! | CPUs, memory | /proc | /proc of the host standing in for the server |
+//! | interfaces, routes | getifaddrs(3), sysinfo (MAC, MTU), /proc/net/{route,ipv6_route}; `dhcp` from the configuration | the network configuration files |
+//! | CPUs, memory | sysinfo (/proc) | sysinfo on the host standing in for the server |
 //! | mounts | mountinfo at or beneath root | the same |
 //! | SELinux mode | selinuxfs, config below root | config below root |
 //! | swaps | /proc/swaps + fstab below root | fstab below root |
 //! | block devices | /sys/class/block | those backing the mounts beneath root |
 //! | kernel modules | /proc/modules | /etc/modules, modules-load.d, sysconfig/modules |
-//! | listeners | /proc/net/{tcp,udp}{,6} | none |
+//! | listeners | /proc/net/{tcp,udp}{,6} and /proc/*/fd, through procfs | none |
 //! | quotas | quotactl(2) where active, else quota files | quota files |
 
 mod blockdev;
@@ -167,8 +167,8 @@ fn system(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool, 
             Err(e) => gaps.push(format!("kernel: {e}")),
         }
     }
-    inv.cpus = hw::cpus(&host.proc);
-    match hw::memory(&host.proc) {
+    inv.cpus = hw::cpus();
+    match hw::memory() {
         Ok(m) => {
             inv.memory_bytes = m.memory_bytes;
             inv.swap_bytes = m.swap_bytes;
@@ -187,7 +187,7 @@ fn network(inv: &mut Inventory, gaps: &mut Vec<String>, root: &Path, live: bool,
     let (conf, g) = netconf::read_tree(root);
     gaps.extend(g);
     if live {
-        match net::live_interfaces(&host.sys, &conf) {
+        match net::live_interfaces(&conf) {
             Ok(i) => inv.interfaces = i,
             Err(e) => gaps.push(format!("interfaces: {e}")),
         }

@@ -39,6 +39,12 @@ pub struct LocatedMount {
 }
 
 /// Parses /proc/self/mountinfo; malformed lines are skipped.
+///
+/// Kept in place of procfs's `MountInfos`, which (in procfs 0.18) needs the whole table to be
+/// UTF-8 (one mount point with another byte fails the read of every mount), leaves the
+/// kernel's `\040` escapes in roots and mount points, keeps mount and super options in hash
+/// maps (their order, which the inventory reports, is lost) and reads the source `none` as no
+/// source.
 pub fn parse_mountinfo(bytes: &[u8]) -> Vec<MountInfo> {
     bytes.split(|b| *b == b'\n').filter_map(parse_line).collect()
 }

@@ -1,10 +1,13 @@
 //! Interfaces, routes and DNS: from the running kernel (live) or from the tree's network
 //! configuration (see [`super::netconf`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 use p2c_common::inventory::{Dns, IfAddr, Interface, Route};
+use procfs::FromRead;
+use procfs::net::{RouteEntries, RouteEntry};
 
 use super::fsread::{self, CONFIG_CAP};
 use super::netconf::{NetConfig, base_name};
@@ -13,12 +16,20 @@ use super::netconf::{NetConfig, base_name};
 pub enum NetError {
     #[error("cannot list network interfaces: {0}")]
     IfAddrs(#[source] nix::Error),
+    #[error("cannot list network links: {0}")]
+    Links(#[source] sysinfo::Error),
 }
 
 /// The interfaces of the running kernel (of the agent's network namespace), with aliases
 /// (`eth0:1`) folded into their interface; `dhcp` is set from `conf`.
-pub fn live_interfaces(sys: &Path, conf: &NetConfig) -> Result<Vec<Interface>, NetError> {
+///
+/// sysinfo gives each link's MAC and MTU. Names, the up and loopback flags and the addresses
+/// come from getifaddrs(3) (netlink, the caller's namespace): sysinfo has no interface flags
+/// and keeps an interface's addresses in a hash set, while the kernel's order (the primary
+/// address first) is the order of `IP_ADDRESS` and of the container's venet0 aliases.
+pub fn live_interfaces(conf: &NetConfig) -> Result<Vec<Interface>, NetError> {
     use nix::net::if_::InterfaceFlags;
+    let links = sysinfo::Networks::new_with_refreshed_list().map_err(NetError::Links)?;
     let mut out: Vec<Interface> = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(NetError::IfAddrs)? {
         let name = base_name(&ifa.interface_name).to_string();
@@ -51,15 +62,14 @@ pub fn live_interfaces(sys: &Path, conf: &NetConfig) -> Result<Vec<Interface>, N
                 .map(|m| prefix_of(u128::from(m.ip())))
                 .unwrap_or(128);
             push_addr(iface, IpAddr::V6(sin6.ip()), prefix);
-        } else if let Some(link) = addr.as_link_addr()
-            && let Some(mac) = link.addr().filter(|m| m.iter().any(|b| *b != 0))
-        {
-            iface.mac = Some(format_mac(&mac));
         }
     }
     for iface in &mut out {
-        let mtu = sys.join("class/net").join(&iface.name).join("mtu");
-        iface.mtu = fsread::read_text(&mtu, 64).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        if let Some(link) = links.get(OsStr::new(&iface.name)) {
+            let mac = link.mac_address();
+            iface.mac = (!mac.is_unspecified()).then(|| mac.to_string());
+            iface.mtu = u32::try_from(link.mtu()).unwrap_or(0);
+        }
         iface.dhcp = conf.dhcp_for(&iface.name);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -78,41 +88,27 @@ fn prefix_of(mask: u128) -> u8 {
     u8::try_from(mask.leading_ones()).unwrap_or(128)
 }
 
-fn format_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 const RTF_UP: u32 = 0x1;
 const RTF_GATEWAY: u32 = 0x2;
 const RTF_REJECT: u32 = 0x200;
 
-/// Parses /proc/net/route: default routes and routes through a gateway.
-pub fn parse_proc_route(text: &str) -> Vec<Route> {
+/// The default routes and routes through a gateway of /proc/net/route, as procfs reads it.
+pub fn ipv4_routes(table: &[RouteEntry]) -> Vec<Route> {
     let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 {
-            continue;
-        }
-        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-        let (Some(dest), Some(gw), Some(flags), Some(mask)) = (hex(f[1]), hex(f[2]), hex(f[3]), hex(f[7]))
-        else {
-            continue;
-        };
+    for r in table {
+        let flags = u32::from(r.flags);
         if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 {
             continue;
         }
-        // The kernel prints the network-order word as a native integer.
-        let ip = |v: u32| Ipv4Addr::from(v.to_ne_bytes());
-        let default = dest == 0 && mask == 0;
+        let default = r.destination.is_unspecified() && r.mask.is_unspecified();
         if !default && flags & RTF_GATEWAY == 0 {
             continue;
         }
-        let prefix = u32::from_be_bytes(mask.to_ne_bytes()).leading_ones();
+        let prefix = u32::from(r.mask).leading_ones();
         out.push(Route {
-            destination: if default { "default".into() } else { format!("{}/{prefix}", ip(dest)) },
-            gateway: (gw != 0).then(|| IpAddr::V4(ip(gw))),
-            interface: f[0].to_string(),
+            destination: if default { "default".into() } else { format!("{}/{prefix}", r.destination) },
+            gateway: (!r.gateway.is_unspecified()).then_some(IpAddr::V4(r.gateway)),
+            interface: r.iface.clone(),
         });
     }
     out
@@ -154,17 +150,41 @@ fn hex128(s: &str) -> Option<u128> {
     (s.len() == 32).then(|| u128::from_str_radix(s, 16).ok())?
 }
 
-/// The routes of the running kernel, read from `proc` (normally `/proc`).
+/// Why the routes of one table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Read(#[from] fsread::ReadError),
+    #[error("cannot parse {path}: {source}")]
+    Parse { path: String, source: procfs::ProcError },
+}
+
+/// /proc/net/route, through procfs.
+fn read_ipv4_routes(path: &Path) -> Result<Vec<Route>, RouteError> {
+    let text = fsread::read_capped(path, fsread::TABLE_CAP)?;
+    let table = RouteEntries::from_read(text.as_slice())
+        .map_err(|source| RouteError::Parse { path: path.display().to_string(), source })?;
+    Ok(ipv4_routes(&table.0))
+}
+
+/// /proc/net/ipv6_route, which procfs does not read.
+fn read_ipv6_routes(path: &Path) -> Result<Vec<Route>, RouteError> {
+    Ok(parse_ipv6_route(&fsread::read_text(path, fsread::TABLE_CAP)?))
+}
+
+/// The routes of the running kernel (the agent's network namespace), read from `proc`
+/// (normally `/proc`).
 pub fn live_routes(proc: &Path) -> (Vec<Route>, Vec<String>) {
     let mut routes = Vec::new();
     let mut gaps = Vec::new();
-    for (file, parse) in
-        [("net/route", parse_proc_route as fn(&str) -> Vec<Route>), ("net/ipv6_route", parse_ipv6_route)]
-    {
-        match fsread::read_text(&proc.join(file), fsread::TABLE_CAP) {
-            Ok(t) => routes.extend(parse(&t)),
+    for (file, read) in [
+        ("net/route", read_ipv4_routes as fn(&Path) -> Result<Vec<Route>, RouteError>),
+        ("net/ipv6_route", read_ipv6_routes),
+    ] {
+        match read(&proc.join(file)) {
+            Ok(r) => routes.extend(r),
             // No IPv6 in this kernel: no IPv6 routes, not a gap.
-            Err(e) if e.is_not_found() => {}
+            Err(RouteError::Read(e)) if e.is_not_found() => {}
             Err(e) => gaps.push(format!("routes: {e}")),
         }
     }

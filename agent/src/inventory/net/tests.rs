@@ -1,5 +1,6 @@
 use super::*;
 use crate::inventory::netconf::parse_ifupdown;
+use procfs::FromRead;
 
 #[test]
 fn proc_route() {
@@ -7,8 +8,9 @@ fn proc_route() {
 eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
 eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
 eth0\t00000A0A\tFE01A8C0\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
-bad line\n";
-    let r = parse_proc_route(t);
+eth0\t00000000\t00000000\t0201\t0\t0\t0\t00000000\t0\t0\t0\n";
+    // The last line is a reject route: left out.
+    let r = ipv4_routes(&RouteEntries::from_read(t.as_bytes()).unwrap().0);
     assert_eq!(r.len(), 2);
     assert_eq!(r[0].destination, "default");
     assert_eq!(r[0].gateway, Some("192.168.1.1".parse().unwrap()));
@@ -79,8 +81,25 @@ fn subnets() {
 
 #[test]
 fn live_has_loopback() {
-    let ifs = live_interfaces(Path::new("/sys"), &NetConfig::default()).unwrap();
+    let ifs = live_interfaces(&NetConfig::default()).unwrap();
     let lo = ifs.iter().find(|i| i.loopback).unwrap();
-    assert!(lo.addresses.iter().any(|a| a.address.is_loopback()));
+    assert_eq!(lo.name, "lo");
+    assert!(lo.up);
+    assert!(lo.addresses.iter().any(|a| a.address == IpAddr::from([127, 0, 0, 1]) && a.prefix == 8));
     assert!(lo.mtu > 0);
+    // The loopback link has an all-zero hardware address: no MAC.
+    assert_eq!(lo.mac, None);
+}
+
+#[test]
+fn live_routes_of_this_namespace() {
+    let (routes, gaps) = live_routes(Path::new("/proc"));
+    assert!(gaps.is_empty(), "{gaps:?}");
+    // Only default routes and routes through a gateway, each on a link of this namespace.
+    let ifs = live_interfaces(&NetConfig::default()).unwrap();
+    for r in &routes {
+        assert!(r.destination == "default" || r.gateway.is_some(), "{r:?}");
+        assert!(ifs.iter().any(|i| i.name == r.interface), "{r:?} {ifs:?}");
+    }
+    assert!(live_routes(Path::new("/nonexistent")).1.is_empty());
 }
