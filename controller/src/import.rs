@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::migrate::{self, Event, MigrateError, MigrationHandle, Started};
-use crate::receive::{PassJob, PassOutcome};
+use crate::receive::{PassError, PassJob, PassOutcome};
 use crate::server::Controller;
 
 /// Batches sent and not yet written, at most (as an agent's window).
@@ -166,7 +166,7 @@ async fn build(
     let (outcome, bundle_error) = transfer(job, path, &c.verified.trailer).await;
     drop(slot);
     // A bundle that fails to read ends the transfer; that is the cause, not the lost stream.
-    let error = bundle_error.or(outcome.error);
+    let error = bundle_error.or(outcome.error.map(|e| e.to_string()));
     migrate::record_pass(ctl, h, &outcome.summary, error.is_none());
     if let Some(reason) = error {
         // The receive path speaks of its usual peer; here the peer is the bundle.
@@ -361,7 +361,15 @@ async fn transfer(job: PassJob, path: &Path, trailer: &Trailer) -> (PassOutcome,
     let pass_no = job.pass;
     let failed = |e: String| {
         let summary = p2c_common::migration::PassSummary { pass: pass_no, ..Default::default() };
-        (PassOutcome { summary, written: None, error: Some(e.clone()), retryable: false }, Some(e))
+        (
+            PassOutcome {
+                summary,
+                written: None,
+                error: Some(PassError::Other(e.clone())),
+                retryable: false,
+            },
+            Some(e),
+        )
     };
     let shown = path.display().to_string();
     let file = match File::open(path) {

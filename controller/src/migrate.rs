@@ -568,7 +568,7 @@ pub(crate) async fn run_pass(
         let (mut summary, err, retry) = match outcome {
             Ok(o) => {
                 note_written(h, o.written);
-                (o.summary, o.error, o.retryable)
+                (o.summary, o.error.map(|e| e.to_string()), o.retryable)
             }
             Err(e) => {
                 // Nothing says what the lost transfer wrote: verify everything.

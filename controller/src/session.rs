@@ -328,7 +328,7 @@ impl v1::agent_session_server::AgentSession for AgentService {
                 let _ = slot.done.send(crate::receive::PassOutcome {
                     summary: p2c_common::migration::PassSummary { pass: open.pass, ..Default::default() },
                     written: None,
-                    error: Some(msg.clone()),
+                    error: Some(crate::receive::PassError::Invalid(why)),
                     retryable: false,
                 });
                 return Err(Status::invalid_argument(msg));
