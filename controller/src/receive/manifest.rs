@@ -7,8 +7,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use p2c_common::manifest::{Entry, EntryData};
-use p2c_proto::v1;
-use prost::Message;
+
+use super::wire::{decode_entry, encode_entry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -41,8 +41,7 @@ impl ManifestWriter {
 
     pub fn push(&mut self, e: &Entry) -> Result<()> {
         self.buf.clear();
-        // Encoding into a Vec cannot fail.
-        let _ = v1::Entry::from(e).encode_length_delimited(&mut self.buf);
+        encode_entry(e, &mut self.buf);
         self.enc.write_all(&self.buf).map_err(|e| ManifestError::Io { path: self.tmp.clone(), source: e })
     }
 
@@ -111,8 +110,7 @@ impl ManifestReader {
         self.dec
             .read_exact(&mut buf)
             .map_err(|e| ManifestError::Io { path: self.path.clone(), source: e })?;
-        let msg = v1::Entry::decode(&buf[..]).map_err(|e| self.damaged(e.to_string()))?;
-        Entry::try_from(msg).map(Some).map_err(|e| self.damaged(e.to_string()))
+        decode_entry(&buf).map(Some).map_err(|e| self.damaged(e))
     }
 
     /// The next entry as stored: a segment of a large file is returned on its own.

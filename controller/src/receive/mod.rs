@@ -1,43 +1,65 @@
 //! The receive path: one copy pass from an agent into a container's private area.
 //!
 //! ```text
-//!  gRPC inbound ──► reader (async) ──Batch──► planner thread ──PlannedBatch──► writer thread
-//!                        │                        │ Need ──────────► agent        │
-//!                        └──Chunk──► verifier thread ──VerifiedChunk──────────────┘
-//!                                                     BatchWritten / late Need ◄──┘
+//!  gRPC ─► wire ─Up─► reader (async) ─Batch─► planner thread ─PlannedBatch─► writer thread
+//!                       │                       │ Need ─────► peer           │
+//!                       └─Chunk─► verifier thread ─ChunkMsg──────────────────┘
+//!                                              Written / late Need ◄─────────┘
 //! ```
-//! * The **planner** decides, per chunk, whether the node already has it (node-wide chunk
-//!   index, or requested earlier in this pass) or the agent must send it, and tells the agent.
-//! * The **verifier** decompresses each chunk into a buffer no larger than announced and
-//!   checks its BLAKE3 hash; a chunk that does not match is a protocol error.
-//! * The **writer** applies entries in walk order beneath the tree root through
-//!   [`crate::tree`], merges them with the record of what the tree already holds (skipping
-//!   unchanged entries, deleting what the source no longer has), copies known chunks locally
-//!   after checking them, and commits each batch to the store in one transaction.
+//! * [`wire`] is the gRPC adapter, and the only module here that knows `p2c_proto` or
+//!   `tonic`: it turns `TransferUp` messages into domain [`Up`] messages and the pipeline's
+//!   [`Down`] events into `TransferDown`. [`run_pass`] is its entry point; [`drive`] runs a
+//!   pass with any peer (the port is in [`peer`]).
+//! * The **reader** (`pipeline.rs`) routes what the peer sends and enforces the stream's
+//!   rules (batches in sequence and within limits).
+//! * The **planner** (`planner.rs`) decides, per chunk, whether the node already has it
+//!   (node-wide chunk index, or requested earlier in this pass) or the peer must send it,
+//!   and tells the peer.
+//! * The **verifier** (`verifier.rs`) decompresses each chunk into a buffer no larger than
+//!   announced and checks its BLAKE3 hash; a chunk that does not match is a protocol error.
+//! * The **writer** (`writer.rs`) feeds each batch through the pure merge (`merge.rs`) of
+//!   the listed entries with the record of what the tree holds (and, for a listing of
+//!   changes, the base pass's manifest), and applies the operations it yields beneath the
+//!   tree root through a small port (`fs.rs`, over [`crate::tree`] in `tree_fs.rs`):
+//!   skipping unchanged entries, deleting what the source no longer has, reassembling files
+//!   from received chunks (`inbox.rs`) and chunks already on the node, counting into the
+//!   pass and its quota (`tally.rs`) and committing to the store (`commit.rs`, `store.rs`).
 //!
-//! Everything from the agent is treated as hostile: entries are validated on conversion,
+//! Everything from the peer is treated as hostile: entries are validated on conversion,
 //! walk order is enforced (so no path appears twice), chunk indexes and sizes are checked,
 //! and nothing is written outside the tree.
 
+mod commit;
+mod fs;
+mod inbox;
 pub mod manifest;
+mod merge;
+pub mod peer;
+mod pipeline;
 mod planner;
+mod store;
+mod tally;
+#[cfg(test)]
+mod testing;
+mod tree_fs;
+mod verifier;
+pub mod wire;
 mod writer;
 
-use p2c_common::sync::Locked;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use p2c_common::manifest::{Hash32, Problem, limits};
+use p2c_common::manifest::{Entry, Hash32, Problem};
 use p2c_common::migration::PassSummary;
 use p2c_common::paths::RelPath;
-use p2c_proto::v1;
-use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::config::DedupScope;
+
+pub use peer::{Batch, Chunk, ChunkBody, Down, Downlink, Gone, Up};
+pub use pipeline::{Finished, drive};
+pub use wire::run_pass;
 
 /// Everything a pass needs to know, fixed when it starts.
 #[derive(Clone, Debug)]
@@ -76,6 +98,18 @@ pub struct Changes {
     dirs: std::collections::HashSet<Vec<u8>>,
     /// Walk keys of the new subtrees, sorted, none inside another.
     subtrees: Vec<Vec<u8>>,
+}
+
+/// What a peer's Open says a pass lists, as sent (paths are checked by
+/// [`Changes::from_listing`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Listing<'a> {
+    /// The base pass the listing is of changes since; `None`: the pass walks everything.
+    pub since: Option<u32>,
+    /// Directories whose direct children are all listed.
+    pub changed_dirs: &'a [Vec<u8>],
+    /// Directories listed whole, with everything beneath them.
+    pub new_subtrees: &'a [Vec<u8>],
 }
 
 /// True when `key` lies strictly beneath the directory `dir` (walk keys).
@@ -119,10 +153,10 @@ pub(crate) fn in_any(sorted: &[Vec<u8>], key: &[u8]) -> bool {
 }
 
 impl Changes {
-    /// Checks what an agent's Open says it lists against what the pass offered.
-    pub fn accept(job: &PassJob, open: &v1::OpenTransfer) -> Result<Option<Changes>, String> {
-        let Some(since) = open.changes_since else {
-            if !open.changed_dirs.is_empty() || !open.new_subtrees.is_empty() {
+    /// Checks what a peer says a pass lists against what the pass offered.
+    pub fn from_listing(job: &PassJob, listing: &Listing<'_>) -> Result<Option<Changes>, String> {
+        let Some(since) = listing.since else {
+            if !listing.changed_dirs.is_empty() || !listing.new_subtrees.is_empty() {
                 return Err("changed directories sent for a pass that walks everything".into());
             }
             return Ok(None);
@@ -133,12 +167,12 @@ impl Changes {
         if since != *base {
             return Err(format!("changes since pass {base} were offered, not {since}"));
         }
-        if open.changed_dirs.len() + open.new_subtrees.len() > MAX_REGIONS {
+        if listing.changed_dirs.len() + listing.new_subtrees.len() > MAX_REGIONS {
             return Err("too many changed directories".into());
         }
         let key = |b: &Vec<u8>| RelPath::new(b.clone()).map(|p| p.walk_key()).map_err(|e| e.to_string());
-        let dirs = open.changed_dirs.iter().map(key).collect::<Result<_, _>>()?;
-        let subtrees = open.new_subtrees.iter().map(key).collect::<Result<Vec<_>, _>>()?;
+        let dirs = listing.changed_dirs.iter().map(key).collect::<Result<_, _>>()?;
+        let subtrees = listing.new_subtrees.iter().map(key).collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Changes {
             base: *base,
             base_manifest: manifest.clone(),
@@ -202,12 +236,13 @@ pub struct PassOutcome {
 pub enum PassError {
     /// What the peer (an agent, or a bundle playing one) sent is invalid.
     Invalid(String),
-    /// Anything else (the tree, the store, the quota, the connection...).
+    /// Anything else (the tree, the store, the quota, the connection...): the message as today.
     Other(String),
 }
 
 impl PassError {
-    /// The message with the peer named: "{peer} sent an invalid stream: ..." for `Invalid`.
+    /// The message with the peer named: `Invalid` reads "{peer} sent an invalid stream: {m}"
+    /// (so "agent sent an invalid stream: ..." for peer "agent"), `Other` its text.
     pub fn describe(&self, peer: &str) -> String {
         match self {
             PassError::Invalid(m) => format!("{peer} sent an invalid stream: {m}"),
@@ -222,10 +257,10 @@ impl std::fmt::Display for PassError {
     }
 }
 
-impl From<ReceiveError> for PassError {
-    fn from(e: ReceiveError) -> PassError {
+impl From<&ReceiveError> for PassError {
+    fn from(e: &ReceiveError) -> Self {
         match e {
-            ReceiveError::Protocol(m) => PassError::Invalid(m),
+            ReceiveError::Protocol(m) => PassError::Invalid(m.clone()),
             other => PassError::Other(other.to_string()),
         }
     }
@@ -251,41 +286,28 @@ pub enum ReceiveError {
     Internal(String),
 }
 
-impl ReceiveError {
-    fn status(&self) -> Status {
-        match self {
-            ReceiveError::Protocol(m) => Status::invalid_argument(m.clone()),
-            ReceiveError::Quota { .. } => Status::resource_exhausted(self.to_string()),
-            _ => Status::internal(self.to_string()),
-        }
-    }
-}
-
 pub(crate) fn protocol(msg: impl Into<String>) -> ReceiveError {
     ReceiveError::Protocol(msg.into())
 }
 
-/// A batch after planning: which of its chunks the agent will send.
+/// A batch after planning: which of its chunks the peer will send.
 pub(crate) struct PlannedBatch {
     pub seq: u64,
-    pub entries: Vec<p2c_common::manifest::Entry>,
+    pub entries: Vec<Entry>,
     /// Per entry: dropped because an operator exclude covers it.
     pub excluded: Vec<bool>,
-    /// Per chunk of the batch, in order: true when the agent sends it.
+    /// Per chunk of the batch, in order: true when the peer sends it.
     pub remote: Vec<bool>,
 }
 
-/// Most chunks one message may carry.
-const MAX_CHUNKS_PER_MESSAGE: usize = 4096;
-
-/// A chunk from the agent, checked.
+/// A chunk from the peer, checked.
 pub(crate) enum ChunkMsg {
     Data {
         seq: u64,
         index: u32,
         data: bytes::Bytes,
     },
-    /// The agent could not read it (the file changed): the file is retried next pass.
+    /// The peer could not read it (the file changed): the file is retried next pass.
     Unavailable {
         seq: u64,
         index: u32,
@@ -295,8 +317,11 @@ pub(crate) enum ChunkMsg {
     Invalid(String),
 }
 
-/// Chunks the agent was asked for and has not sent yet: (seq, index) → (hash, len).
+/// Chunks the peer was asked for and has not sent yet: (seq, index) → (hash, len).
 pub(crate) type Expected = Arc<Mutex<HashMap<(u64, u32), (Hash32, u32)>>>;
+
+/// Chunks some file of this pass is waiting for from the peer: asked once per pass.
+pub(crate) type InFlight = Arc<Mutex<std::collections::HashSet<Hash32>>>;
 
 /// What flows to the writer, in arrival order.
 pub(crate) enum WriterMsg {
@@ -304,247 +329,5 @@ pub(crate) enum WriterMsg {
     Done { changed: Vec<Problem>, skipped: Vec<Problem> },
 }
 
-pub(crate) type Outbound = mpsc::Sender<Result<v1::TransferDown, Status>>;
-
-/// Runs one pass to its end. The caller has already read the `Open` message.
-pub async fn run_pass<S>(job: PassJob, mut inbound: S, outbound: Outbound) -> PassOutcome
-where
-    S: futures::Stream<Item = Result<v1::TransferUp, Status>> + Unpin + Send,
-{
-    let started = std::time::Instant::now();
-    let expected: Expected = Arc::default();
-    let in_flight: Arc<Mutex<std::collections::HashSet<Hash32>>> = Arc::default();
-    let (plan_tx, plan_rx) = mpsc::channel::<v1::EntryBatch>(4);
-    let (write_tx, write_rx) = mpsc::channel::<WriterMsg>(8);
-    let (chunk_in_tx, chunk_in_rx) = mpsc::channel::<Vec<v1::ChunkData>>(16);
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<ChunkMsg>>(16);
-
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<WriterMsg>();
-    let planner = {
-        let job = job.clone();
-        let out = outbound.clone();
-        let expected = expected.clone();
-        let in_flight = in_flight.clone();
-        std::thread::Builder::new()
-            .name(format!("plan-{}", job.ctid))
-            .spawn(move || planner::run(&job, plan_rx, done_rx, write_tx, out, expected, in_flight))
-    };
-    let verifier = {
-        let expected = expected.clone();
-        let progress = job.progress.clone();
-        std::thread::Builder::new()
-            .name(format!("verify-{}", job.ctid))
-            .spawn(move || verify_chunks(chunk_in_rx, chunk_tx, expected, progress))
-    };
-    // Fires when the writer stops. Before `Done` that means the pass failed (the writer's
-    // error, or the planner's, which ends the writer's input), and the reader must stop too:
-    // a hostile or stuck agent that just keeps the stream open must not hold the pass.
-    let (writer_end_tx, mut writer_end) = tokio::sync::oneshot::channel::<()>();
-    let writer = {
-        let job = job.clone();
-        let out = outbound.clone();
-        let expected = expected.clone();
-        std::thread::Builder::new().name(format!("write-{}", job.ctid)).spawn(move || {
-            let r = writer::run(&job, write_rx, chunk_rx, out, expected, in_flight);
-            let _ = writer_end_tx.send(());
-            r
-        })
-    };
-    let (planner, verifier, writer) = match (planner, verifier, writer) {
-        (Ok(p), Ok(v), Ok(w)) => (p, v, w),
-        _ => {
-            return PassOutcome {
-                summary: PassSummary { pass: job.pass, ..Default::default() },
-                written: None,
-                error: Some(PassError::Other("cannot start receive threads".into())),
-                retryable: false,
-            };
-        }
-    };
-
-    // The reader: route inbound messages until Done, an error or the end of the stream.
-    let read_result: Result<(), ReceiveError> = async {
-        let mut next_seq = 0u64;
-        loop {
-            let msg = tokio::select! {
-                m = inbound.next() => m,
-                _ = &mut writer_end => return Err(stopped()),
-            };
-            let Some(msg) = msg else { break };
-            let msg = msg.map_err(|s| match s.code() {
-                // gRPC refused a message over the size limit: a protocol violation the
-                // agent would repeat, not a lost link to resume after.
-                tonic::Code::OutOfRange => protocol(s.message()),
-                _ => ReceiveError::Stream(s.message().to_string()),
-            })?;
-            match msg.msg {
-                Some(v1::transfer_up::Msg::Batch(b)) => {
-                    if b.seq != next_seq {
-                        return Err(protocol(format!(
-                            "batch {} out of sequence (expected {next_seq})",
-                            b.seq
-                        )));
-                    }
-                    if b.entries.len() > limits::MAX_BATCH_ENTRIES {
-                        return Err(protocol("batch has too many entries"));
-                    }
-                    next_seq += 1;
-                    plan_tx.send(b).await.map_err(|_| stopped())?;
-                }
-                Some(v1::transfer_up::Msg::Chunk(c)) => {
-                    chunk_in_tx.send(vec![c]).await.map_err(|_| stopped())?;
-                }
-                Some(v1::transfer_up::Msg::Chunks(b)) => {
-                    if b.chunks.len() > MAX_CHUNKS_PER_MESSAGE {
-                        return Err(protocol("too many chunks in one message"));
-                    }
-                    chunk_in_tx.send(b.chunks).await.map_err(|_| stopped())?;
-                }
-                Some(v1::transfer_up::Msg::Estimate(e)) => {
-                    job.progress.files_total.store(e.files, Ordering::Relaxed);
-                    job.progress.bytes_total.store(e.bytes, Ordering::Relaxed);
-                }
-                Some(v1::transfer_up::Msg::Done(d)) => {
-                    let conv = |v: Vec<v1::Problem>| -> Result<Vec<Problem>, ReceiveError> {
-                        v.into_iter()
-                            .take(100_000)
-                            .map(|p| Problem::try_from(p).map_err(|e| protocol(e.to_string())))
-                            .collect()
-                    };
-                    let changed = conv(d.changed)?;
-                    let skipped = conv(d.skipped)?;
-                    // Done goes through the planner so that it follows every planned batch.
-                    let _ = done_tx.send(WriterMsg::Done { changed, skipped });
-                    return Ok(());
-                }
-                Some(v1::transfer_up::Msg::Open(_)) => return Err(protocol("second Open on one transfer")),
-                None => return Err(protocol("empty message")),
-            }
-        }
-        Err(ReceiveError::Stream(
-            "the transfer ended before the pass was done (the agent closed it, or its session ended)".into(),
-        ))
-    }
-    .await;
-
-    // Close the pipes so the threads end; the writer reports the real outcome.
-    drop(plan_tx);
-    drop(chunk_in_tx);
-    let joined = tokio::task::spawn_blocking(move || {
-        let w = writer.join();
-        let p = planner.join();
-        let _ = verifier.join();
-        (w, p)
-    })
-    .await;
-    let (writer_result, plan_err) = match joined {
-        Ok((w, Ok(p))) => (Ok(w), p),
-        Ok((w, Err(_))) => (Ok(w), Some(ReceiveError::Internal("planner thread panicked".into()))),
-        Err(e) => (Err(e), None),
-    };
-    let (mut summary, written, write_err) = match writer_result {
-        Ok(Ok((summary, written, err))) => (summary, written, err),
-        _ => (PassSummary::default(), None, Some(ReceiveError::Internal("writer thread panicked".into()))),
-    };
-    summary.pass = job.pass;
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.wire_bytes = job.progress.wire_bytes.load(Ordering::Relaxed);
-    summary.local_bytes = job.progress.local_bytes.load(Ordering::Relaxed);
-    // The first error in the pipeline is the cause; later ones are consequences: a stage
-    // whose input or output ended reports `Stream` or `Internal`. A planner error (a hostile
-    // entry) ends the writer's input, so it must win over the writer's "transfer ended",
-    // which would otherwise read as a lost link and make the pass retry forever.
-    let consequence = |e: &ReceiveError| matches!(e, ReceiveError::Stream(_) | ReceiveError::Internal(_));
-    let err = match (read_result, plan_err, write_err) {
-        (Err(r @ ReceiveError::Protocol(_)), _, _) => Some(r),
-        (_, Some(p), _) => Some(p),
-        (_, None, Some(w)) if !consequence(&w) => Some(w),
-        // Only consequences left: a lost link (retryable) explains the others.
-        (Err(r @ ReceiveError::Stream(_)), None, _) => Some(r),
-        (_, None, Some(w @ ReceiveError::Stream(_))) => Some(w),
-        (Err(r), None, _) => Some(r),
-        (Ok(()), None, w) => w,
-    };
-    let result = v1::PassResult {
-        ok: err.is_none(),
-        message: err.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-        files_written: summary.written,
-        bytes_received: summary.wire_bytes,
-        bytes_local: summary.local_bytes,
-    };
-    match &err {
-        None | Some(ReceiveError::Quota { .. }) => {
-            let _ = outbound
-                .send(Ok(v1::TransferDown { msg: Some(v1::transfer_down::Msg::Result(result)) }))
-                .await;
-        }
-        Some(e) => {
-            let _ = outbound.send(Err(e.status())).await;
-        }
-    }
-    let retryable = matches!(err, Some(ReceiveError::Stream(_)));
-    PassOutcome { summary, written, error: err.map(PassError::from), retryable }
-}
-
-fn stopped() -> ReceiveError {
-    ReceiveError::Internal("the writer stopped".into())
-}
-
-/// Decompresses and checks chunks against what was requested.
-fn verify_chunks(
-    mut rx: mpsc::Receiver<Vec<v1::ChunkData>>,
-    tx: mpsc::Sender<Vec<ChunkMsg>>,
-    expected: Expected,
-    progress: Arc<Progress>,
-) {
-    let mut dec = zstd::bulk::Decompressor::new().ok();
-    while let Some(batch) = rx.blocking_recv() {
-        let mut out = Vec::with_capacity(batch.len());
-        for c in batch {
-            out.push(verify_one(c, &expected, &progress, &mut dec));
-        }
-        if tx.blocking_send(out).is_err() {
-            return;
-        }
-    }
-}
-
-fn verify_one(
-    c: v1::ChunkData,
-    expected: &Expected,
-    progress: &Progress,
-    dec: &mut Option<zstd::bulk::Decompressor<'static>>,
-) -> ChunkMsg {
-    let want = expected.locked().remove(&(c.seq, c.index));
-    match want {
-        None => ChunkMsg::Invalid(format!("chunk {}/{} was not requested", c.seq, c.index)),
-        Some(_) if c.unavailable => {
-            let mut reason = c.reason;
-            reason.truncate(512);
-            ChunkMsg::Unavailable { seq: c.seq, index: c.index, reason }
-        }
-        Some((hash, len)) => {
-            progress.wire_bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-            // Decompression is bounded by the announced length: a frame that inflates
-            // past it fails here instead of filling memory. Plain data is not copied.
-            let data = if c.compressed {
-                match dec.as_mut().map(|d| d.decompress(&c.data, len as usize)) {
-                    Some(Ok(d)) => Some(bytes::Bytes::from(d)),
-                    _ => None,
-                }
-            } else {
-                Some(c.data)
-            };
-            match data {
-                Some(data) if data.len() == len as usize && Hash32::of(&data) == hash => {
-                    ChunkMsg::Data { seq: c.seq, index: c.index, data }
-                }
-                Some(_) => ChunkMsg::Invalid(format!("chunk {}/{} does not match its hash", c.seq, c.index)),
-                None => ChunkMsg::Invalid(format!(
-                    "chunk {}/{} does not decompress to its announced {len} bytes",
-                    c.seq, c.index
-                )),
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests;
