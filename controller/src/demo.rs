@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use p2c_common::cli::JsonArg;
 use p2c_common::migration::MigrateOptions;
-use p2c_proto::v1;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -78,14 +77,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     if !args.json.json {
         eprintln!("demo: controller on {} (mTLS), agent {AGENT} enrolled and connected", running.addr);
     }
-    let mut client = crate::cli::client::connect(&w.join("state")).await?;
+    let mut client = crate::cli::client::Admin::connect(&w.join("state")).await?;
     let opts = MigrateOptions { agent: AGENT.into(), ctid: args.ctid, cutover: true, ..Default::default() };
-    let stream = client
-        .migrate(v1::JsonRequest { json: serde_json::to_vec(&opts)? })
-        .await
-        .map_err(crate::cli::client::status)?
-        .into_inner();
-    let code = crate::cli::follow(stream, args.json.json).await?;
+    let code = crate::cli::follow(client.migrate(&opts).await?, args.json.json).await?;
     let _ = stop_agent.send(true);
     let _ = agent.await;
     running.shutdown().await;

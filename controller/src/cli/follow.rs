@@ -1,13 +1,12 @@
 //! Following a migration: the report, a progress bar with bytes, rate and ETA, the summary.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2c_common::findings::Report;
 use p2c_common::migration::{MigrationState, MigrationSummary};
-use p2c_proto::v1;
-use tonic::Streaming;
+
+use super::client::{Update, Updates};
 
 /// Prints a migration's events until it ends; returns the exit code (0 done or synced).
-pub async fn follow(mut stream: Streaming<v1::MigrateEvent>, json: bool) -> anyhow::Result<i32> {
+pub async fn follow(mut updates: Updates, json: bool) -> anyhow::Result<i32> {
     let bar = if json {
         ProgressBar::hidden()
     } else {
@@ -23,16 +22,16 @@ pub async fn follow(mut stream: Streaming<v1::MigrateEvent>, json: bool) -> anyh
     let mut summary: Option<MigrationSummary> = None;
     let mut last_pass = u32::MAX;
     loop {
-        let ev = match stream.message().await {
-            Ok(Some(ev)) => ev,
+        let update = match updates.next().await {
+            Ok(Some(u)) => u,
             Ok(None) => break,
-            Err(s) => {
+            Err(why) => {
                 bar.abandon();
-                anyhow::bail!("lost the controller while following the migration: {}", s.message());
+                anyhow::bail!("lost the controller while following the migration: {why}");
             }
         };
-        match ev.event {
-            Some(v1::migrate_event::Event::Progress(p)) => {
+        match update {
+            Update::Progress(p) => {
                 if p.pass != last_pass {
                     last_pass = p.pass;
                     bar.reset();
@@ -47,20 +46,18 @@ pub async fn follow(mut stream: Streaming<v1::MigrateEvent>, json: bool) -> anyh
                     p2c_common::units::human_bytes(p.bytes_sent)
                 ));
             }
-            Some(v1::migrate_event::Event::Log(l)) if !json => {
+            Update::Log(l) if !json => {
                 bar.suspend(|| eprintln!("{l}"));
             }
-            Some(v1::migrate_event::Event::ReportJson(r)) if !json => {
-                if let Ok(r) = serde_json::from_slice::<Report>(&r) {
-                    bar.suspend(|| println!("{}", r.render()));
-                }
+            Update::Report(Some(r)) if !json => {
+                bar.suspend(|| println!("{}", r.render()));
             }
-            Some(v1::migrate_event::Event::SummaryJson(s)) => {
-                summary = serde_json::from_slice(&s).ok();
+            Update::Summary(s) => {
+                summary = s.map(|s| *s);
                 break;
             }
             // Logs and the report are for a terminal, not for --json.
-            Some(v1::migrate_event::Event::Log(_) | v1::migrate_event::Event::ReportJson(_)) | None => {}
+            Update::Log(_) | Update::Report(_) => {}
         }
     }
     bar.finish_and_clear();

@@ -12,7 +12,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use p2c_common::cli::{JsonArg, LogArgs};
 use p2c_common::migration::{AssessOptions, Layout, MigrateOptions};
-use p2c_proto::v1;
 
 pub use follow::follow;
 
@@ -301,25 +300,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Bundle(BundleCmd::Verify { file, json }) = &cli.command {
         return verify_bundle(file, json.json);
     }
-    let mut c = client::connect(&cli.state_dir).await?;
+    let mut c = client::Admin::connect(&cli.state_dir).await?;
     match cli.command {
         Command::Token(TokenCmd::Create { name, ttl, json }) => {
             let ttl = p2c_common::units::parse_duration(&ttl)?;
-            let r = c
-                .create_token(v1::CreateTokenRequest {
-                    agent_name: name.clone(),
-                    ttl_secs: ttl.as_secs().max(1),
-                })
-                .await
-                .map_err(client::status)?
-                .into_inner();
+            let (token, expires_unix) = c.create_token(&name, ttl.as_secs().max(1)).await?;
             if json.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "agent": name, "token": r.token, "expires_unix": r.expires_unix })
+                    serde_json::json!({ "agent": name, "token": token, "expires_unix": expires_unix })
                 );
             } else {
-                println!("{}", r.token);
+                println!("{token}");
                 eprintln!(
                     "one-time token for agent {name}, valid for {}; on the source run:\n  p2c-agent enroll --token <token> --state-dir /var/lib/p2c-agent",
                     p2c_common::units::human_duration(ttl)
@@ -327,35 +319,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Agents(json) => {
-            let r = c.list_agents(v1::ListAgentsRequest {}).await.map_err(client::status)?.into_inner();
+            let r = c.agents().await?;
             if json.json {
-                print_json(&r.json)?;
+                print_json(&r)?;
             } else {
-                print!("{}", render::agents(&serde_json::from_slice::<Vec<_>>(&r.json)?));
+                print!("{}", render::agents(&serde_json::from_slice::<Vec<_>>(&r)?));
             }
         }
         Command::Agent(AgentCmd::Revoke { name }) => {
-            c.revoke_agent(v1::AgentRef { name: name.clone() }).await.map_err(client::status)?;
+            c.revoke(&name).await?;
             eprintln!("agent {name} revoked: its certificate is refused from now on");
         }
         Command::Inventory { name, json } => {
-            let r = c.get_inventory(v1::AgentRef { name }).await.map_err(client::status)?.into_inner();
+            let r = c.inventory(&name).await?;
             if json.json {
-                print_json(&r.json)?;
+                print_json(&r)?;
             } else {
-                print!("{}", render::inventory(&serde_json::from_slice(&r.json)?));
+                print!("{}", render::inventory(&serde_json::from_slice(&r)?));
             }
         }
         Command::Assess { name, assess, json } => {
-            let options_json = serde_json::to_vec(&assess.options(None))?;
-            let r = c
-                .assess(v1::AssessRequest { agent_name: name, options_json })
-                .await
-                .map_err(client::status)?
-                .into_inner();
-            let report: p2c_common::findings::Report = serde_json::from_slice(&r.json)?;
+            let r = c.assess(&name, &assess.options(None)).await?;
+            let report: p2c_common::findings::Report = serde_json::from_slice(&r)?;
             if json.json {
-                print_json(&r.json)?;
+                print_json(&r)?;
             } else {
                 print!("{}", report.render());
             }
@@ -363,10 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate(args) => {
             let opts = args.options()?;
-            let stream = c
-                .migrate(v1::JsonRequest { json: serde_json::to_vec(&opts)? })
-                .await
-                .map_err(client::status)?;
+            let updates = c.migrate(&opts).await?;
             if args.detach {
                 eprintln!(
                     "migration of {} into CT {} started; follow it with `p2c status --watch`",
@@ -374,14 +358,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
                 return Ok(0);
             }
-            return follow(stream.into_inner(), args.json.json).await;
+            return follow(updates, args.json.json).await;
         }
         Command::Import(args) => {
             let req = args.request()?;
-            let stream = c
-                .import(v1::JsonRequest { json: serde_json::to_vec(&req)? })
-                .await
-                .map_err(client::status)?;
+            let updates = c.import(&req).await?;
             if args.detach {
                 eprintln!(
                     "import of {} into CT {} started; follow it with `p2c status --watch`",
@@ -389,27 +370,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
                 return Ok(0);
             }
-            return follow(stream.into_inner(), args.json.json).await;
+            return follow(updates, args.json.json).await;
         }
         Command::Bundle(_) => unreachable!("handled above"),
         Command::Plan(cmd) => return plan::run(c, cmd).await,
         Command::Cutover { ctid, json } => {
-            let stream = c.cutover(v1::CtidRef { ctid }).await.map_err(client::status)?;
-            return follow(stream.into_inner(), json.json).await;
+            return follow(c.cutover(ctid).await?, json.json).await;
         }
         Command::Status { ctid, watch, json } => loop {
-            let r = c
-                .status(v1::StatusRequest { ctid: ctid.unwrap_or(0) })
-                .await
-                .map_err(client::status)?
-                .into_inner();
+            let r = c.status(ctid).await?;
             if json.json {
-                print_json(&r.json)?;
+                print_json(&r)?;
             } else {
                 if watch {
                     print!("\x1b[2J\x1b[H");
                 }
-                print!("{}", render::status(&serde_json::from_slice::<Vec<_>>(&r.json)?));
+                print!("{}", render::status(&serde_json::from_slice::<Vec<_>>(&r)?));
             }
             if !watch {
                 break;
@@ -417,14 +393,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         },
         Command::Discard { ctid } => {
-            c.discard(v1::CtidRef { ctid }).await.map_err(client::status)?;
+            c.discard(ctid).await?;
             eprintln!("CT {ctid} discarded: its private area, config and records are gone");
         }
         Command::Verify { ctid, json } => {
-            let r = c.verify(v1::CtidRef { ctid }).await.map_err(client::status)?.into_inner();
-            let v: p2c_common::migration::VerifySummary = serde_json::from_slice(&r.json)?;
+            let r = c.verify(ctid).await?;
+            let v: p2c_common::migration::VerifySummary = serde_json::from_slice(&r)?;
             if json.json {
-                print_json(&r.json)?;
+                print_json(&r)?;
             } else {
                 print!("{}", render::verify(ctid, &v));
             }

@@ -9,13 +9,10 @@ use std::time::Duration;
 use clap::Subcommand;
 use p2c_common::cli::JsonArg;
 use p2c_common::migration::{AgentStatus, MigrateOptions, StatusEntry};
-use p2c_proto::v1;
-use p2c_proto::v1::admin_client::AdminClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
-use super::client;
+use super::client::{Admin, Update};
 use super::wave_view::{Outcome, WaveView};
 use crate::plan::Plan;
 
@@ -35,7 +32,7 @@ pub enum PlanCmd {
     },
 }
 
-pub async fn run(mut c: AdminClient<Channel>, cmd: PlanCmd) -> anyhow::Result<i32> {
+pub async fn run(mut c: Admin, cmd: PlanCmd) -> anyhow::Result<i32> {
     match cmd {
         PlanCmd::Check { file, json } => {
             let plan = load(&mut c, &file).await?;
@@ -51,14 +48,13 @@ pub async fn run(mut c: AdminClient<Channel>, cmd: PlanCmd) -> anyhow::Result<i3
 }
 
 /// Reads and validates the plan against the agents this node has enrolled.
-async fn load(c: &mut AdminClient<Channel>, file: &std::path::Path) -> anyhow::Result<Plan> {
-    let r = c.list_agents(v1::ListAgentsRequest {}).await.map_err(client::status)?.into_inner();
-    let agents: Vec<AgentStatus> = serde_json::from_slice(&r.json)?;
+async fn load(c: &mut Admin, file: &std::path::Path) -> anyhow::Result<Plan> {
+    let agents: Vec<AgentStatus> = serde_json::from_slice(&c.agents().await?)?;
     let enrolled: HashSet<String> = agents.into_iter().filter(|a| !a.revoked).map(|a| a.name).collect();
     Ok(Plan::load(file, Some(&enrolled))?)
 }
 
-async fn apply(mut c: AdminClient<Channel>, file: &std::path::Path, json: bool) -> anyhow::Result<i32> {
+async fn apply(mut c: Admin, file: &std::path::Path, json: bool) -> anyhow::Result<i32> {
     let plan = load(&mut c, file).await?;
     let mut view = WaveView::new(json);
     let (log_tx, mut logs) = mpsc::channel::<(u32, String)>(256);
@@ -84,8 +80,8 @@ async fn apply(mut c: AdminClient<Channel>, file: &std::path::Path, json: bool) 
             }
             Some((ctid, line)) = logs.recv() => view.log(ctid, &line),
             _ = tick.tick() => {
-                if let Ok(r) = c.status(v1::StatusRequest { ctid: 0 }).await
-                    && let Ok(entries) = serde_json::from_slice::<Vec<StatusEntry>>(&r.into_inner().json)
+                if let Ok(r) = c.status(None).await
+                    && let Ok(entries) = serde_json::from_slice::<Vec<StatusEntry>>(&r)
                 {
                     view.update(&entries);
                 }
@@ -100,30 +96,22 @@ async fn apply(mut c: AdminClient<Channel>, file: &std::path::Path, json: bool) 
 }
 
 /// Starts one migration and follows it to its summary, passing its log lines on.
-async fn follow_one(
-    mut c: AdminClient<Channel>,
-    opts: MigrateOptions,
-    logs: mpsc::Sender<(u32, String)>,
-) -> (u32, Outcome) {
+async fn follow_one(mut c: Admin, opts: MigrateOptions, logs: mpsc::Sender<(u32, String)>) -> (u32, Outcome) {
     let ctid = opts.ctid;
-    let json = match serde_json::to_vec(&opts) {
-        Ok(j) => j,
+    let mut updates = match c.migrate(&opts).await {
+        Ok(u) => u,
         Err(e) => return (ctid, Outcome::Error(e.to_string())),
     };
-    let mut stream = match c.migrate(v1::JsonRequest { json }).await {
-        Ok(s) => s.into_inner(),
-        Err(s) => return (ctid, Outcome::Error(s.message().to_string())),
-    };
     loop {
-        match stream.message().await {
-            Ok(Some(v1::MigrateEvent { event: Some(v1::migrate_event::Event::Log(l)) })) => {
+        match updates.next().await {
+            Ok(Some(Update::Log(l))) => {
                 let _ = logs.send((ctid, l)).await;
             }
-            Ok(Some(v1::MigrateEvent { event: Some(v1::migrate_event::Event::SummaryJson(j)) })) => {
-                let outcome =
-                    serde_json::from_slice(&j).map(|s| Outcome::Summary(Box::new(s))).unwrap_or_else(|e| {
-                        Outcome::Error(format!("unreadable summary from the controller: {e}"))
-                    });
+            Ok(Some(Update::Summary(s))) => {
+                let outcome = match s {
+                    Some(s) => Outcome::Summary(s),
+                    None => Outcome::Error("unreadable summary from the controller".into()),
+                };
                 return (ctid, outcome);
             }
             Ok(Some(_)) => {}
@@ -132,10 +120,7 @@ async fn follow_one(
                 return (ctid, Outcome::Error(why.into()));
             }
             Err(s) => {
-                let why = format!(
-                    "lost the controller while following CT {ctid}: {}; see `p2c status`",
-                    s.message()
-                );
+                let why = format!("lost the controller while following CT {ctid}: {s}; see `p2c status`");
                 return (ctid, Outcome::Error(why));
             }
         }
