@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod chunking;
 pub mod cli;
+pub mod errors;
 pub mod findings;
 pub mod inventory;
 pub mod manifest;
