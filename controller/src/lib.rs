@@ -6,7 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod ctconf;
 pub mod cutover;
-pub mod demo;
 pub mod enroll;
 pub mod guest;
 pub mod import;
