@@ -1,5 +1,7 @@
 //! The p2c controller: the node-side daemon and the operator CLI.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod assess;
 pub mod cli;

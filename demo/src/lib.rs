@@ -3,6 +3,8 @@
 //! directory (or a small sample server made on the spot), the pre-flight report and a full
 //! migration with cutover, driven through the admin socket like `p2c migrate`.
 
+#![forbid(unsafe_code)]
+
 mod sample;
 
 use std::time::Duration;

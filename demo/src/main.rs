@@ -1,6 +1,8 @@
 //! `p2c`: the operator's CLI. `p2c demo` runs here (it needs an agent in the process); every
 //! other command goes to the controller through `p2c_controller::cli`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use p2c_controller::cli::{Cli, Command};
 

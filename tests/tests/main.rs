@@ -1,5 +1,7 @@
 //! The one integration-test binary: every module is a group of tests.
 
+#![forbid(unsafe_code)]
+
 mod bundle;
 mod e2e;
 mod guest_start;
