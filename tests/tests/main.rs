@@ -7,6 +7,7 @@ mod e2e;
 mod guest_start;
 mod harness;
 mod hostile;
+mod invariants;
 mod migrate;
 mod proxy;
 mod quota;
