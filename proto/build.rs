@@ -1,5 +1,7 @@
 //! Compiles `proto/p2c/v1/*.proto` with protox (pure Rust, no system `protoc`).
 
+#![forbid(unsafe_code)]
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["proto/p2c/v1/agent.proto", "proto/p2c/v1/admin.proto", "proto/p2c/v1/bundle.proto"];
     for f in files {

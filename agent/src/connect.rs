@@ -9,6 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// The helper lives in `p2c_common` (the controller uses it too); kept here for the agent's callers.
+pub use p2c_common::errors::error_chain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot reach the controller at {addrs}: {reason}")]
@@ -133,19 +136,4 @@ pub async fn tls_probe(addr: &str, tls: Arc<rustls::ClientConfig>, proxy: Option
         Ok(Err(e)) => Some(e.to_string()),
         _ => None,
     }
-}
-
-/// The whole chain of an error, for messages that say why (TLS alerts hide in sources).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }

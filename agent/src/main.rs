@@ -1,5 +1,7 @@
 //! `p2c-agent`: the source-side daemon.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -3,9 +3,12 @@
 //! Nothing here knows about gRPC or prost: the `p2c-proto` crate converts between these
 //! types and the wire messages at the edge.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod chunking;
 pub mod cli;
+pub mod errors;
 pub mod findings;
 pub mod inventory;
 pub mod manifest;

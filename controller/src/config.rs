@@ -17,7 +17,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, what: String },
 }
 
-/// The file format. Every key is documented in `deploy/controller.example.toml`.
+/// The file format. Every key is documented in `deploy/examples/controller.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {

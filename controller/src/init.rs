@@ -92,7 +92,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     write_new(&pki_dir.join("server.key"), server.key_pem.as_bytes(), 0o600)?;
     Store::open(&settings.db_path())?;
     let text = format!(
-        "# p2c controller configuration (see deploy/controller.example.toml for every key)\n{}",
+        "# p2c controller configuration (see deploy/examples/controller.toml for every key)\n{}",
         toml::to_string_pretty(&cfg).map_err(|e| InitError::Invalid(e.to_string()))?
     );
     // Written last: its presence means "initialised".

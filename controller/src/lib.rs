@@ -1,5 +1,7 @@
 //! The p2c controller: the node-side daemon and the operator CLI.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod assess;
 pub mod cli;
@@ -7,7 +9,6 @@ pub mod config;
 pub mod context;
 pub mod ctconf;
 pub mod cutover;
-pub mod demo;
 pub mod enroll;
 pub mod finalise;
 pub mod guest;

@@ -4,6 +4,7 @@
 //! Invariant: only this crate and the gRPC adapter modules of the agent and controller touch
 //! prost types; everything else works with `p2c_common` types.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant)]
 
 pub mod v1 {

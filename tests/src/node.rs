@@ -87,6 +87,9 @@ impl Node {
         Ok(())
     }
 
+    /// The running controller. Calling it between `crash()` and `restart()` is a bug in the
+    /// test, which this panic reports.
+    #[allow(clippy::expect_used, reason = "a harness invariant: only a test's own misuse breaks it")]
     pub fn controller(&self) -> &p2c_controller::server::Controller {
         &self.running.as_ref().expect("controller running").controller
     }
@@ -103,7 +106,12 @@ impl Node {
         self.dir.path().join("etc/vz/conf").join(format!("{ctid}.conf"))
     }
 
-    /// A one-time token for `name` naming this node's real address.
+    /// A one-time token for `name` naming this node's real address. A store that cannot
+    /// record it fails the test here, with the store's error.
+    #[allow(
+        clippy::expect_used,
+        reason = "a failing test's message; every caller wants the token or a failure"
+    )]
     pub fn token(&self, name: &str, ttl_secs: u64) -> String {
         p2c_controller::admin::issue_token(self.controller(), name, ttl_secs, vec![self.addr.to_string()])
             .expect("token")

@@ -13,8 +13,7 @@ use anyhow::Context;
 /// `file_size` bytes under `srv/data`, random and different for every `seed` (so nothing
 /// deduplicates across servers). Returns the bytes of bulk data written.
 pub fn server_tree(root: &Path, seed: &str, files: usize, file_size: usize) -> anyhow::Result<u64> {
-    p2c_controller::demo::build_sample(root)
-        .with_context(|| format!("sample server in {}", root.display()))?;
+    p2c_demo::build_sample(root).with_context(|| format!("sample server in {}", root.display()))?;
     let data = root.join("srv/data");
     std::fs::create_dir_all(&data)?;
     let mut buf = vec![0u8; 1 << 20];

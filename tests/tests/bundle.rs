@@ -112,7 +112,7 @@ async fn a_bundle_builds_the_container_an_online_move_builds() {
     let w = tempfile::tempdir().unwrap();
     let src = w.path().join("src");
     // A server (network config, hostname, resolv.conf...) holding every case of file.
-    p2c_controller::demo::build_sample(&src).unwrap();
+    p2c_demo::build_sample(&src).unwrap();
     build_every_case_tree(&src).unwrap();
     let node = Node::start().await.unwrap();
 

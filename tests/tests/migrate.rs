@@ -80,7 +80,7 @@ async fn the_container_config_describes_the_source() {
     trace_init();
     let w = tempfile::tempdir().unwrap();
     let src = w.path().join("src");
-    p2c_controller::demo::build_sample(&src).unwrap();
+    p2c_demo::build_sample(&src).unwrap();
     let node = Node::start().await.unwrap();
     let agent = Agent::start(&node, "web01", &src).await.unwrap();
     let s = node.migrate(&migrate_opts("web01", 103)).await.unwrap();

@@ -55,7 +55,7 @@ async fn an_agent_reaches_the_controller_only_through_a_connect_proxy() {
 
     let w = tempfile::tempdir().unwrap();
     let src = w.path().join("src");
-    p2c_controller::demo::build_sample(&src).unwrap();
+    p2c_demo::build_sample(&src).unwrap();
     let state = w.path().join("agent");
     let token = p2c_controller::admin::issue_token(node.controller(), "dmz01", 600, vec![hidden.clone()])
         .unwrap()

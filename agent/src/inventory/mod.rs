@@ -30,6 +30,8 @@ mod net;
 pub mod netconf;
 mod os;
 mod quota;
+// Audited: quotactl(2) commands nix does not wrap.
+#[allow(unsafe_code)]
 mod quotactl;
 pub mod quotafile;
 mod raw;

@@ -1,5 +1,7 @@
 //! `p2c-controller`: the node-side daemon.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -29,7 +29,7 @@ pub async fn connect(state_dir: &Path) -> anyhow::Result<AdminClient<Channel>> {
             anyhow::anyhow!(
                 "cannot reach the controller at {}: {}; is `p2c-controller serve` running (and are you root)?",
                 sock.display(),
-                p2c_agent::connect::error_chain(&e)
+                p2c_common::errors::error_chain(&e)
             )
         })?;
     let max = p2c_common::manifest::limits::MAX_MESSAGE;

@@ -87,7 +87,24 @@ pub enum Command {
         json: JsonArg,
     },
     /// Run a whole migration on this machine with no setup: a throw-away controller and agent.
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
+}
+
+/// `p2c demo`'s arguments. The command itself runs in the `p2c` binary (crate `p2c-demo`),
+/// which starts a controller and an agent in one process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Directory treated as the source server's root (default: a sample server made in WORKDIR/source).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Where everything goes: WORKDIR/vz/private/<CTID>, WORKDIR/etc/vz/conf/<CTID>.conf, state.
+    #[arg(long)]
+    pub workdir: PathBuf,
+    /// Container ID.
+    #[arg(long, default_value_t = 101)]
+    pub ctid: u32,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,8 +311,10 @@ fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Runs one CLI command; the error says what went wrong and what to do.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Command::Demo(args) = cli.command {
-        return crate::demo::run(args).await;
+    if let Command::Demo(_) = cli.command {
+        anyhow::bail!(
+            "`p2c demo` is run by the p2c binary (crate p2c-demo), not by p2c_controller::cli::run"
+        );
     }
     if let Command::Bundle(BundleCmd::Verify { file, json }) = &cli.command {
         return verify_bundle(file, json.json);
