@@ -112,3 +112,25 @@ async fn a_pass_that_cannot_be_recorded_fails_visibly() {
     assert_eq!(s.state, MigrationState::Done, "{:?}", s.error);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_synced_migration_is_cut_over_after_a_controller_restart() {
+    require_root!();
+    trace_init();
+    let src = tempfile::tempdir().unwrap();
+    random_tree(src.path(), "restart", 4, 128 << 10).unwrap();
+    let mut node = Node::start().await.unwrap();
+    let agent = Agent::start(&node, "src-rs", src.path()).await.unwrap();
+    let s = node.migrate(&MigrateOptions { cutover: false, ..migrate_opts("src-rs", 404) }).await.unwrap();
+    assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
+    node.crash();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    node.restart().await.unwrap();
+    node.wait_connected("src-rs", std::time::Duration::from_secs(30)).await.unwrap();
+    let st = p2c(&node.state_dir(), &["status", "404"]).await;
+    assert!(st.stdout.contains("synced"), "{}", st.stdout);
+    // The operator cuts it over as if nothing had happened.
+    let done = node.cutover(404).await.unwrap();
+    assert_eq!(done.state, MigrationState::Done, "{:?}", done.error);
+    agent.stop().await;
+}
