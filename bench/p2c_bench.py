@@ -29,7 +29,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# BRIEF section 10: (case key, description, target ratio or None)
+# The performance targets: (case key, description, target ratio or None)
 TARGETS = {
     "first_copy": 0.4,
     "second_pass": 0.2,

@@ -1,7 +1,7 @@
 //! Source-tree fixtures and the tree comparator that checks a copy against its source.
 //!
 //! [`build_every_case_tree`] makes a tree with every kind of entry p2c must carry exactly
-//! (BRIEF section 7); [`compare_trees`] walks two trees and reports every way a copy differs.
+//! (the transfer engine in ARCHITECTURE.md); [`compare_trees`] walks two trees and reports every way a copy differs.
 
 mod compare;
 mod every_case;

@@ -1,6 +1,6 @@
 //! A compromised source server with a valid certificate: whatever its agent sends, the
 //! controller writes nothing outside that migration's private area, the migration fails with
-//! an error naming the problem, and the controller keeps serving (BRIEF section 8).
+//! an error naming the problem, and the controller keeps serving (the security model).
 //!
 //! Every case runs a real migration (`p2c migrate --cutover` through the admin API) against a
 //! [`FakeAgent`] whose copy pass is scripted. Around each case the whole node directory is

@@ -1,4 +1,4 @@
-//! Sources whose only way out is an HTTP CONNECT proxy (BRIEF section 2: DMZs, customer
+//! Sources whose only way out is an HTTP CONNECT proxy (DMZs, customer
 //! networks). The agent is the real `p2c-agent` binary; the proxy is the harness's
 //! [`ConnectProxy`].
 

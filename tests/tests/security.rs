@@ -1,4 +1,4 @@
-//! Who may talk to the controller (BRIEF section 8): one-time tokens that expire, agent
+//! Who may talk to the controller (the security model): one-time tokens that expire, agent
 //! certificates from the node's CA only, revocation that cuts an agent off, no session
 //! without a certificate. Every refusal says what to do and leaves the node as it was: no
 //! agent identity written, no agent added to the store, no session.
