@@ -202,6 +202,36 @@ pub struct MigrationSummary {
     pub updated_unix: u64,
 }
 
+impl MigrationSummary {
+    /// The summary of a migration that has done nothing yet, as of `now` (unix seconds).
+    pub fn new(
+        ctid: u32,
+        agent: &str,
+        state: MigrationState,
+        private_dir: String,
+        conf_path: String,
+        now: u64,
+    ) -> Self {
+        MigrationSummary {
+            ctid,
+            agent: agent.to_string(),
+            state,
+            private_dir,
+            conf_path,
+            passes: Vec::new(),
+            error: None,
+            report: None,
+            verify: None,
+            downtime_seconds: None,
+            guest_changes: Vec::new(),
+            quota: None,
+            warnings: Vec::new(),
+            started_unix: now,
+            updated_unix: now,
+        }
+    }
+}
+
 /// One file the guest rewrite changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestChange {

@@ -391,23 +391,16 @@ impl Registry {
                 Vec::new()
             }
         };
-        let now = crate::state::now();
         let summary = MigrationSummary {
-            ctid,
-            agent: opts.agent.clone(),
-            state: MigrationState::Copying,
-            private_dir: claim.private_dir.display().to_string(),
-            conf_path: claim.conf_path.display().to_string(),
             passes,
-            error: None,
-            report: None,
-            verify: None,
-            downtime_seconds: None,
-            guest_changes: Vec::new(),
-            quota: None,
-            warnings: Vec::new(),
-            started_unix: now,
-            updated_unix: now,
+            ..MigrationSummary::new(
+                ctid,
+                &opts.agent,
+                MigrationState::Copying,
+                claim.private_dir.display().to_string(),
+                claim.conf_path.display().to_string(),
+                crate::state::now(),
+            )
         };
         claim.store.upsert_migration(ctid, &opts.agent, MigrationState::Copying, &opts)?;
         claim.store.set_migration_state(ctid, MigrationState::Copying, Some(&summary))?;

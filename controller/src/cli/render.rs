@@ -219,11 +219,6 @@ mod tests {
     #[test]
     fn a_pass_that_listed_changes_says_so() {
         let s = MigrationSummary {
-            ctid: 101,
-            agent: "web1".into(),
-            state: p2c_common::migration::MigrationState::Synced,
-            private_dir: "/vz/private/101".into(),
-            conf_path: "/etc/vz/conf/101.conf".into(),
             passes: vec![
                 PassSummary { pass: 0, entries: 100, listed: 100, ..Default::default() },
                 PassSummary {
@@ -234,15 +229,14 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            error: None,
-            report: None,
-            verify: None,
-            downtime_seconds: None,
-            guest_changes: Vec::new(),
-            quota: None,
-            warnings: Vec::new(),
-            started_unix: 0,
-            updated_unix: 0,
+            ..MigrationSummary::new(
+                101,
+                "web1",
+                p2c_common::migration::MigrationState::Synced,
+                "/vz/private/101".into(),
+                "/etc/vz/conf/101.conf".into(),
+                0,
+            )
         };
         let text = summary(&s);
         assert!(text.contains("listed only what changed since pass 0: 3 entries"), "{text}");

@@ -252,21 +252,9 @@ mod tests {
 
     fn summary(ctid: u32, state: MigrationState, error: Option<&str>) -> Outcome {
         Outcome::Summary(Box::new(MigrationSummary {
-            ctid,
-            agent: format!("a{ctid}"),
-            state,
-            private_dir: String::new(),
-            conf_path: String::new(),
-            passes: Vec::new(),
             error: error.map(str::to_string),
-            report: None,
-            verify: None,
             downtime_seconds: Some(1.25),
-            guest_changes: Vec::new(),
-            quota: None,
-            warnings: Vec::new(),
-            started_unix: 0,
-            updated_unix: 0,
+            ..MigrationSummary::new(ctid, &format!("a{ctid}"), state, String::new(), String::new(), 0)
         }))
     }
 

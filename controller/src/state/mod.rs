@@ -582,23 +582,8 @@ mod tests {
         let (_d, s) = store();
         let opts = MigrateOptions { agent: "web01".into(), ctid: 101, ..Default::default() };
         s.upsert_migration(101, "web01", MigrationState::Pending, &opts).unwrap();
-        let summary = MigrationSummary {
-            ctid: 101,
-            agent: "web01".into(),
-            state: MigrationState::Synced,
-            private_dir: String::new(),
-            conf_path: String::new(),
-            passes: Vec::new(),
-            error: None,
-            report: None,
-            verify: None,
-            downtime_seconds: None,
-            guest_changes: Vec::new(),
-            quota: None,
-            warnings: Vec::new(),
-            started_unix: 0,
-            updated_unix: 0,
-        };
+        let summary =
+            MigrationSummary::new(101, "web01", MigrationState::Synced, String::new(), String::new(), 0);
         s.set_migration_state(101, MigrationState::Synced, Some(&summary)).unwrap();
         let row = s.migration(101).unwrap().unwrap();
         assert_eq!((row.state, row.options.ctid, row.agent.as_str()), (MigrationState::Synced, 101, "web01"));
