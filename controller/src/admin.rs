@@ -405,7 +405,9 @@ impl v1::admin_server::Admin for AdminService {
                 .mount(&private, &mp)
                 .map_err(|e| Status::failed_precondition(format!("cannot mount the container image: {e}")))?;
             let v = crate::finalise::verify_tree(&self.ctl, ctid, &mp, rewritten, keep, None).await;
-            let _ = guard.unmount();
+            if let Err(e) = guard.unmount() {
+                tracing::warn!(ctid, mountpoint = %mp.display(), "cannot unmount the container image after verifying it: {e}; unmount it by hand");
+            }
             v?
         } else {
             crate::finalise::verify_tree(&self.ctl, ctid, &private, rewritten, keep, None).await?

@@ -242,12 +242,18 @@ async fn ploop_container_keeps_the_home_partitions_quotas() {
     let image = ploop::image_path(&private);
     assert_eq!(std::fs::metadata(&image).unwrap().len(), sectors * 512);
     let mnt = tempfile::tempdir().unwrap();
-    sh("mount", &["-o", "ro,loop,noload", &image.to_string_lossy(), &mnt.path().to_string_lossy()]);
+    // A loop device of its own, read-only: `mount -o loop` would reuse the device the
+    // container's image may still be attached to (the pre-cutover hook pins a mount
+    // namespace that holds it), and mounting that one again read-only is refused as busy.
+    let dev = sh("losetup", &["--find", "--show", "--read-only", &image.to_string_lossy()]);
+    let dev = dev.trim().to_string();
+    sh("mount", &["-o", "ro,noload", &dev, &mnt.path().to_string_lossy()]);
     let users = read_quota_file(&mnt.path().join("aquota.user"), QuotaType::User);
     let groups = read_quota_file(&mnt.path().join("aquota.group"), QuotaType::Group);
     let alice =
         std::fs::metadata(mnt.path().join("home/alice/notes.bin")).map(|m| (m.uid(), m.gid(), m.len()));
     sh("umount", &[&mnt.path().to_string_lossy()]);
+    sh("losetup", &["-d", &dev]);
     let (users, groups) = (users.unwrap(), groups.unwrap());
     assert_eq!(limits_of(&users.entries), HOME_USERS, "user limits in the image");
     assert_eq!(limits_of(&groups.entries), HOME_GROUPS, "group limits in the image");
