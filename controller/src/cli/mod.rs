@@ -65,6 +65,7 @@ pub enum Command {
     /// Every migration's state, pass, bytes, rate and ETA.
     Status {
         /// Only this container.
+        #[arg(value_parser = ctid_parser())]
         ctid: Option<u32>,
         /// Refresh until interrupted.
         #[arg(long)]
@@ -74,14 +75,19 @@ pub enum Command {
     },
     /// Stop the source's services, copy the last changes and finalise a synced container.
     Cutover {
+        #[arg(value_parser = ctid_parser())]
         ctid: u32,
         #[command(flatten)]
         json: JsonArg,
     },
     /// Remove a migration's container tree, config and records (after a failed or unwanted move).
-    Discard { ctid: u32 },
+    Discard {
+        #[arg(value_parser = ctid_parser())]
+        ctid: u32,
+    },
     /// Prove a container tree matches the last source manifest.
     Verify {
+        #[arg(value_parser = ctid_parser())]
         ctid: u32,
         #[command(flatten)]
         json: JsonArg,
@@ -113,8 +119,8 @@ pub enum TokenCmd {
     Create {
         name: String,
         /// How long the token stays valid (e.g. 15m, 1h, 2d).
-        #[arg(long, default_value = "1h")]
-        ttl: String,
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -156,7 +162,7 @@ pub struct MigrateArgs {
     /// The agent (source server) to migrate.
     pub name: String,
     /// Container ID on this node.
-    #[arg(long)]
+    #[arg(long, value_parser = ctid_parser())]
     pub ctid: u32,
     #[command(flatten)]
     pub assess: AssessArgs,
@@ -228,7 +234,7 @@ pub struct ImportArgs {
     /// The bundle file (`p2c-agent export --out FILE` on the source).
     pub file: PathBuf,
     /// Container ID on this node.
-    #[arg(long)]
+    #[arg(long, value_parser = ctid_parser())]
     pub ctid: u32,
     #[command(flatten)]
     pub assess: AssessArgs,
@@ -309,6 +315,20 @@ fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Container IDs: positive 32-bit numbers (0 is not a container).
+fn ctid_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(u32::MAX))
+}
+
+/// A token's lifetime: a duration of at least one second.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = p2c_common::units::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.as_secs() == 0 {
+        return Err("a token must live at least 1s (one that expires at once enrols nothing)".into());
+    }
+    Ok(d)
+}
+
 /// Runs one CLI command; the error says what went wrong and what to do.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Demo(_) = cli.command {
@@ -322,7 +342,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut c = client::Admin::connect(&cli.state_dir).await?;
     match cli.command {
         Command::Token(TokenCmd::Create { name, ttl, json }) => {
-            let ttl = p2c_common::units::parse_duration(&ttl)?;
             let (token, expires_unix) = c.create_token(&name, ttl.as_secs().max(1)).await?;
             if json.json {
                 println!(
@@ -458,4 +477,36 @@ fn verify_bundle(file: &std::path::Path, json: bool) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("p2c").chain(args.iter().copied())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_ctid_is_between_1_and_u32_max() {
+        let e = parse(&["migrate", "web01", "--ctid", "0"]).err().unwrap();
+        assert!(e.contains("0 is not in 1..=4294967295"), "{e}");
+        let e = parse(&["cutover", "4294967296"]).err().unwrap();
+        assert!(e.contains("4294967296 is not in 1..=4294967295"), "{e}");
+        assert!(parse(&["cutover", "4294967295"]).is_ok());
+        assert!(parse(&["discard", "0"]).is_err() && parse(&["verify", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_token_lives_at_least_a_second() {
+        let e = parse(&["token", "create", "web01", "--ttl", "0s"]).err().unwrap();
+        assert!(e.contains("a token must live at least 1s"), "{e}");
+        let ok = parse(&["token", "create", "web01", "--ttl", "15m"]).unwrap();
+        assert!(matches!(
+            ok.command,
+            Command::Token(TokenCmd::Create { ttl, .. }) if ttl == std::time::Duration::from_secs(900)
+        ));
+    }
 }
