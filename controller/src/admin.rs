@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use p2c_common::findings::Report;
-use p2c_common::migration::{
-    AgentStatus, AssessOptions, MigrateOptions, MigrationState, MigrationSummary, StatusEntry,
-};
+use p2c_common::migration::{AgentStatus, AssessOptions, MigrateOptions, MigrationSummary, StatusEntry};
 use p2c_common::token::{Token, random_hex, secret_hash};
 use p2c_proto::v1;
 use tokio::sync::mpsc;
@@ -136,7 +134,7 @@ fn follow(
             tokio::select! {
                 _ = tick.tick() => {
                     if tx.send(Ok(progress_event(&h))).await.is_err() { return; }
-                    if h.state().is_idle() && h.state() != MigrationState::Pending {
+                    if h.state().is_idle() {
                         // The summary may have been sent before we subscribed.
                         let _ = tx.send(Ok(to_event(Event::Summary(Box::new(h.summary()))))).await;
                         return;
@@ -185,20 +183,16 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::JsonReply>, Status> {
         authorize(&req)?;
         let rows = self.ctl.store.agents().map_err(|e| Status::internal(e.to_string()))?;
+        let live = self.ctl.migrations.snapshot();
         let out: Vec<AgentStatus> = rows
             .into_iter()
             .map(|a| {
                 let conn = self.ctl.sessions.get(&a.name);
-                let mut running: Vec<(u32, String)> = self
-                    .ctl
-                    .migrations
-                    .snapshot()
+                let running: Vec<String> = live
                     .values()
                     .filter(|m| m.agent() == a.name)
-                    .map(|m| (m.ctid(), format!("CT {} {}", m.ctid(), m.state().as_str())))
+                    .map(|m| format!("CT {} {}", m.ctid(), m.state().as_str()))
                     .collect();
-                running.sort();
-                let running: Vec<String> = running.into_iter().map(|(_, s)| s).collect();
                 AgentStatus {
                     connected: conn.is_some(),
                     peer: conn.as_ref().map(|c| c.peer.clone()),

@@ -22,7 +22,7 @@
 //! store under the registry's one lock, so two callers cannot both make the same move: a
 //! second `p2c cutover N` learns the phase the first one put the migration in and is refused.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -235,10 +235,6 @@ impl MigrationHandle {
         &self.options
     }
 
-    pub fn phase(&self) -> Phase {
-        self.phase.locked().clone()
-    }
-
     pub fn state(&self) -> MigrationState {
         self.phase.locked().state()
     }
@@ -359,9 +355,9 @@ impl Registry {
         self.map.locked().get(&ctid).cloned()
     }
 
-    /// Every migration of this run, by CTID.
-    pub fn snapshot(&self) -> HashMap<u32, Arc<MigrationHandle>> {
-        self.map.locked().clone()
+    /// Every migration of this run, in CTID order.
+    pub fn snapshot(&self) -> BTreeMap<u32, Arc<MigrationHandle>> {
+        self.map.locked().iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     /// Starts (or resumes) the migration `opts` describes: checked and recorded in the store
