@@ -12,7 +12,8 @@ pub enum Layout {
     /// A plain directory tree in the private area (VZFS/simfs style).
     #[default]
     Simfs,
-    /// A raw ext4 image in `root.hdd/` with a `DiskDescriptor.xml` (OpenVZ 7 / Virtuozzo 7).
+    /// An ext4 image in `root.hdd/` with a `DiskDescriptor.xml`: raw for legacy OpenVZ, a
+    /// ploop1 image with a GPT partition for OpenVZ 7 / Virtuozzo 7 and 9.
     Ploop,
 }
 
@@ -22,6 +23,80 @@ impl Layout {
             Layout::Simfs => "simfs",
             Layout::Ploop => "ploop",
         }
+    }
+}
+
+/// The platform a container is made for: what the node's own tools expect of its private
+/// area, its config and its guest network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Legacy OpenVZ (vzctl 4.x): the tree or image directly in the private area, a regular
+    /// config file, venet0.
+    Openvz,
+    /// OpenVZ 7 / Virtuozzo 7 (libvzctl 7): a layout-versioned private area holding its
+    /// `ve.conf`, the config directory's entry a symlink to it, venet0.
+    Vz7,
+    /// Virtuozzo 9 (libvzctl 8): the private area as on Virtuozzo 7; no venet, every address
+    /// on a routed veth named venet0.
+    Vz9,
+}
+
+impl Target {
+    /// What a node that shows none of the platforms' marks is taken to be.
+    pub const DEFAULT: Target = Target::Vz7;
+    pub const ALL: [Target; 3] = [Target::Openvz, Target::Vz7, Target::Vz9];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Openvz => "openvz",
+            Target::Vz7 => "vz7",
+            Target::Vz9 => "vz9",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The platform's name as its operators know it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Target::Openvz => "legacy OpenVZ (vzctl 4)",
+            Target::Vz7 => "OpenVZ 7 / Virtuozzo 7",
+            Target::Vz9 => "Virtuozzo 9",
+        }
+    }
+
+    /// Whether the private area is versioned (`.ve.layout`, `ve.conf`, the tree in `fs/`).
+    pub fn versioned_private(self) -> bool {
+        !matches!(self, Target::Openvz)
+    }
+
+    /// The private-area layout version libvzctl reads from `.ve.layout`: 4 for a directory
+    /// tree in `fs/`, 5 for a ploop image in `root.hdd/`. None where there is no such link.
+    pub fn ve_layout(self, layout: Layout) -> Option<u8> {
+        self.versioned_private().then_some(match layout {
+            Layout::Simfs => 4,
+            Layout::Ploop => 5,
+        })
+    }
+
+    /// Whether the node has venet (a real venet device), or a routed veth named venet0.
+    pub fn has_venet(self) -> bool {
+        !matches!(self, Target::Vz9)
+    }
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::DEFAULT
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -58,6 +133,11 @@ pub struct MigrateOptions {
     /// Go on despite blockers in the report.
     pub force: bool,
     pub layout: Layout,
+    /// The platform the container is for; `None` asks for the node's (its configured
+    /// `node.target`, else what the node is detected to be). The controller records the one it
+    /// chose, so a stored migration always has one; a row from before targets existed reads
+    /// as `None` and was made for legacy OpenVZ.
+    pub target: Option<Target>,
     /// Operator-given first-level quota in 1 KiB blocks (soft, hard); computed otherwise.
     pub diskspace: Option<(u64, u64)>,
     /// Operator-given inode limits (soft, hard); computed otherwise.

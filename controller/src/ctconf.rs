@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use p2c_common::inventory::Inventory;
-use p2c_common::migration::Layout;
+use p2c_common::migration::{Layout, Target};
 
 /// Everything the config says, already validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,7 @@ pub struct CtConf {
     pub agent: String,
     pub vz_root: String,
     pub layout: Layout,
+    pub target: Target,
     pub ostemplate: String,
     pub distribution: String,
     pub hostname: String,
@@ -55,7 +56,14 @@ pub fn source_addresses(inv: &Inventory) -> Vec<IpAddr> {
 }
 
 impl CtConf {
-    pub fn from_inventory(ctid: u32, agent: &str, vz_root: &Path, layout: Layout, inv: &Inventory) -> CtConf {
+    pub fn from_inventory(
+        ctid: u32,
+        agent: &str,
+        vz_root: &Path,
+        layout: Layout,
+        target: Target,
+        inv: &Inventory,
+    ) -> CtConf {
         let id = clean(&inv.os.id, &['-', '.', '_']);
         let version = clean(&inv.os.version_id, &['.', '-']);
         let arch = match inv.kernel.machine.as_str() {
@@ -73,6 +81,7 @@ impl CtConf {
             agent: clean(agent, &['-', '.', '_']),
             vz_root: vz_root.display().to_string(),
             layout,
+            target,
             ostemplate,
             distribution,
             hostname: clean(&inv.hostname, &['-', '.']),
@@ -167,7 +176,7 @@ mod tests {
         inv.os.id = "debian".into();
         inv.os.version_id = "12".into();
         inv.dns.search = vec!["ex$ample.com\nX=1".into()];
-        let c = CtConf::from_inventory(101, "web01", Path::new("/vz"), Layout::Simfs, &inv);
+        let c = CtConf::from_inventory(101, "web01", Path::new("/vz"), Layout::Simfs, Target::Openvz, &inv);
         let text = c.render();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.split_once('=').unwrap();
@@ -199,7 +208,7 @@ mod tests {
             },
             Interface { name: "eth1".into(), addresses: vec![ifa("198.51.100.7")], ..Default::default() },
         ];
-        let c = CtConf::from_inventory(101, "w", Path::new("/vz"), Layout::Simfs, &inv);
+        let c = CtConf::from_inventory(101, "w", Path::new("/vz"), Layout::Simfs, Target::Openvz, &inv);
         assert_eq!(parse(&c.render())["IP_ADDRESS"], "192.0.2.10 2001:db8::10 198.51.100.7");
     }
 }

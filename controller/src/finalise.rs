@@ -93,13 +93,20 @@ pub fn write_conf(
     inv: &Inventory,
     opts: &MigrateOptions,
 ) -> Result<CtConf, MigrateError> {
-    let mut c = CtConf::from_inventory(h.ctid(), h.agent(), &ctl.settings.vz_root, opts.layout, inv);
+    let mut c =
+        CtConf::from_inventory(h.ctid(), h.agent(), &ctl.settings.vz_root, opts.layout, target(opts), inv);
     c.created = time_string();
     c.quota = h.with_quota(|q| q.as_ref().map(|q| q.plan.conf_keys())).unwrap_or_default();
     c.write(&ctl.settings.conf_path(h.ctid())).map_err(|e| {
         MigrateError::Finalise(format!("{}: {e}", ctl.settings.conf_path(h.ctid()).display()))
     })?;
     Ok(c)
+}
+
+/// The platform a begun migration is for: the one recorded, or legacy OpenVZ for a row from
+/// before targets existed.
+pub fn target(opts: &MigrateOptions) -> p2c_common::migration::Target {
+    opts.target.unwrap_or(p2c_common::migration::Target::Openvz)
 }
 
 fn time_string() -> String {

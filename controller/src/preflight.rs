@@ -84,6 +84,7 @@ pub fn containerise(root: &Path, inv: &Inventory, conf: &CtConf) -> Result<Vec<G
         hostname: if conf.hostname.is_empty() { None } else { Some(conf.hostname.clone()) },
         nameservers: conf.nameservers.iter().map(|n| n.to_string()).collect(),
         search: conf.search.clone(),
+        target: conf.target,
     };
     crate::guest::containerise(&tree, inv, &opts).map_err(|e| e.to_string())
 }

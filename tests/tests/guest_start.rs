@@ -170,6 +170,7 @@ fn debian_guest_starts_with_every_address_on_venet0() {
         hostname: Some("web1".into()),
         nameservers: vec![],
         search: vec![],
+        target: p2c_common::migration::Target::Openvz,
     };
     let changes = containerise(&tree, &inventory(), &opts).unwrap();
     assert_eq!(containerise(&tree, &inventory(), &opts).unwrap(), changes);

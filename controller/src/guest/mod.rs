@@ -25,7 +25,7 @@ mod services;
 use std::net::IpAddr;
 
 use p2c_common::inventory::Inventory;
-use p2c_common::migration::GuestChange;
+use p2c_common::migration::{GuestChange, Target};
 use p2c_common::paths::PathError;
 
 use crate::tree::{Tree, TreeError};
@@ -53,6 +53,9 @@ pub struct GuestOptions {
     /// netplan and systemd-networkd guests (whose DNS settings were per interface).
     pub nameservers: Vec<String>,
     pub search: Vec<String>,
+    /// The platform the container is for: venet0 is a venet device (openvz, vz7) or a
+    /// routed veth (vz9), and each platform's own scripts configure it their way.
+    pub target: Target,
 }
 
 /// Rewrites the guest in `tree` so it boots as a container; returns one record per file

@@ -56,6 +56,7 @@ pub(crate) fn options() -> GuestOptions {
         hostname: Some("web1.example.net".into()),
         nameservers: vec!["198.51.100.53".into()],
         search: vec!["example.net".into()],
+        target: p2c_common::migration::Target::Openvz,
     }
 }
 
