@@ -33,6 +33,7 @@ pub mod codes {
     pub const DHCP: &str = "dhcp";
     pub const CHANGED_DURING_COPY: &str = "changed-during-copy";
     pub const SKIPPED: &str = "skipped-entries";
+    pub const NODE_TARGET: &str = "node-target";
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -189,7 +189,7 @@ pub struct Interface {
     pub dhcp: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IfAddr {
     pub address: IpAddr,
     pub prefix: u8,

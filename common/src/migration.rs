@@ -26,6 +26,12 @@ impl Layout {
     }
 }
 
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The platform a container is made for: what the node's own tools expect of its private
 /// area, its config and its guest network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -114,6 +120,8 @@ pub struct AssessOptions {
     pub ctid: Option<u32>,
     /// Skip the source scan (MAC search, xattr census); inventory-only findings.
     pub quick: bool,
+    /// The platform the container is for (`None`: the node's).
+    pub target: Option<Target>,
 }
 
 /// Everything `p2c migrate` asks for.
@@ -151,6 +159,14 @@ pub struct MigrateOptions {
     /// Commands run on the source through the agent around the final pass.
     pub pre_cutover_hook: Option<String>,
     pub post_cutover_hook: Option<String>,
+}
+
+impl MigrateOptions {
+    /// The platform a begun migration is for: the one the controller recorded, or legacy
+    /// OpenVZ for a migration recorded before targets existed.
+    pub fn made_for(&self) -> Target {
+        self.target.unwrap_or(Target::Openvz)
+    }
 }
 
 /// Where a migration stands.
@@ -266,6 +282,13 @@ pub struct MigrationSummary {
     pub state: MigrationState,
     pub private_dir: String,
     pub conf_path: String,
+    /// The platform the container is made for (none in summaries from before targets).
+    #[serde(default)]
+    pub target: Option<Target>,
+    /// Once the container is ready: the commands that register (where the platform needs
+    /// it) and start it on this node, in order.
+    #[serde(default)]
+    pub start_commands: Vec<String>,
     pub passes: Vec<PassSummary>,
     pub error: Option<String>,
     pub report: Option<Report>,
@@ -298,6 +321,8 @@ impl MigrationSummary {
             state,
             private_dir,
             conf_path,
+            target: None,
+            start_commands: Vec::new(),
             passes: Vec::new(),
             error: None,
             report: None,

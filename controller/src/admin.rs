@@ -356,9 +356,8 @@ impl v1::admin_server::Admin for AdminService {
             if private.exists() {
                 std::fs::remove_dir_all(&private)?;
             }
-            if conf.exists() {
-                std::fs::remove_file(&conf)?;
-            }
+            // A platform's conf link dangles once the private area is gone: removed too.
+            crate::private_area::remove_conf(&conf)?;
             if manifests.exists() {
                 std::fs::remove_dir_all(&manifests)?;
             }
@@ -380,6 +379,7 @@ impl v1::admin_server::Admin for AdminService {
             .migration(ctid)
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("CT {ctid} is not a p2c migration")))?;
+        let tree = self.ctl.settings.private_area(ctid, &row.options).tree();
         let opts = Some(row.options);
         let rewritten = row
             .summary
@@ -404,7 +404,7 @@ impl v1::admin_server::Admin for AdminService {
             }
             v?
         } else {
-            crate::finalise::verify_tree(&self.ctl, ctid, &private, rewritten, keep, None).await?
+            crate::finalise::verify_tree(&self.ctl, ctid, &tree, rewritten, keep, None).await?
         };
         json(&v)
     }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use p2c_common::chunking::ChunkParams;
+use p2c_common::migration::Target;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +34,26 @@ pub struct ControllerConfig {
     /// Directory of container configs, `<conf_dir>/<CTID>.conf`.
     #[serde(default = "default_conf_dir")]
     pub conf_dir: PathBuf,
+    /// What the node is and how its containers are made.
+    #[serde(default)]
+    pub node: NodeConfig,
     /// Transfer tuning.
     #[serde(default)]
     pub transfer: TransferConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The platform containers are made for: `openvz`, `vz7`, `vz9`, or `auto` (detected from
+    /// the node's release files and tools; a node with none of them is taken as `vz7`).
+    pub target: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { target: "auto".into() }
+    }
 }
 
 fn default_vz_root() -> PathBuf {
@@ -118,6 +136,8 @@ pub struct Settings {
     pub advertise: Vec<String>,
     pub vz_root: PathBuf,
     pub conf_dir: PathBuf,
+    /// The configured platform; `None` for `auto` (detected).
+    pub target: Option<Target>,
     pub max_concurrent: usize,
     pub node_bwlimit: u64,
     pub chunking: ChunkParams,
@@ -180,12 +200,19 @@ impl Settings {
         if !cfg.vz_root.is_absolute() || !cfg.conf_dir.is_absolute() {
             return Err("vz_root and conf_dir must be absolute paths".into());
         }
+        let target = match cfg.node.target.as_str() {
+            "auto" => None,
+            t => Some(Target::parse(t).ok_or_else(|| {
+                format!("node.target = {t:?} is not a platform; use \"auto\", \"openvz\", \"vz7\" or \"vz9\"")
+            })?),
+        };
         Ok(Settings {
             state_dir: state_dir.to_path_buf(),
             listen,
             advertise,
             vz_root: cfg.vz_root,
             conf_dir: cfg.conf_dir,
+            target,
             max_concurrent: t.max_concurrent,
             node_bwlimit,
             chunking,
@@ -200,6 +227,19 @@ impl Settings {
 
     pub fn private_dir(&self, ctid: u32) -> PathBuf {
         self.vz_root.join("private").join(ctid.to_string())
+    }
+    /// The private area of container `ctid` as `opts` makes it (its platform and layout).
+    pub fn private_area(
+        &self,
+        ctid: u32,
+        opts: &p2c_common::migration::MigrateOptions,
+    ) -> crate::private_area::PrivateArea {
+        crate::private_area::PrivateArea::new(
+            self.private_dir(ctid),
+            self.conf_path(ctid),
+            opts.made_for(),
+            opts.layout,
+        )
     }
     pub fn root_dir(&self, ctid: u32) -> PathBuf {
         self.vz_root.join("root").join(ctid.to_string())
@@ -250,6 +290,15 @@ mod tests {
         assert!(parse("listen = \"127.0.0.1:1\"\nvz_root = \"rel\"").unwrap_err().contains("absolute"));
         assert!(parse("listen = \"127.0.0.1:1\"\nbogus = 1").is_err());
         assert!(parse("listen = \"127.0.0.1:1\"\n[transfer]\nchunk_min = 1").unwrap_err().contains("chunk"));
+        let bad = parse("listen = \"127.0.0.1:1\"\n[node]\ntarget = \"vz8\"").unwrap_err();
+        assert!(bad.contains("node.target") && bad.contains("vz9"), "{bad}");
+    }
+
+    #[test]
+    fn node_target_is_auto_unless_named() {
+        assert_eq!(parse("listen = \"127.0.0.1:1\"").unwrap().target, None);
+        let s = parse("listen = \"127.0.0.1:1\"\n[node]\ntarget = \"openvz\"").unwrap();
+        assert_eq!(s.target, Some(Target::Openvz));
     }
 }
 

@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::init::{InitError, NodePki};
 use crate::link::Sessions;
 use crate::migration::{Claim, Registry};
+use crate::platform::{Marks, NodeTarget};
 use crate::receive::{PassJob, PassOutcome};
 use crate::state::{Store, StoreError};
 use crate::throttle::NodeThrottle;
@@ -58,6 +59,8 @@ pub struct TransferSlot {
 
 pub struct Inner {
     pub settings: Settings,
+    /// The platform containers are made for unless a migration names another.
+    pub node_target: NodeTarget,
     pub store: Store,
     pub pki: NodePki,
     pub revoked: Arc<Revoked>,
@@ -92,7 +95,10 @@ impl Controller {
         revoked.add(store.revoked_fingerprints()?);
         let copy_slots = Arc::new(Semaphore::new(settings.max_concurrent));
         let throttle = Arc::new(NodeThrottle::new(settings.node_bwlimit));
+        let node_target = crate::platform::resolve(settings.target, &Marks::read(std::path::Path::new("/")));
+        info!(target = %node_target.target, evidence = %node_target.evidence, "containers are made for this platform");
         Ok(Controller(Arc::new(Inner {
+            node_target,
             settings,
             store,
             pki,

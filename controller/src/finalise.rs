@@ -44,7 +44,9 @@ pub fn prepare_storage(
     root_only_dir(&private_root)
         .map_err(|e| MigrateError::Quota(format!("{}: {e}", private_root.display())))?;
     let selection = quota::select(&quota::Node::linux(), opts.layout, &private_root);
-    let private = ctl.settings.private_dir(h.ctid());
+    let area = ctl.settings.private_area(h.ctid(), opts);
+    area.prepare().map_err(|e| MigrateError::Quota(format!("{}: {e}", area.dir.display())))?;
+    let private = area.dir.clone();
     selection.backend.prepare(h.ctid(), &private, &plan).map_err(|e| MigrateError::Quota(e.to_string()))?;
     h.log(format!("quotas will be applied by {}", selection.backend.name()));
     let (root, mount) = if opts.layout == p2c_common::migration::Layout::Ploop {
@@ -59,7 +61,7 @@ pub fn prepare_storage(
             .map_err(|e| MigrateError::Quota(e.to_string()))?;
         (mp, Some(g))
     } else {
-        (private, None)
+        (area.tree(), None)
     };
     h.with_quota(|q| *q = Some(QuotaState { plan, selection, root, mount }));
     Ok(())
@@ -82,9 +84,10 @@ fn root_only_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Where the container's files are (the private area, or its mounted image).
+/// Where the container's files are (the private area's tree, or its mounted image).
 pub fn ct_root(ctl: &Controller, h: &MigrationHandle) -> PathBuf {
-    h.with_quota(|q| q.as_ref().map(|q| q.root.clone())).unwrap_or_else(|| ctl.settings.private_dir(h.ctid()))
+    h.with_quota(|q| q.as_ref().map(|q| q.root.clone()))
+        .unwrap_or_else(|| ctl.settings.private_area(h.ctid(), h.options()).tree())
 }
 
 pub fn write_conf(
@@ -94,19 +97,13 @@ pub fn write_conf(
     opts: &MigrateOptions,
 ) -> Result<CtConf, MigrateError> {
     let mut c =
-        CtConf::from_inventory(h.ctid(), h.agent(), &ctl.settings.vz_root, opts.layout, target(opts), inv);
+        CtConf::from_inventory(h.ctid(), h.agent(), &ctl.settings.vz_root, opts.layout, opts.made_for(), inv);
     c.created = time_string();
     c.quota = h.with_quota(|q| q.as_ref().map(|q| q.plan.conf_keys())).unwrap_or_default();
-    c.write(&ctl.settings.conf_path(h.ctid())).map_err(|e| {
-        MigrateError::Finalise(format!("{}: {e}", ctl.settings.conf_path(h.ctid()).display()))
-    })?;
+    let area = ctl.settings.private_area(h.ctid(), opts);
+    area.write_conf(&c.render())
+        .map_err(|e| MigrateError::Finalise(format!("{}: {e}", area.conf_file().display())))?;
     Ok(c)
-}
-
-/// The platform a begun migration is for: the one recorded, or legacy OpenVZ for a row from
-/// before targets existed.
-pub fn target(opts: &MigrateOptions) -> p2c_common::migration::Target {
-    opts.target.unwrap_or(p2c_common::migration::Target::Openvz)
 }
 
 fn time_string() -> String {
@@ -142,7 +139,11 @@ pub async fn finalise(
         )));
     }
     h.log(format!("verified {} entries against the source manifest", v.checked));
-    h.update_summary(|s| s.verify = Some(v));
+    let start = ctl.settings.private_area(h.ctid(), opts).start_commands(h.ctid());
+    h.update_summary(|s| {
+        s.verify = Some(v);
+        s.start_commands = start;
+    });
     let tree = crate::tree::Tree::open(&root).map_err(|e| MigrateError::Finalise(e.to_string()))?;
     tokio::task::spawn_blocking(move || rustix::fs::syncfs(tree.root_fd()))
         .await

@@ -67,6 +67,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         advertise: opts.advertise.clone(),
         vz_root: opts.vz_root.clone().unwrap_or_else(|| PathBuf::from("/vz")),
         conf_dir: opts.conf_dir.clone().unwrap_or_else(|| PathBuf::from("/etc/vz/conf")),
+        node: crate::config::NodeConfig::default(),
         transfer: TransferConfig::default(),
     };
     // Validate before writing anything.

@@ -39,10 +39,17 @@ pub fn start(ctl: &Controller, opts: MigrateOptions) -> Result<Started, MigrateE
 /// Checks that container `opts.ctid` can be (re)built for `opts.agent` and begins its
 /// migration (recorded, in [`Phase::Copying`]), not started: shared by `p2c migrate` and
 /// `p2c import`.
-pub fn begin(ctl: &Controller, opts: MigrateOptions) -> Result<Arc<MigrationHandle>, MigrateError> {
+///
+/// A request that names no target continues an earlier run's, or takes the node's.
+pub fn begin(ctl: &Controller, mut opts: MigrateOptions) -> Result<Arc<MigrationHandle>, MigrateError> {
     if opts.ctid == 0 {
         return Err(MigrateError::BadCtid);
     }
+    if opts.target.is_none() {
+        let earlier = ctl.store.migration(opts.ctid)?.map(|r| r.options.made_for());
+        opts.target = Some(earlier.unwrap_or(ctl.node_target.target));
+    }
+    opts.assess.target = opts.target;
     p2c_common::pki::validate_agent_name(&opts.agent)
         .map_err(|source| MigrateError::BadName { name: opts.agent.clone(), source })?;
     Ok(ctl.migrations.begin(ctl.claim(opts.ctid), opts)?)

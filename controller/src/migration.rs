@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use p2c_common::findings::Report;
-use p2c_common::migration::{MigrateOptions, MigrationState, MigrationSummary};
+use p2c_common::migration::{Layout, MigrateOptions, MigrationState, MigrationSummary, Target};
 use p2c_common::paths::RelPath;
 use p2c_common::sync::Locked;
 use tokio::sync::broadcast;
@@ -337,6 +337,10 @@ pub enum BeginError {
     Running(u32, &'static str),
     #[error("CT {ctid} is the migration of agent {other}; use another --ctid or `p2c discard {ctid}` first")]
     OtherAgent { ctid: u32, other: String },
+    #[error(
+        "CT {ctid} is being made for {was} with layout {was_layout}; this run asks for {asked} with layout {asked_layout}. A container cannot change platform or layout part way: run it again with `--target {was} --layout {was_layout}`, or `p2c discard {ctid}` to start over"
+    )]
+    OtherStorage { ctid: u32, was: Target, was_layout: Layout, asked: Target, asked_layout: Layout },
     #[error("{0} already exists and is not a p2c migration; use another --ctid or remove it")]
     Occupied(String),
     #[error(transparent)]
@@ -375,12 +379,22 @@ impl Registry {
             Some(row) if row.agent != opts.agent => {
                 return Err(BeginError::OtherAgent { ctid, other: row.agent });
             }
+            Some(row) if row.options.made_for() != opts.made_for() || row.options.layout != opts.layout => {
+                return Err(BeginError::OtherStorage {
+                    ctid,
+                    was: row.options.made_for(),
+                    was_layout: row.options.layout,
+                    asked: opts.made_for(),
+                    asked_layout: opts.layout,
+                });
+            }
             Some(_) => {
                 claim.store.passes(ctid)?.into_iter().filter(|p| p.complete).map(|p| p.summary).collect()
             }
             None => {
                 for p in [&claim.private_dir, &claim.conf_path] {
-                    if p.exists() {
+                    // A dangling conf link is in the way too.
+                    if std::fs::symlink_metadata(p).is_ok() {
                         return Err(BeginError::Occupied(p.display().to_string()));
                     }
                 }
@@ -389,6 +403,7 @@ impl Registry {
         };
         let summary = MigrationSummary {
             passes,
+            target: Some(opts.made_for()),
             ..MigrationSummary::new(
                 ctid,
                 &opts.agent,

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use p2c_common::migration::{AssessOptions, Layout, MigrateOptions};
+use p2c_common::migration::{AssessOptions, Layout, MigrateOptions, Target};
 use p2c_common::paths::{RelPath, unescape_bytes};
 use p2c_common::services::validate_service_name;
 use serde::Deserialize;
@@ -59,6 +59,8 @@ pub struct ServerSettings {
     pub keep_xattrs: Option<bool>,
     /// How the container is stored: `simfs` or `ploop`.
     pub layout: Option<Layout>,
+    /// The platform the container is for: `openvz`, `vz7` or `vz9` (default: the node's).
+    pub target: Option<Target>,
     /// Most live passes before giving up on convergence.
     pub max_passes: Option<u32>,
     /// Command run on the source before its services are stopped.
@@ -85,6 +87,7 @@ pub struct ServerEntry {
     pub force: Option<bool>,
     pub keep_xattrs: Option<bool>,
     pub layout: Option<Layout>,
+    pub target: Option<Target>,
     pub max_passes: Option<u32>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
@@ -192,12 +195,14 @@ impl ServerEntry {
                 excludes,
                 ctid: Some(self.ctid),
                 quick: false,
+                target: self.target.or(d.target),
             },
             bwlimit,
             stop_services: self.stop_services.clone().or_else(|| d.stop_services.clone()).unwrap_or_default(),
             cutover: self.cutover.or(d.cutover).unwrap_or(false),
             force: self.force.or(d.force).unwrap_or(false),
             layout: self.layout.or(d.layout).unwrap_or_default(),
+            target: self.target.or(d.target),
             max_passes: self.max_passes.or(d.max_passes).unwrap_or(0),
             pre_cutover_hook: pick(&self.pre_hook, &d.pre_hook),
             post_cutover_hook: pick(&self.post_hook, &d.post_hook),

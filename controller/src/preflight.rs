@@ -61,6 +61,7 @@ pub async fn assess_with(
     if known.is_some() {
         node.existing_private = known;
     }
+    node.target = Some(ctl.node_target.clone());
     crate::assess::assess(agent, inv, scan, &node, opts)
 }
 
@@ -80,7 +81,7 @@ fn earlier_run(ctl: &Controller, ctid: u32) -> Option<crate::assess::ExistingPri
 pub fn containerise(root: &Path, inv: &Inventory, conf: &CtConf) -> Result<Vec<GuestChange>, String> {
     let tree = crate::tree::Tree::open(root).map_err(|e| e.to_string())?;
     let opts = crate::guest::GuestOptions {
-        addresses: conf.addresses.clone(),
+        addresses: conf.addresses.iter().map(|a| a.address).collect(),
         hostname: if conf.hostname.is_empty() { None } else { Some(conf.hostname.clone()) },
         nameservers: conf.nameservers.iter().map(|n| n.to_string()).collect(),
         search: conf.search.clone(),

@@ -70,14 +70,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         eprintln!("demo: controller on {} (mTLS), agent {AGENT} enrolled and connected", running.addr);
     }
     let mut client = p2c_controller::cli::client::Admin::connect(&w.join("state")).await?;
-    let opts = MigrateOptions { agent: AGENT.into(), ctid: args.ctid, cutover: true, ..Default::default() };
+    let opts = MigrateOptions {
+        agent: AGENT.into(),
+        ctid: args.ctid,
+        cutover: true,
+        target: args.target,
+        ..Default::default()
+    };
     let code = p2c_controller::cli::follow(client.migrate(&opts).await?, args.json.json).await?;
     let _ = stop_agent.send(true);
     let _ = agent.await;
     running.shutdown().await;
     if !args.json.json && code == 0 {
         eprintln!(
-            "demo: container tree {}/vz/private/{}\ndemo: container config {}/etc/vz/conf/{}.conf",
+            "demo: container private area {}/vz/private/{}\ndemo: container config {}/etc/vz/conf/{}.conf",
             w.display(),
             args.ctid,
             w.display(),

@@ -102,6 +102,12 @@ impl Node {
         self.vz_root.join("private").join(ctid.to_string())
     }
 
+    /// Where container `ctid`'s directory tree is: the private area's `fs/` on Virtuozzo 7
+    /// and 9 (this machine's default target), the area itself on legacy OpenVZ.
+    pub fn tree(&self, ctid: u32) -> PathBuf {
+        p2c_controller::private_area::tree_of(&self.private(ctid))
+    }
+
     pub fn conf(&self, ctid: u32) -> PathBuf {
         self.dir.path().join("etc/vz/conf").join(format!("{ctid}.conf"))
     }

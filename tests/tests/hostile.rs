@@ -154,7 +154,7 @@ impl Bench {
         let s = self.node.migrate(&migrate_opts(&name, ctid)).await.expect("migration summary");
         assert_eq!(s.state, MigrationState::Done, "the controller stopped serving: {:?}", s.error);
         assert_eq!(
-            std::fs::read(self.node.private(ctid).join("etc/motd")).unwrap(),
+            std::fs::read(self.node.tree(ctid).join("etc/motd")).unwrap(),
             std::fs::read(src.path().join("etc/motd")).unwrap()
         );
         agent.stop().await;
@@ -306,7 +306,7 @@ async fn planted_symlinks_are_never_followed() {
     .await;
     // What the refused runs left in their own areas: the planted links themselves, at most.
     for ctid in [211, 213, 214] {
-        let private = b.node.private(ctid);
+        let private = b.node.tree(ctid);
         assert!(!private.join("owned").exists() && !private.join("x").exists());
     }
     b.assert_still_serving(292).await;
@@ -393,7 +393,7 @@ async fn hostile_chunks_are_refused() {
     .await;
     // Nothing of the refused files was committed in their own areas either.
     for ctid in [221, 223, 224, 225, 226] {
-        assert!(!b.node.private(ctid).join("f").exists(), "CT {ctid}: a refused file was committed");
+        assert!(!b.node.tree(ctid).join("f").exists(), "CT {ctid}: a refused file was committed");
     }
     b.assert_still_serving(293).await;
 }
@@ -433,7 +433,7 @@ async fn devices_and_setuid_files_stay_inside_the_tree() {
     assert_eq!(summary.state, MigrationState::Done, "{:?}", summary.error);
     b.assert_unchanged_outside(&before, ctid);
 
-    let private = b.node.private(ctid);
+    let private = b.node.tree(ctid);
     let su_md = std::fs::symlink_metadata(private.join("bin/su")).unwrap();
     assert_eq!(su_md.mode() & 0o7777, 0o4755);
     assert_eq!(std::fs::read(private.join("bin/su")).unwrap(), su);
@@ -531,7 +531,7 @@ async fn transfers_are_bound_to_their_agent_and_pass() {
         _ = serve => panic!("the victim's migration did not end"),
     };
     assert_eq!(summary.state, MigrationState::Done, "{:?}", summary.error);
-    assert_eq!(std::fs::read(b.node.private(ctid).join("etc/motd")).unwrap(), motd);
+    assert_eq!(std::fs::read(b.node.tree(ctid).join("etc/motd")).unwrap(), motd);
     b.assert_unchanged_outside(&before, ctid);
     // The attacker got no pass of its own out of this.
     assert!(attacker.pending_pass().await.is_none());
@@ -584,6 +584,6 @@ async fn revocation_ends_a_running_transfer() {
     let _ = tx.send(chunk(0, 0, &data, false)).await;
     let _ = tx.send(done()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!b.node.private(ctid).join("late").exists(), "a revoked agent's file was committed");
+    assert!(!b.node.tree(ctid).join("late").exists(), "a revoked agent's file was committed");
     b.assert_unchanged_outside(&before, ctid);
 }

@@ -347,15 +347,25 @@ fn readme_first_command_p2c_demo_builds_a_container() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "p2c demo failed ({}):\n{stderr}", out.status);
     let private = work.path().join("vz/private/101");
-    assert_eq!(std::fs::read_to_string(private.join("etc/hostname")).unwrap(), "web01\n");
+    let tree = private.join("fs");
+    assert_eq!(std::fs::read_link(private.join(".ve.layout")).unwrap(), std::path::Path::new("4"));
+    assert_eq!(std::fs::read_to_string(tree.join("etc/hostname")).unwrap(), "web01\n");
     assert_eq!(
-        std::fs::read(private.join("opt/app/data.bin")).unwrap(),
+        std::fs::read(tree.join("opt/app/data.bin")).unwrap(),
         std::fs::read(work.path().join("source/opt/app/data.bin")).unwrap()
     );
     let conf = std::fs::read_to_string(work.path().join("etc/vz/conf/101.conf")).unwrap();
     assert!(conf.lines().any(|l| l == "HOSTNAME=\"web01\""), "{conf}");
-    assert!(conf.contains("IP_ADDRESS=\"192.0.2.10 2001:db8::10 192.0.2.11 198.51.100.7\""), "{conf}");
-    assert!(stderr.contains(&format!("demo: container tree {}", private.display())), "{stderr}");
+    assert!(
+        conf.contains("IP_ADDRESS=\"192.0.2.10/24 2001:db8::10/64 192.0.2.11/24 198.51.100.7/24\""),
+        "{conf}"
+    );
+    assert!(stderr.contains(&format!("demo: container private area {}", private.display())), "{stderr}");
+    // The summary (on stdout) ends with the commands that register and start the container.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let start = format!("start it with: vzctl register {} 101 && vzctl start 101", private.display());
+    assert_eq!(last.trim(), start, "{stdout}");
 }
 
 /// The controller's top-level modules each names (`crate::NAME`), outside comments and tests.

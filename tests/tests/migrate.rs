@@ -1,9 +1,10 @@
 //! Full migrations through a real controller and agent over TCP + mTLS: every kind of
 //! file-system object arrives exactly, the container config says what the source was.
 
+use std::path::Path;
 use std::time::Duration;
 
-use p2c_common::migration::MigrationState;
+use p2c_common::migration::{Layout, MigrateOptions, MigrationState, Target};
 use p2c_tests::fixtures::{CompareOptions, build_every_case_tree, compare_trees};
 use p2c_tests::node::{Agent, Node, migrate_opts, rewritten};
 use p2c_tests::{require_root, trace_init};
@@ -33,7 +34,7 @@ async fn every_case_is_carried_exactly() {
     for sock in cases.skipped() {
         let shown = format!("/{}", sock.display());
         assert!(reported.contains(&shown), "socket {shown} not reported in {reported:?}");
-        assert!(!node.private(101).join(sock).exists(), "socket {shown} was copied");
+        assert!(!node.tree(101).join(sock).exists(), "socket {shown} was copied");
     }
     // Everything else is identical: type, mode, owner, size, content, mtime (ns), link
     // targets, device numbers, hard-link groups, allocated blocks of sparse files.
@@ -48,7 +49,7 @@ async fn every_case_is_carried_exactly() {
     // The guest rewrite adds /dev nodes and /etc/p2c; the fixture has neither.
     opts = opts.exclude("dev").exclude("etc");
     opts.ignore_root = true;
-    assert_no_differences(src.path(), &node.private(101), &opts);
+    assert_no_differences(src.path(), &node.tree(101), &opts);
     agent.stop().await;
 }
 
@@ -70,7 +71,7 @@ async fn extended_attributes_are_kept_on_request() {
     }
     opts = opts.exclude("dev").exclude("etc");
     opts.ignore_root = true;
-    assert_no_differences(src.path(), &node.private(102), &opts);
+    assert_no_differences(src.path(), &node.tree(102), &opts);
     agent.stop().await;
 }
 
@@ -86,11 +87,21 @@ async fn the_container_config_describes_the_source() {
     let s = node.migrate(&migrate_opts("web01", 103)).await.unwrap();
     assert_eq!(s.state, MigrationState::Done, "migration failed: {:?}", s.error);
     let conf = p2c_controller::ctconf::parse(&std::fs::read_to_string(node.conf(103)).unwrap());
-    assert_eq!(conf["IP_ADDRESS"], "192.0.2.10 2001:db8::10 192.0.2.11 198.51.100.7");
+    // Made for this machine's default platform, Virtuozzo 7: the addresses keep their masks,
+    // the layout is the private area's `.ve.layout` link, and the config is the area's
+    // `ve.conf` with the conf dir's entry a link to it (what `vzctl register` accepts).
+    assert_eq!(conf["IP_ADDRESS"], "192.0.2.10/24 2001:db8::10/64 192.0.2.11/24 198.51.100.7/24");
+    assert!(!conf.contains_key("VE_LAYOUT"), "libvzctl has no VE_LAYOUT key");
+    assert_eq!(conf["DISTRIBUTION"], "debian");
+    let private = node.private(103);
+    assert_eq!(std::fs::read_link(private.join(".ve.layout")).unwrap(), Path::new("4"));
+    assert_eq!(std::fs::read_link(node.conf(103)).unwrap(), private.canonicalize().unwrap().join("ve.conf"));
+    for d in ["fs", "dump", "scripts"] {
+        assert!(private.join(d).is_dir(), "{d}/ missing from the private area");
+    }
     assert_eq!(conf["HOSTNAME"], "web01");
     assert_eq!(conf["NAMESERVER"], "192.0.2.53 2001:db8::53");
     assert_eq!(conf["SEARCHDOMAIN"], "example.com");
-    assert_eq!(conf["VE_LAYOUT"], "simfs");
     assert_eq!(conf["VE_PRIVATE"], format!("{}/vz/private/$VEID", node.dir.path().display()));
     assert_eq!(conf["OSTEMPLATE"], "debian-12-x86_64");
     for key in [
@@ -108,7 +119,7 @@ async fn the_container_config_describes_the_source() {
     let (soft, hard) = conf["DISKSPACE"].split_once(':').unwrap();
     assert!(soft.parse::<u64>().unwrap() <= hard.parse::<u64>().unwrap());
     // The guest now brings its addresses up on venet0.
-    let ifaces = std::fs::read_to_string(node.private(103).join("etc/network/interfaces")).unwrap();
+    let ifaces = std::fs::read_to_string(node.tree(103).join("etc/network/interfaces")).unwrap();
     assert!(ifaces.contains("iface venet0 inet static"), "{ifaces}");
     assert!(!ifaces.contains("iface eth0"), "{ifaces}");
     // p2c verify agrees after the fact.
@@ -116,8 +127,64 @@ async fn the_container_config_describes_the_source() {
     let v = admin.verify(p2c_proto::v1::CtidRef { ctid: 103 }).await.unwrap().into_inner();
     let v: p2c_common::migration::VerifySummary = serde_json::from_slice(&v.json).unwrap();
     assert!(v.ok, "{v:?}");
+    assert_eq!(s.target, Some(Target::Vz7));
+    assert_eq!(
+        s.start_commands,
+        [format!("vzctl register {} 103", private.display()), "vzctl start 103".into()]
+    );
     agent.stop().await;
     let _ = Duration::ZERO;
+}
+
+/// The same server made for legacy OpenVZ: the tree is the private area itself, the config a
+/// regular file that names the layout, with bare addresses and no DISTRIBUTION (vzctl 4 has
+/// no such key). The migration cannot then be continued for another platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legacy_openvz_container_and_no_change_of_platform_part_way() {
+    require_root!();
+    trace_init();
+    let w = tempfile::tempdir().unwrap();
+    let src = w.path().join("src");
+    p2c_demo::build_sample(&src).unwrap();
+    let node = Node::start().await.unwrap();
+    let agent = Agent::start(&node, "web01", &src).await.unwrap();
+    let opts = MigrateOptions { target: Some(Target::Openvz), ..migrate_opts("web01", 104) };
+    let s = node.migrate(&opts).await.unwrap();
+    assert_eq!(s.state, MigrationState::Done, "migration failed: {:?}", s.error);
+    assert_eq!(
+        (s.target, &s.start_commands[..]),
+        (Some(Target::Openvz), &["vzctl start 104".to_string()][..])
+    );
+    let private = node.private(104);
+    assert!(std::fs::symlink_metadata(node.conf(104)).unwrap().is_file(), "a regular config file");
+    assert!(
+        std::fs::symlink_metadata(private.join(".ve.layout")).is_err(),
+        "no layout link on legacy OpenVZ"
+    );
+    assert!(!private.join("ve.conf").exists());
+    assert_eq!(std::fs::read_to_string(private.join("etc/hostname")).unwrap(), "web01\n");
+    let conf = p2c_controller::ctconf::parse(&std::fs::read_to_string(node.conf(104)).unwrap());
+    assert_eq!(conf["VE_LAYOUT"], "simfs");
+    assert_eq!(conf["IP_ADDRESS"], "192.0.2.10 2001:db8::10 192.0.2.11 198.51.100.7");
+    assert!(!conf.contains_key("DISTRIBUTION"), "{conf:?}");
+
+    for (target, layout) in [(Some(Target::Vz9), Layout::Simfs), (Some(Target::Openvz), Layout::Ploop)] {
+        let again = MigrateOptions { target, layout, ..opts.clone() };
+        let err = node.migrate(&again).await.unwrap_err().to_string();
+        for part in [
+            "CT 104 is being made for openvz with layout simfs",
+            "--target openvz --layout simfs",
+            "p2c discard 104",
+        ] {
+            assert!(err.contains(part), "`{part}` not in: {err}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(private.join("etc/hostname")).unwrap(),
+        "web01\n",
+        "the refused runs changed nothing"
+    );
+    agent.stop().await;
 }
 
 /// Sources the guest rewrite has little or nothing to rewrite in: it still adds its own

@@ -81,7 +81,7 @@ async fn an_agent_reaches_the_controller_only_through_a_connect_proxy() {
         .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
     let s = node.migrate(&migrate_opts("dmz01", 130)).await.unwrap();
     assert_eq!(s.state, MigrationState::Done, "migration through the proxy failed: {:?}", s.error);
-    assert_eq!(std::fs::read_to_string(node.private(130).join("etc/hostname")).unwrap(), "web01\n");
+    assert_eq!(std::fs::read_to_string(node.tree(130).join("etc/hostname")).unwrap(), "web01\n");
 
     // Enrolment and the session each went through the proxy, to the hidden name only.
     let seen = proxy.requests();

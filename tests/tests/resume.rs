@@ -82,7 +82,7 @@ async fn resumes_after_the_agent_is_killed() {
         resumed.wire_bytes
     );
     assert!(resumed.local_bytes == 0 || resumed.wire_bytes < total);
-    same_tree(src.path(), &node.private(301), &[]);
+    same_tree(src.path(), &node.tree(301), &[]);
     agent.stop().await;
 }
 
@@ -106,7 +106,7 @@ async fn resumes_after_the_controller_is_killed() {
     let p = passes(&node, 302);
     let resumed = &p.last().unwrap().1;
     assert!(resumed.wire_bytes < total * 3 / 4, "resumed pass sent {} of {total}", resumed.wire_bytes);
-    same_tree(src.path(), &node.private(302), &[]);
+    same_tree(src.path(), &node.tree(302), &[]);
     agent.stop().await;
 }
 
@@ -130,7 +130,7 @@ async fn resumes_after_the_link_breaks() {
     assert!(p.iter().any(|(ok, _)| !ok), "no pass was interrupted: {p:?}");
     let resumed = &p.last().unwrap().1;
     assert!(resumed.wire_bytes < total * 3 / 4, "resumed pass sent {} of {total}", resumed.wire_bytes);
-    same_tree(src.path(), &node.private(303), &[]);
+    same_tree(src.path(), &node.tree(303), &[]);
     agent.stop().await;
 }
 
@@ -145,7 +145,7 @@ async fn a_stale_chunk_index_entry_never_produces_a_wrong_file() {
     let s = node.migrate(&migrate_opts("src-d", 304)).await.unwrap();
     assert_eq!(s.state, MigrationState::Done, "{:?}", s.error);
     // Damage CT 304's copy behind p2c's back, keeping size and mtime.
-    let victim = node.private(304).join("data/d0/f0000.bin");
+    let victim = node.tree(304).join("data/d0/f0000.bin");
     let meta = std::fs::metadata(&victim).unwrap();
     let mut data = std::fs::read(&victim).unwrap();
     for b in &mut data[100_000..400_000] {
@@ -163,7 +163,7 @@ async fn a_stale_chunk_index_entry_never_produces_a_wrong_file() {
     assert_eq!(s.state, MigrationState::Done, "{:?}", s.error);
     let ex: Vec<_> =
         rewritten(&s).into_iter().chain([std::path::PathBuf::from("dev"), "etc".into()]).collect();
-    same_tree(b.path(), &node.private(305), &ex);
+    same_tree(b.path(), &node.tree(305), &ex);
     let p0 = &s.passes[0];
     assert!(p0.local_bytes > 0, "nothing came from the node's index: {p0:?}");
     assert!(p0.wire_bytes >= 300_000, "the damaged region must travel again: {p0:?}");
@@ -207,7 +207,7 @@ async fn changes_deletions_and_renames_between_passes_land() {
     assert!(last.wire_bytes < 200 << 10, "rename/rewrite sent too much: {last:?}");
     let ex: Vec<_> =
         rewritten(&s).into_iter().chain([std::path::PathBuf::from("dev"), "etc".into()]).collect();
-    same_tree(r, &node.private(306), &ex);
+    same_tree(r, &node.tree(306), &ex);
     agent.stop().await;
 }
 
@@ -253,7 +253,7 @@ async fn files_changing_while_read_are_reported_not_fatal() {
     assert_eq!(s.state, MigrationState::Done, "{:?}", s.error);
     let ex: Vec<_> =
         rewritten(&s).into_iter().chain([std::path::PathBuf::from("dev"), "etc".into()]).collect();
-    same_tree(&r, &node.private(307), &ex);
+    same_tree(&r, &node.tree(307), &ex);
     agent.stop().await;
 }
 
@@ -279,7 +279,7 @@ async fn an_unchanged_pass_writes_nothing_whatever_the_tree_size() {
     let last = s.passes.last().unwrap();
     assert!(last.entries > 4200, "{last:?}");
     assert_eq!((last.written, last.deleted, last.wire_bytes, last.local_bytes), (0, 0, 0, 0), "{last:?}");
-    same_tree(src.path(), &node.private(308), &[]);
+    same_tree(src.path(), &node.tree(308), &[]);
     agent.stop().await;
 }
 
@@ -324,7 +324,7 @@ async fn a_big_file_changed_in_the_middle_is_updated_in_place() {
     let once = MigrateOptions { cutover: false, max_passes: 1, ..migrate_opts("src-j", 310) };
     let s = node.migrate(&once).await.unwrap();
     assert_eq!(s.state, MigrationState::Synced, "{:?}", s.error);
-    let ino = |p: &str| std::fs::metadata(node.private(310).join(p)).unwrap().ino();
+    let ino = |p: &str| std::fs::metadata(node.tree(310).join(p)).unwrap().ino();
     let (big_ino, img_ino) = (ino("big.bin"), ino("sparse.img"));
 
     // 4 MiB rewritten in the middle of the big file; in the image, new data in the hole and
@@ -351,6 +351,6 @@ async fn a_big_file_changed_in_the_middle_is_updated_in_place() {
     assert_eq!(ino("big.bin"), big_ino, "big.bin was copied afresh, not updated in place");
     assert_eq!(ino("sparse.img"), img_ino, "sparse.img was copied afresh, not updated in place");
     // Content, holes included (allocated blocks are compared too).
-    same_tree(r, &node.private(310), &[]);
+    same_tree(r, &node.tree(310), &[]);
     agent.stop().await;
 }

@@ -64,7 +64,7 @@ async fn live_passes_list_only_what_changed_and_land_exactly() {
     assert_eq!(idle.listed, 0, "nothing changed, yet entries were listed: {idle:?}");
     assert_eq!(idle.entries, first.entries, "the manifest lost entries: {idle:?}");
     assert_eq!((idle.written, idle.deleted, idle.wire_bytes), (0, 0, 0), "{idle:?}");
-    assert!(differences(r, &node.private(311), &[]).is_empty());
+    assert!(differences(r, &node.tree(311), &[]).is_empty());
 
     // The source keeps living: content, metadata, creations, deletions, renames, type changes.
     std::fs::write(r.join("srv/www/static/index.html"), b"<h1>new</h1>").unwrap();
@@ -97,7 +97,7 @@ async fn live_passes_list_only_what_changed_and_land_exactly() {
     // Everything matches but the hard link whose first name went away: an intermediate
     // pass cannot tell what its other name holds now, drops it, and the final walk brings
     // it back.
-    let diffs = differences(r, &node.private(311), &[]);
+    let diffs = differences(r, &node.tree(311), &[]);
     assert!(
         diffs.len() == 1 && diffs[0].contains("links/b/second"),
         "unexpected differences after a listing of changes:\n{}",
@@ -117,7 +117,7 @@ async fn live_passes_list_only_what_changed_and_land_exactly() {
     assert_eq!(last.listed, last.entries);
     let ex: Vec<_> =
         rewritten(&s).into_iter().chain([std::path::PathBuf::from("dev"), "etc".into()]).collect();
-    let diffs = differences(r, &node.private(311), &ex);
+    let diffs = differences(r, &node.tree(311), &ex);
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     agent.stop().await;
 }
@@ -146,9 +146,9 @@ async fn a_changed_file_with_other_links_makes_the_pass_walk_everything() {
     let p = s.passes.last().unwrap();
     assert_eq!(p.changes_since, None, "{p:?}");
     assert_eq!(p.listed, p.entries);
-    let diffs = differences(r, &node.private(312), &[]);
+    let diffs = differences(r, &node.tree(312), &[]);
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
-    assert_eq!(std::fs::read(node.private(312).join("l2/two")).unwrap(), b"version two");
+    assert_eq!(std::fs::read(node.tree(312).join("l2/two")).unwrap(), b"version two");
     agent.stop().await;
 }
 
@@ -175,7 +175,7 @@ async fn a_new_mount_resets_the_watch_and_is_then_watched_too() {
     let s = node.migrate(&live).await.unwrap();
     let p = s.passes.last().unwrap();
     assert_eq!(p.changes_since, None, "a new mount must reset the watch: {p:?}");
-    assert!(differences(r, &node.private(313), &[]).is_empty());
+    assert!(differences(r, &node.tree(313), &[]).is_empty());
 
     std::fs::create_dir(fs.path().join("later")).unwrap();
     std::fs::write(fs.path().join("later/second"), b"second").unwrap();
@@ -184,9 +184,9 @@ async fn a_new_mount_resets_the_watch_and_is_then_watched_too() {
     let p = s.passes.last().unwrap();
     assert_eq!(p.changes_since, Some(p.pass - 1), "{p:?}");
     assert!(p.listed < p.entries / 2, "{p:?}");
-    let diffs = differences(r, &node.private(313), &[]);
+    let diffs = differences(r, &node.tree(313), &[]);
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
-    assert_eq!(std::fs::read(node.private(313).join("srv/data/later/second")).unwrap(), b"second");
+    assert_eq!(std::fs::read(node.tree(313).join("srv/data/later/second")).unwrap(), b"second");
     agent.stop().await;
     drop(fs);
 }

@@ -43,6 +43,9 @@ pub struct NodeFacts {
     pub existing_private: Option<ExistingPrivate>,
     /// Facts that could not be probed, each with the reason.
     pub gaps: Vec<String>,
+    /// The platform the node is taken to be, and why (unknown outside a controller).
+    #[serde(default)]
+    pub target: Option<crate::platform::NodeTarget>,
 }
 
 impl Default for NodeFacts {
@@ -56,6 +59,7 @@ impl Default for NodeFacts {
             os_name: String::new(),
             existing_private: None,
             gaps: Vec::new(),
+            target: None,
         }
     }
 }
@@ -152,6 +156,7 @@ pub fn assess(
     system::windows_version(&cx, &mut out);
     system::skipped_entries(&cx, &mut out);
     system::partial_retry(&cx, &mut out);
+    system::node_target(&cx, &mut out);
     Report {
         agent: agent.to_string(),
         hostname: inv.hostname.clone(),

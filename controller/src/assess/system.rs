@@ -1,5 +1,5 @@
 //! The rest of the server and the node: `kernel-modules`, `nested-containers`,
-//! `windows-version`, `skipped-entries`, `partial-retry`.
+//! `windows-version`, `skipped-entries`, `partial-retry`, `node-target`.
 
 use p2c_common::findings::{Finding, Severity, codes};
 use p2c_common::inventory::OsFamily;
@@ -239,5 +239,47 @@ pub(super) fn partial_retry(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
              `p2c discard {ct}` removes it"
         ),
         json!({"ctid": ctid, "existing": existing}),
+    ));
+}
+
+/// `node-target`: the platform the container is made for, and why; a warning when it is not
+/// the platform this node was recognised as.
+pub(super) fn node_target(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
+    let Some(node) = &cx.node.target else { return };
+    let made_for = cx.opts.target.unwrap_or(node.target);
+    let data = json!({
+        "target": made_for.as_str(),
+        "node": node.target.as_str(),
+        "detected": node.detected,
+        "evidence": node.evidence,
+    });
+    if node.detected && made_for != node.target {
+        out.push(finding(
+            codes::NODE_TARGET,
+            Severity::Warning,
+            format!(
+                "the container is made for {made_for} ({}), but this node is {} ({})",
+                made_for.title(),
+                node.target,
+                node.target.title()
+            ),
+            vec![node.evidence.clone()],
+            format!(
+                "its tools may refuse the container; leave out --target to make it for {}, or move the private area to a {made_for} node",
+                node.target
+            ),
+            data,
+        ));
+        return;
+    }
+    let why =
+        if cx.opts.target.is_some() { "asked for with --target".to_string() } else { node.evidence.clone() };
+    out.push(finding(
+        codes::NODE_TARGET,
+        Severity::Info,
+        format!("the container is made for {made_for} ({})", made_for.title()),
+        vec![why],
+        "the private area, config and guest network are made the way that platform's tools expect; the summary ends with the commands that register and start the container (--target or node.target in controller.toml chooses another)",
+        data,
     ));
 }

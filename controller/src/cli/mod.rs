@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use p2c_common::cli::{JsonArg, LogArgs};
-use p2c_common::migration::{AssessOptions, Layout, MigrateOptions};
+use p2c_common::migration::{AssessOptions, Layout, MigrateOptions, Target};
 
 pub use follow::follow;
 
@@ -109,6 +109,9 @@ pub struct DemoArgs {
     /// Container ID.
     #[arg(long, default_value_t = 101)]
     pub ctid: u32,
+    /// The platform the container is made for (default: this machine's, else vz7).
+    #[arg(long, value_enum)]
+    pub target: Option<Target>,
     #[command(flatten)]
     pub json: JsonArg,
 }
@@ -143,6 +146,11 @@ pub struct AssessArgs {
     /// Source path not to copy (repeatable).
     #[arg(long = "exclude", value_name = "PATH")]
     pub excludes: Vec<String>,
+    /// The platform the container is for: openvz (legacy OpenVZ, vzctl 4), vz7 (OpenVZ 7 /
+    /// Virtuozzo 7) or vz9 (Virtuozzo 9). Default: the node's (`node.target` in
+    /// controller.toml, else detected; `p2c assess` shows it).
+    #[arg(long, value_enum)]
+    pub target: Option<Target>,
 }
 
 impl AssessArgs {
@@ -153,6 +161,7 @@ impl AssessArgs {
             excludes: self.excludes.clone(),
             ctid,
             quick: false,
+            target: self.target,
         }
     }
 }
@@ -263,6 +272,7 @@ impl ImportArgs {
             ..Default::default()
         };
         self.storage.apply(&mut options)?;
+        options.target = self.assess.target;
         Ok(p2c_common::bundle::ImportRequest { bundle: file.to_string_lossy().into_owned(), options })
     }
 }
@@ -305,6 +315,7 @@ impl MigrateArgs {
             ..Default::default()
         };
         self.storage.apply(&mut o)?;
+        o.target = self.assess.target;
         Ok(o)
     }
 }

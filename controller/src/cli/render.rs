@@ -160,6 +160,9 @@ pub fn verify(ctid: u32, v: &VerifySummary) -> String {
 pub fn summary(s: &MigrationSummary) -> String {
     let mut out = format!("\nCT {} from {}: {}\n", s.ctid, s.agent, s.state.as_str());
     out.push_str(&format!("  private area  {}\n  config        {}\n", s.private_dir, s.conf_path));
+    if let Some(t) = s.target {
+        out.push_str(&format!("  made for      {t} ({})\n", t.title()));
+    }
     for p in &s.passes {
         out.push_str(&format!(
             "  pass {:<3} {:>7} entries, {:>6} written, {:>5} deleted, {:>10} data, {:>10} sent, {:>10} local, {:.1}s\n",
@@ -207,6 +210,9 @@ pub fn summary(s: &MigrationSummary) -> String {
     }
     if let Some(e) = &s.error {
         out.push_str(&format!("  error: {e}\n"));
+    }
+    if s.state == p2c_common::migration::MigrationState::Done && !s.start_commands.is_empty() {
+        out.push_str(&format!("  start it with: {}\n", s.start_commands.join(" && ")));
     }
     out
 }

@@ -133,7 +133,7 @@ impl TreeFs {
         if ctid == self.ctid {
             return Some(&self.tree);
         }
-        let root = self.private_root.join(ctid.to_string());
+        let root = crate::private_area::tree_of(&self.private_root.join(ctid.to_string()));
         self.other_trees.entry(ctid).or_insert_with(|| Tree::open(&root).ok()).as_ref()
     }
 

@@ -350,7 +350,7 @@ async fn fixture_server_is_assessed_migrated_and_starts() {
     });
     assert_eq!((run.code, s.state), (0, MigrationState::Done), "{:?}\n{}", s.error, run.stderr);
     assert!(s.verify.as_ref().is_some_and(|v| v.ok), "{:?}", s.verify);
-    let private = node.private(ctid);
+    let private = node.tree(ctid);
 
     // The config lists every address; the guest's files are what ifupdown expects.
     let conf = p2c_controller::ctconf::parse(&std::fs::read_to_string(node.conf(ctid)).unwrap());

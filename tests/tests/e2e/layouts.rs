@@ -137,7 +137,7 @@ async fn rhel_server_gets_initscripts_venet0() {
     systemd_layout(&root);
 
     let (node, s) = migrate(&root, "db1", 141).await;
-    let private = node.private(141);
+    let private = node.tree(141);
     let conf = p2c_controller::ctconf::parse(&std::fs::read_to_string(node.conf(141)).unwrap());
     let addresses: Vec<String> = conf_addresses(&conf).iter().map(|a| a.to_string()).collect();
     assert_eq!(
@@ -265,7 +265,7 @@ async fn suse_server_gets_sysconfig_venet0() {
     systemd_layout(&root);
 
     let (node, s) = migrate(&root, "mail1", 142).await;
-    let private = node.private(142);
+    let private = node.tree(142);
     let conf = p2c_controller::ctconf::parse(&std::fs::read_to_string(node.conf(142)).unwrap());
     let addresses: Vec<String> = conf_addresses(&conf).iter().map(|a| a.to_string()).collect();
     // eth0's own addresses, then its labelled alias eth0:1, then eth1.

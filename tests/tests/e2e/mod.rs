@@ -119,7 +119,10 @@ pub fn scratch() -> LoopFs {
     LoopFs::new(FsKind::Ext4, 2 << 30, "").unwrap()
 }
 
-/// The addresses of the config's `IP_ADDRESS`.
+/// The addresses of the config's `IP_ADDRESS` (without the `/prefix` Virtuozzo's carry).
 pub fn conf_addresses(conf: &std::collections::BTreeMap<String, String>) -> Vec<IpAddr> {
-    conf["IP_ADDRESS"].split_whitespace().map(|a| a.parse().unwrap()).collect()
+    conf["IP_ADDRESS"]
+        .split_whitespace()
+        .map(|a| a.split_once('/').map_or(a, |(ip, _)| ip).parse().unwrap())
+        .collect()
 }

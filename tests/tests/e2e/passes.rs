@@ -52,7 +52,7 @@ async fn deletions_at_a_record_page_boundary_reach_the_container() {
     assert_eq!(s.state, MigrationState::Done, "{:?}", s.error);
     let last = s.passes.last().unwrap();
     assert_eq!((last.deleted, last.written), (gone.len() as u64, 1), "only the directory changes: {last:?}");
-    let left: Vec<&String> = gone.iter().filter(|p| node.private(171).join(p).exists()).collect();
+    let left: Vec<&String> = gone.iter().filter(|p| node.tree(171).join(p).exists()).collect();
     assert!(left.is_empty(), "deleted on the source, still in the container: {left:?}");
     agent.stop().await;
 }

@@ -192,6 +192,9 @@ async fn ploop_container_keeps_the_home_partitions_quotas() {
             "/home",
             "--layout",
             "ploop",
+            // Legacy OpenVZ's raw image, which this test reads through a plain loop device.
+            "--target",
+            "openvz",
             "--pre-hook",
             &hook,
             "--cutover",
@@ -360,7 +363,7 @@ async fn btrfs_node_limits_the_container_and_refuses_a_larger_source() {
         .find(|l| l.split_whitespace().next() == Some(&format!("0/{id}")))
         .unwrap_or_else(|| panic!("no qgroup 0/{id}:\n{qgroups}"));
     assert_eq!(line.split_whitespace().nth(3), Some("33554432"), "max_rfer of 0/{id}: {qgroups}");
-    assert_eq!(std::fs::metadata(private.join("home/alice/notes.bin")).unwrap().len(), 256 << 10);
+    assert_eq!(std::fs::metadata(node.tree(ctid).join("home/alice/notes.bin")).unwrap().len(), 256 << 10);
 
     // Writing past DISKSPACE into the container's private area fails with EDQUOT.
     let (err, written) = fill(&private.join("root-fill.bin"), 48 << 20);
@@ -405,7 +408,7 @@ async fn btrfs_node_limits_the_container_and_refuses_a_larger_source() {
     ] {
         assert!(error.contains(part), "`{part}` not in the error: {error}");
     }
-    let kept = node.private(162);
+    let kept = node.tree(162);
     assert_eq!(read(&kept, "etc/hostname"), "big1\n", "what was copied before the limit is kept");
     let blobs = std::fs::read_dir(kept.join("var/data")).map(|d| d.count()).unwrap_or(0);
     assert!((1..12).contains(&blobs), "{blobs} blobs kept");

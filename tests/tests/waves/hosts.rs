@@ -119,7 +119,7 @@ async fn hosts_migrate_in_parallel_and_a_cut_link_only_delays_its_own() {
             .unwrap()
             .unwrap();
         assert_done(&s);
-        assert_container_matches(&sources[i].root, &node.private(sources[i].ctid), &s, &[]);
+        assert_container_matches(&sources[i].root, &node.tree(sources[i].ctid), &s, &[]);
     }
     // The controller notices the dead link (HTTP/2 keepalive) and waits for the agent.
     wait_for("the controller to drop host 1's session", Duration::from_secs(60), || async {
@@ -145,7 +145,7 @@ async fn hosts_migrate_in_parallel_and_a_cut_link_only_delays_its_own() {
         .unwrap()
         .unwrap();
     assert_done(&s);
-    assert_container_matches(&cut.root, &node.private(cut.ctid), &s, &[]);
+    assert_container_matches(&cut.root, &node.tree(cut.ctid), &s, &[]);
     assert_eq!(s.agent, cut.agent.name);
     let passes = node.controller().store.passes(cut.ctid).unwrap();
     assert!(passes.iter().any(|p| !p.complete), "the interrupted pass is on record: {passes:?}");

@@ -50,7 +50,7 @@ async fn an_absent_agent_gives_up_its_copy_slot_and_resumes_when_back() {
         .unwrap()
         .unwrap();
     assert_done(&quick);
-    assert_container_matches(&quick_root, &node.private(402), &quick, &[]);
+    assert_container_matches(&quick_root, &node.tree(402), &quick, &[]);
     let away = wait_for("the slow migration to wait for its agent", Duration::from_secs(10), || async {
         node.status_of(401).await.ok().filter(|s| s.waiting.is_some())
     })
@@ -62,5 +62,5 @@ async fn an_absent_agent_gives_up_its_copy_slot_and_resumes_when_back() {
     let _slow = Agent::run(state, "slow01", &slow_root, FactsFrom::Tree).unwrap();
     let s = tokio::time::timeout(Duration::from_secs(90), slow_task).await.unwrap().unwrap().unwrap();
     assert_done(&s);
-    assert_container_matches(&slow_root, &node.private(401), &s, &[]);
+    assert_container_matches(&slow_root, &node.tree(401), &s, &[]);
 }

@@ -55,8 +55,8 @@ async fn live_passes_then_cutover_leave_exactly_the_final_state() {
     let downtime = s.downtime_seconds.expect("a cutover reports its downtime");
     assert!(downtime > 0.0 && downtime < total && downtime < 30.0, "downtime {downtime}s of {total}s");
     // The container holds the source's final state: the writer's last round included.
-    assert_container_matches(&root, &node.private(301), &s, &[]);
-    let counter = std::fs::read_to_string(node.private(301).join("srv/live/counter")).unwrap();
+    assert_container_matches(&root, &node.tree(301), &s, &[]);
+    let counter = std::fs::read_to_string(node.tree(301).join("srv/live/counter")).unwrap();
     assert_eq!(counter.trim(), rounds.to_string());
     eprintln!("live migration: {} passes, downtime {downtime:.2}s, {rounds} writer rounds", s.passes.len());
 }
@@ -90,7 +90,7 @@ async fn a_failed_stop_rolls_the_cutover_back_and_a_retry_finishes() {
     assert!(err.contains("started again (p2c-writer)"), "{err}");
     assert!(writer.running(), "the stopped service runs again");
     assert!(s.downtime_seconds.is_none() && s.guest_changes.is_empty() && s.verify.is_none(), "{s:?}");
-    assert!(!node.private(302).join("etc/p2c").exists(), "nothing was finalised");
+    assert!(!node.tree(302).join("etc/p2c").exists(), "nothing was finalised");
     let st = node.status_of(302).await.unwrap();
     assert_eq!((st.state, st.error.as_deref()), (MigrationState::Synced, Some(err)));
 
@@ -100,5 +100,5 @@ async fn a_failed_stop_rolls_the_cutover_back_and_a_retry_finishes() {
     assert_done(&s);
     assert!(!writer.running());
     assert!(s.error.is_none());
-    assert_container_matches(&root, &node.private(302), &s, &[]);
+    assert_container_matches(&root, &node.tree(302), &s, &[]);
 }

@@ -126,6 +126,6 @@ ctid = 503
         (Some(MigrationState::Done), Some(MigrationState::Synced), None)
     );
     let done = node.controller().migrations.get(501).unwrap().summary();
-    assert_container_matches(&dir.path().join("wave-a"), &node.private(501), &done, &["tmp"]);
-    assert_eq!(std::fs::read(node.private(503).join("keep-me")).unwrap(), b"another container");
+    assert_container_matches(&dir.path().join("wave-a"), &node.tree(501), &done, &["tmp"]);
+    assert_eq!(std::fs::read(node.tree(503).join("keep-me")).unwrap(), b"another container");
 }

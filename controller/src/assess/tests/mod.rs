@@ -130,6 +130,7 @@ pub(super) fn plain_node() -> NodeFacts {
         os_name: "Debian GNU/Linux 12 (bookworm)".into(),
         existing_private: None,
         gaps: Vec::new(),
+        target: None,
     }
 }
 

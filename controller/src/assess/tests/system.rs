@@ -113,3 +113,33 @@ fn partial_retry_says_how_to_resume_or_discard() {
     assert!(f.action.contains("p2c discard 101"));
     assert_eq!(f.data["existing"]["bytes"], 5 * GIB);
 }
+
+#[test]
+fn node_target_says_what_the_container_is_made_for_and_warns_on_another_platform() {
+    use crate::platform::NodeTarget;
+    use p2c_common::migration::Target;
+    let inv = plain_inventory();
+    let mut node = plain_node();
+    node.target = Some(NodeTarget {
+        target: Target::Vz7,
+        evidence: "/etc/virtuozzo-release: OpenVZ release 7.0.11".into(),
+        detected: true,
+    });
+    let r = run(&inv, Some(&plain_scan()), &node, &AssessOptions::default());
+    let f = get(&r, codes::NODE_TARGET);
+    assert_eq!(f.severity, Severity::Info);
+    assert!(f.title.contains("vz7 (OpenVZ 7 / Virtuozzo 7)"), "{}", f.title);
+    assert!(has(f, "OpenVZ release 7.0.11"));
+    assert_eq!(f.data["target"], "vz7");
+
+    let vz9 = AssessOptions { target: Some(Target::Vz9), ..Default::default() };
+    let f = get(&run(&inv, Some(&plain_scan()), &node, &vz9), codes::NODE_TARGET).clone();
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.title.contains("made for vz9") && f.title.contains("this node is vz7"), "{}", f.title);
+
+    // On a node with no platform marks, another target is what the operator asked for.
+    node.target = Some(crate::platform::resolve(None, &crate::platform::Marks::default()));
+    let f = get(&run(&inv, Some(&plain_scan()), &node, &vz9), codes::NODE_TARGET).clone();
+    assert_eq!(f.severity, Severity::Info);
+    assert!(has(&f, "asked for with --target"));
+}
