@@ -24,6 +24,16 @@ fn the_example_plan_parses_and_takes_its_defaults() {
     assert_eq!(web01.assess.ctid, Some(101));
     assert_eq!((db01.layout, db01.pre_cutover_hook.as_deref()), (Layout::Ploop, Some("sync")));
     assert_eq!(web01.max_passes, 5);
+    // A server's target is its own; the others take the node's (None here).
+    assert_eq!((db01.target, db01.assess.target), (Some(p2c_common::migration::Target::Vz7), db01.target));
+    assert_eq!((web01.target, web02.target), (None, None));
+}
+
+#[test]
+fn a_target_that_is_no_platform_is_refused() {
+    let text = "[[server]]\nagent = \"web01\"\nctid = 101\ntarget = \"vz8\"\n";
+    let err = Plan::parse(text, "wave.toml", None).unwrap_err().to_string();
+    assert!(err.contains("vz8") && err.contains("vz9"), "{err}");
 }
 
 #[test]
