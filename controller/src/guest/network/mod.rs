@@ -73,6 +73,9 @@ pub(super) fn apply(
     );
     let mut stacks = distro.stacks.clone();
     stacks.extend(owner);
+    // A stack whose files an earlier run removed (all of them, so it is not detected any
+    // more) runs again: its records repeat.
+    stacks.extend(ALL_STACKS.into_iter().filter(|s| stack_dirs(*s).iter().any(|d| ed.touched_before(d))));
     stacks.sort();
     stacks.dedup();
     for stack in &stacks {
@@ -88,6 +91,27 @@ pub(super) fn apply(
     }
     udev::apply(ed)?;
     resolv::apply(ed, distro, opts)
+}
+
+const ALL_STACKS: [NetStack; 6] = [
+    NetStack::Ifupdown,
+    NetStack::Netplan,
+    NetStack::Networkd,
+    NetStack::RedhatIfcfg,
+    NetStack::SuseIfcfg,
+    NetStack::NetworkManager,
+];
+
+/// Where a stack's files are, as the records name them.
+fn stack_dirs(stack: NetStack) -> &'static [&'static str] {
+    match stack {
+        NetStack::Ifupdown => &["/etc/network/"],
+        NetStack::Netplan => &["/etc/netplan/"],
+        NetStack::Networkd => &["/etc/systemd/network/"],
+        NetStack::RedhatIfcfg => &["/etc/sysconfig/network-scripts/"],
+        NetStack::SuseIfcfg => &["/etc/sysconfig/network/"],
+        NetStack::NetworkManager => &["/etc/NetworkManager/"],
+    }
 }
 
 /// What the venet0 configs say, and which interface names were the server's hardware.
