@@ -39,7 +39,8 @@ pub(crate) struct Facts {
     pub(crate) present: Vec<NetStack>,
     pub(crate) networkd_enabled: bool,
     pub(crate) nm_enabled: bool,
-    /// Whether the initscripts' `network` service is there (`/etc/rc.d/init.d/network`).
+    /// Whether the initscripts' `network` service is there (`/etc/rc.d/init.d/network`, or
+    /// their `ifup-eth`; RHEL 8's network-scripts package has both, NetworkManager neither).
     pub(crate) legacy_network: bool,
 }
 
@@ -71,7 +72,8 @@ impl Facts {
                 Some("dbus-org.freedesktop.NetworkManager.service"),
             )?,
             legacy_network: has_file(tree, "etc/rc.d/init.d/network")?
-                || has_file(tree, "etc/init.d/network")?,
+                || has_file(tree, "etc/init.d/network")?
+                || has_file(tree, "etc/sysconfig/network-scripts/ifup-eth")?,
         })
     }
 }
