@@ -6,13 +6,21 @@
 //!   for every container address through its end of the link.
 //! - The container gets fresh network (`p2c-ct-<id>`), mount, UTS and PID namespaces; its
 //!   PID 1 is a `sleep` chrooted into the root with `/proc` mounted inside.
-//! - `venet0` is a veth pair whose container end is named `venet0`, with ARP and
-//!   multicast off and no IPv6 link-local address, like OpenVZ's venet (NOARP,
-//!   point-to-point). Both ends share one MAC address: a NOARP device sends to its own
-//!   address, which the peer then accepts as its own. (A veth keeps the BROADCAST flag,
-//!   which userspace cannot clear; the guest's configs give broadcast 0.0.0.0.)
-//! - Then the guest's own bring-up runs inside the container: `ifup -a` for ifupdown, or
-//!   `systemd-networkd` for a networkd guest.
+//! - For legacy OpenVZ and Virtuozzo 7 ([`Link::Venet`]) `venet0` is a veth pair whose
+//!   container end is named `venet0`, with ARP and multicast off and no IPv6 link-local
+//!   address, like OpenVZ's venet (NOARP, point-to-point). Both ends share one MAC address:
+//!   a NOARP device sends to its own address, which the peer then accepts as its own. (A
+//!   veth keeps the BROADCAST flag, which userspace cannot clear; the guest's configs give
+//!   broadcast 0.0.0.0.)
+//! - For Virtuozzo 9 ([`Link::Routed`]) it is what libvzctl 8 makes of `IP_ADDRESS`: a
+//!   routed veth named venet0, set up as its `vz-functions` `vzcreatepair` and
+//!   `vz-netns_dev_add` `add_routed_ips` do: the container end up, the host end up with
+//!   `proxy_arp=1` and `fe80::ffff:1:1/128`, and `ip route replace <ip> dev <host end>` for
+//!   every address (no `src`, as `vzaddrouting` without `VE_ROUTE_SRC_DEV`). ARP stays on.
+//!   The link-local address is added `nodad` so the test does not wait a second for DAD.
+//! - Then the guest's own bring-up runs inside the container: `ifup -a` if the guest has
+//!   `/etc/network/interfaces`, `systemd-networkd` if it has `.network` files, and for a
+//!   guest with both `ifup -a` again after networkd (boot runs both, in no fixed order).
 //!
 //! [`RunningCt`] removes everything on drop: processes (the PID namespace dies with its
 //! init), the mounts (private to the container's mount namespace), the veth pair and both
@@ -33,6 +41,22 @@ const VENET_MAC: &str = "02:00:00:00:00:01";
 /// How long the guest's network bring-up may take.
 const BRINGUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What `venet0` is on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// A venet device (legacy OpenVZ, Virtuozzo 7): emulated by a NOARP veth.
+    Venet,
+    /// Virtuozzo 9's routed veth named venet0.
+    Routed,
+}
+
+impl Link {
+    /// The link a container for `target` gets.
+    pub fn of(target: p2c_common::migration::Target) -> Link {
+        if target.has_venet() { Link::Venet } else { Link::Routed }
+    }
+}
+
 /// A started container; dropped, it is gone.
 pub struct RunningCt {
     id: String,
@@ -46,11 +70,19 @@ pub struct RunningCt {
     pub node_v6: Ipv6Addr,
     /// What the guest's network bring-up printed.
     pub bringup_log: String,
+    /// For a guest with ifupdown and systemd-networkd: venet0's global addresses right
+    /// after the first `ifup -a`, before networkd ran (`ip -o addr`).
+    pub venet0_after_ifupdown: Option<String>,
 }
 
-/// Starts the container at `root` with `addresses` routed to it from the node, and runs
-/// the guest's network bring-up.
+/// Starts the container at `root` with `addresses` routed to it from the node over a venet
+/// link, and runs the guest's network bring-up.
 pub fn start_container(root: &Path, addresses: &[IpAddr]) -> anyhow::Result<RunningCt> {
+    start_container_on(root, addresses, Link::Venet)
+}
+
+/// [`start_container`] over `link`.
+pub fn start_container_on(root: &Path, addresses: &[IpAddr], link: Link) -> anyhow::Result<RunningCt> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let id = format!("{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
     let node_v4 = ["203.0.113.254", "198.51.100.254", "192.0.2.254"]
@@ -74,10 +106,14 @@ pub fn start_container(root: &Path, addresses: &[IpAddr]) -> anyhow::Result<Runn
         node_v4,
         node_v6,
         bringup_log: String::new(),
+        venet0_after_ifupdown: None,
     };
-    ct.network(addresses)?;
+    match link {
+        Link::Venet => ct.network(addresses)?,
+        Link::Routed => ct.routed_network(addresses)?,
+    }
     ct.start_init()?;
-    ct.bringup_log = ct.bring_up()?;
+    ct.bring_up()?;
     Ok(ct)
 }
 
@@ -104,6 +140,28 @@ impl RunningCt {
                 IpAddr::V6(a) => ("-6", format!("{a}/128"), self.node_v6.to_string()),
             };
             ip(&["-n", node, fam, "route", "add", &host, "dev", &vz, "src", &src])?;
+        }
+        Ok(())
+    }
+
+    /// The node side of Virtuozzo 9's routed veth (see the module docs).
+    fn routed_network(&self, addresses: &[IpAddr]) -> anyhow::Result<()> {
+        let (node, ct, vz) = (self.node_ns.as_str(), self.ct_ns.as_str(), self.node_if());
+        ip(&["netns", "add", node])?;
+        ip(&["netns", "add", ct])?;
+        ip(&["-n", node, "link", "add", &vz, "type", "veth", "peer", "name", "venet0", "netns", ct])?;
+        ip(&["-n", ct, "link", "set", "venet0", "up"])?;
+        ip(&["-n", node, "link", "set", &vz, "up"])?;
+        run(Command::new("ip")
+            .args(["netns", "exec", node, "sysctl", "-q", "-w"])
+            .arg(format!("net.ipv4.conf.{vz}.proxy_arp=1")))?;
+        ip(&["-n", node, "-6", "addr", "add", "fe80::ffff:1:1/128", "dev", &vz, "nodad"])?;
+        ip(&["-n", node, "link", "set", "lo", "up"])?;
+        ip(&["-n", node, "addr", "add", &format!("{}/32", self.node_v4), "dev", "lo"])?;
+        ip(&["-n", node, "-6", "addr", "add", &format!("{}/128", self.node_v6), "dev", "lo"])?;
+        for a in addresses {
+            let fam = if a.is_ipv4() { "-4" } else { "-6" };
+            ip(&["-n", node, fam, "route", "replace", &a.to_string(), "dev", &vz])?;
         }
         Ok(())
     }
@@ -174,8 +232,8 @@ impl RunningCt {
         run_bounded(&mut cmd, BRINGUP_TIMEOUT)
     }
 
-    /// The guest's own network bring-up, for the stack its config uses.
-    fn bring_up(&self) -> anyhow::Result<String> {
+    /// The guest's own network bring-up, for the stacks its config uses.
+    fn bring_up(&mut self) -> anyhow::Result<()> {
         let prepare = "set -e\n\
             grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run\n\
             grep -q ' /sys ' /proc/mounts || mount -t sysfs -o ro sysfs /sys\n\
@@ -184,23 +242,38 @@ impl RunningCt {
         let networkd_files = std::fs::read_dir(self.root.join("etc/systemd/network"))
             .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".network")))
             .unwrap_or(false);
-        if self.root.join("etc/network/interfaces").is_file() {
-            return self.exec(&format!("{prepare}ifup -a 2>&1\nip addr show dev venet0\n"));
+        let ifupdown = self.root.join("etc/network/interfaces").is_file();
+        if !ifupdown && !networkd_files {
+            bail!("{}: no ifupdown or systemd-networkd configuration to bring up", self.root.display())
+        }
+        self.exec(prepare)?;
+        let mut log = String::new();
+        if ifupdown {
+            log.push_str(&self.exec("echo '# ifup -a'; ifup -a 2>&1\n")?);
+            if networkd_files {
+                self.venet0_after_ifupdown =
+                    Some(self.ct_ip(&["-o", "addr", "show", "dev", "venet0", "scope", "global"]));
+            }
         }
         if networkd_files {
             // networkd stays in the background (it dies with the container's init).
-            let script = format!(
-                "{prepare}chown systemd-network: /run/systemd/netif 2>/dev/null || true\n\
+            log.push_str(&self.exec(
+                "set -e\n\
+                 chown systemd-network: /run/systemd/netif 2>/dev/null || true\n\
                  /lib/systemd/systemd-networkd >/run/networkd.log 2>&1 &\n\
                  for i in $(seq 100); do\n\
                    ip -o addr show dev venet0 scope global | grep -q . && ip route | grep -q default && break\n\
                    sleep 0.1\n\
                  done\n\
-                 sleep 0.5; cat /run/networkd.log; ip addr show dev venet0\n"
-            );
-            return self.exec(&script);
+                 sleep 0.5; echo '# systemd-networkd'; cat /run/networkd.log\n",
+            )?);
+            if ifupdown {
+                log.push_str(&self.exec("echo '# ifup -a after networkd'; ifup -a 2>&1\n")?);
+            }
         }
-        bail!("{}: no ifupdown or systemd-networkd configuration to bring up", self.root.display())
+        log.push_str(&self.exec("ip addr show dev venet0\n")?);
+        self.bringup_log = log;
+        Ok(())
     }
 
     /// Whether `addr` answers a ping sent from the node (three tries).

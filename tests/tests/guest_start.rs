@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use p2c_common::inventory::{IfAddr, Interface, Inventory};
+use p2c_common::migration::Target;
 use p2c_controller::guest::{GuestOptions, containerise};
 use p2c_controller::tree::Tree;
-use p2c_tests::ctstart::start_container;
+use p2c_tests::ctstart::{Link, RunningCt, start_container, start_container_on};
 use p2c_tests::debian::debootstrap_tree;
 
 const INTERFACES: &str = "\
@@ -37,6 +38,7 @@ iface eth1 inet6 static
 \tgateway fd00:51::1
 ";
 
+/// For legacy OpenVZ: vzctl 4.11's `debian-add_ip.sh` stanzas, in iproute2.
 const INTERFACES_AFTER: &str = "\
 # interfaces(5) file used by ifup(8) and ifdown(8)
 # Include files from /etc/network/interfaces.d:
@@ -50,35 +52,33 @@ iface lo inet loopback
 # (OpenVZ venet: layer 3, point-to-point, no ARP, no DHCP). Everything up to the end
 # marker is replaced when p2c runs again; the former file is in /etc/p2c/backup.
 auto venet0
-iface venet0 inet static
-\taddress 127.0.0.1
-\tnetmask 255.255.255.255
-\tbroadcast 0.0.0.0
-\tup ip route replace 192.0.2.1/32 dev venet0 scope link
-\tup ip route replace default via 192.0.2.1 dev venet0
+iface venet0 inet manual
+\tup ip link set venet0 up
+\tup ip addr add 127.0.0.2/32 dev venet0
+\tup ip route add default dev venet0
+\tdown ip route del default dev venet0
+\tdown ip link set venet0 down
 
-iface venet0 inet6 static
-\taddress fd00:51::20
-\tnetmask 128
-\tup ip -6 route replace default dev venet0
+iface venet0 inet6 manual
+\tup ip -6 addr add fd00:51::20/128 dev venet0
+\tdown ip -6 addr del fd00:51::20/128 dev venet0
+\tup ip -6 route add default dev venet0
+\tdown ip -6 route del default dev venet0
 
 auto venet0:0
 iface venet0:0 inet static
 \taddress 198.51.100.10
 \tnetmask 255.255.255.255
-\tbroadcast 0.0.0.0
 
 auto venet0:1
 iface venet0:1 inet static
 \taddress 198.51.100.11
 \tnetmask 255.255.255.255
-\tbroadcast 0.0.0.0
 
 auto venet0:2
 iface venet0:2 inet static
 \taddress 203.0.113.20
 \tnetmask 255.255.255.255
-\tbroadcast 0.0.0.0
 # p2c venet0 end
 ";
 
@@ -170,7 +170,7 @@ fn debian_guest_starts_with_every_address_on_venet0() {
         hostname: Some("web1".into()),
         nameservers: vec![],
         search: vec![],
-        target: p2c_common::migration::Target::Openvz,
+        target: Target::Openvz,
     };
     let changes = containerise(&tree, &inventory(), &opts).unwrap();
     assert_eq!(containerise(&tree, &inventory(), &opts).unwrap(), changes);
@@ -212,63 +212,191 @@ fn debian_guest_starts_with_every_address_on_venet0() {
     // Sanity: an address the container does not have stays silent.
     assert!(!ct.ping_from_node("198.51.100.99".parse().unwrap()));
     let v = ct.ct_ip(&["-o", "addr", "show", "dev", "venet0"]);
-    assert!(v.contains("inet 127.0.0.1/32"), "{v}");
+    // vzctl 4.11 puts 127.0.0.2 on venet0 (p2c wrote libvzctl 7's 127.0.0.1 before targets).
+    assert!(v.contains("inet 127.0.0.2/32"), "{v}");
     assert!(v.contains("inet 198.51.100.11/32") && v.contains("venet0:1"), "{v}");
+    fake_gateway_network_reachable(&ct, &shown);
     eprintln!("{shown}");
     drop(ct);
 }
 
-/// The same server configured with systemd-networkd instead of ifupdown.
-#[test]
-fn networkd_guest_starts_with_every_address_on_venet0() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: needs root (network namespaces, mknod, chroot)");
-        return;
-    }
-    let dir = tempfile::Builder::new().prefix("p2c-guest-start-").tempdir_in("/var/tmp").unwrap();
-    let root = dir.path().join("root");
-    debootstrap_tree(&root).unwrap();
-    let w = |rel: &str, text: &str| {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
-    std::fs::remove_file(root.join("etc/network/interfaces")).unwrap();
-    w(
-        "etc/systemd/network/10-eth0.network",
-        "[Match]\nName=eth0\n\n[Network]\nAddress=198.51.100.10/24\nAddress=198.51.100.11/24\nGateway=198.51.100.1\n",
-    );
-    w(
-        "etc/systemd/network/20-eth1.network",
-        "[Match]\nMACAddress=52:54:00:0a:00:11\n\n[Network]\nDHCP=ipv4\nAddress=fd00:51::20/64\n",
-    );
-    let tree = Tree::open(&root).unwrap();
-    let opts = GuestOptions { addresses: addresses(), ..GuestOptions::default() };
-    let changes = containerise(&tree, &inventory(), &opts).unwrap();
-    let actions: Vec<(&str, &str)> = changes
-        .iter()
-        .filter(|c| c.path.starts_with("/etc/systemd/network/"))
-        .map(|c| (c.path.as_str(), c.action.as_str()))
-        .collect();
-    assert_eq!(
-        actions,
-        [
-            ("/etc/systemd/network/10-eth0.network", "removed"),
-            ("/etc/systemd/network/20-eth1.network", "removed"),
-            ("/etc/systemd/network/10-p2c-venet0.network", "created"),
-        ]
-    );
-
-    let ct = start_container(&root, &addresses()).unwrap();
-    let shown = format!(
+/// What the test prints when an address does not answer.
+fn shown(ct: &RunningCt) -> String {
+    format!(
         "bring-up:\n{}\ncontainer addresses:\n{}\ncontainer routes:\n{}{}",
         ct.bringup_log,
         ct.ct_ip(&["addr"]),
         ct.ct_ip(&["route"]),
         ct.ct_ip(&["-6", "route"])
-    );
-    for a in addresses() {
-        assert!(ct.ping_from_node(a), "{a} does not answer from the node\n{shown}");
+    )
+}
+
+/// The defect of the fake gateway: p2c's RHEL `route-venet0` made 192.0.2.0/24 a
+/// `scope host` network, so `ip route get 192.0.2.20` said "Invalid argument". Every host
+/// of it is reached through venet0 like any other.
+fn fake_gateway_network_reachable(ct: &RunningCt, shown: &str) {
+    let got = ct.exec("ip route get 192.0.2.20").unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    assert!(got.contains("dev venet0"), "{got}\n{shown}");
+    let routes = ct.ct_ip(&["route"]);
+    assert!(!routes.contains("192.0.2."), "{routes}");
+}
+
+fn root_user() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root (network namespaces, mknod, chroot)");
+        return false;
     }
-    eprintln!("{shown}");
+    true
+}
+
+/// A debootstrapped Debian tree with `files` written into it (`None`: removed).
+fn debian_server(files: &[(&str, Option<&str>)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new().prefix("p2c-guest-start-").tempdir_in("/var/tmp").unwrap();
+    let root = dir.path().join("root");
+    debootstrap_tree(&root).unwrap();
+    for (rel, text) in files {
+        let p = root.join(rel);
+        match text {
+            Some(t) => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, t).unwrap();
+            }
+            None => {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    (dir, root)
+}
+
+/// Containerises `root` for `target` (twice: the second run changes nothing), starts it
+/// on the target's link and checks every former address answers from the node.
+fn migrate_and_start(
+    root: &std::path::Path,
+    target: Target,
+) -> (RunningCt, Vec<p2c_common::migration::GuestChange>) {
+    let tree = Tree::open(root).unwrap();
+    let opts = GuestOptions { addresses: addresses(), target, ..GuestOptions::default() };
+    let changes = containerise(&tree, &inventory(), &opts).unwrap();
+    assert_eq!(containerise(&tree, &inventory(), &opts).unwrap(), changes);
+    let ct = start_container_on(root, &addresses(), Link::of(target)).unwrap();
+    let shown = shown(&ct);
+    for a in addresses() {
+        assert!(ct.ping_from_node(a), "{target}: {a} does not answer from the node\n{shown}");
+    }
+    assert!(
+        !ct.ping_from_node("198.51.100.99".parse().unwrap()),
+        "{target}: an address the container lacks answers"
+    );
+    fake_gateway_network_reachable(&ct, &shown);
+    eprintln!("{target}:\n{shown}");
+    (ct, changes)
+}
+
+/// The ifupdown server for OpenVZ 7 and Virtuozzo 9 (legacy OpenVZ is the test above).
+#[test]
+fn ifupdown_guest_starts_on_vz7_and_vz9() {
+    if !root_user() {
+        return;
+    }
+    for target in [Target::Vz7, Target::Vz9] {
+        let (_dir, root) = debian_server(&[("etc/network/interfaces", Some(INTERFACES))]);
+        let (ct, _) = migrate_and_start(&root, target);
+        let text = std::fs::read_to_string(root.join("etc/network/interfaces")).unwrap();
+        let v = ct.ct_ip(&["-o", "addr", "show", "dev", "venet0"]);
+        match target {
+            Target::Vz9 => {
+                // The routed veth: the source's /24 masks, IPv6 /128, default via the host end.
+                assert!(
+                    text.contains(
+                        "\tnetmask 255.255.255.0\n\t#4896d4dc-7035-45f9-ac14-2bd1d1809c26 venet0\n"
+                    ),
+                    "{text}"
+                );
+                assert!(v.contains("inet 198.51.100.10/24") && v.contains("inet 203.0.113.20/24"), "{v}");
+                assert!(v.contains("inet6 fd00:51::20/128"), "{v}");
+                let r6 = ct.ct_ip(&["-6", "route", "show", "default"]);
+                assert!(r6.contains("via fe80::ffff:1:1 dev venet0"), "{r6}");
+            }
+            _ => {
+                assert!(text.contains("\taddress 127.0.0.1\n\tnetmask 255.255.255.255\n\tbroadcast 0.0.0.0\n\tup ip route add default dev venet0\n"), "{text}");
+                assert!(v.contains("inet 127.0.0.1/32") && v.contains("inet 198.51.100.11/32"), "{v}");
+            }
+        }
+        let r = ct.ct_ip(&["route", "show", "default"]);
+        assert!(r.starts_with("default dev venet0"), "{target}: {r}");
+    }
+}
+
+/// The same server configured with systemd-networkd instead of ifupdown, on every target.
+#[test]
+fn networkd_guest_starts_with_every_address_on_venet0() {
+    if !root_user() {
+        return;
+    }
+    for target in Target::ALL {
+        let (_dir, root) = debian_server(&[
+            ("etc/network/interfaces", None),
+            (
+                "etc/systemd/network/10-eth0.network",
+                Some(
+                    "[Match]\nName=eth0\n\n[Network]\nAddress=198.51.100.10/24\nAddress=198.51.100.11/24\nGateway=198.51.100.1\n",
+                ),
+            ),
+            (
+                "etc/systemd/network/20-eth1.network",
+                Some(
+                    "[Match]\nMACAddress=52:54:00:0a:00:11\n\n[Network]\nDHCP=ipv4\nAddress=fd00:51::20/64\n",
+                ),
+            ),
+        ]);
+        let (ct, changes) = migrate_and_start(&root, target);
+        let actions: Vec<(&str, &str)> = changes
+            .iter()
+            .filter(|c| c.path.starts_with("/etc/systemd/network/"))
+            .map(|c| (c.path.as_str(), c.action.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("/etc/systemd/network/10-eth0.network", "removed"),
+                ("/etc/systemd/network/20-eth1.network", "removed"),
+                ("/etc/systemd/network/10-p2c-venet0.network", "created"),
+            ]
+        );
+        let r = ct.ct_ip(&["route", "show", "default"]);
+        assert!(r.contains("default dev venet0"), "{target}: {r}");
+    }
+}
+
+/// The case that broke: networkd configured the NICs and ifupdown is installed with only
+/// `lo`. venet0 is networkd's alone: `ifup -a` (before and after networkd, as boot may run
+/// them) succeeds and does not touch venet0.
+#[test]
+fn networkd_guest_with_ifupdown_installed_starts() {
+    if !root_user() {
+        return;
+    }
+    let lo_only = "# interfaces(5) file used by ifup(8) and ifdown(8)\nsource /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n";
+    for target in Target::ALL {
+        let (_dir, root) = debian_server(&[
+            ("etc/network/interfaces", Some(lo_only)),
+            (
+                "etc/systemd/network/10-eth0.network",
+                Some(
+                    "[Match]\nName=eth0\n\n[Network]\nAddress=198.51.100.10/24\nAddress=198.51.100.11/24\nGateway=198.51.100.1\n",
+                ),
+            ),
+            (
+                "etc/systemd/network/20-eth1.network",
+                Some("[Match]\nName=eth1\n\n[Network]\nDHCP=ipv4\nAddress=fd00:51::20/64\n"),
+            ),
+        ]);
+        let (ct, changes) = migrate_and_start(&root, target);
+        assert_eq!(std::fs::read_to_string(root.join("etc/network/interfaces")).unwrap(), lo_only);
+        assert!(!changes.iter().any(|c| c.path == "/etc/network/interfaces"), "{changes:#?}");
+        let after = ct.venet0_after_ifupdown.clone().unwrap_or_default();
+        assert!(after.trim().is_empty(), "{target}: ifup -a configured venet0:\n{after}\n{}", ct.bringup_log);
+        assert!(ct.bringup_log.contains("# ifup -a after networkd"), "{}", ct.bringup_log);
+    }
 }

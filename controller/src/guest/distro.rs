@@ -234,6 +234,28 @@ fn init_system(tree: &Tree) -> Result<InitSystem, GuestError> {
     Ok(InitSystem::Unknown)
 }
 
+/// Whether `unit` is enabled: linked from a `.wants` directory in `/etc/systemd/system`
+/// (what `systemctl enable` makes), or named by a D-Bus alias link there
+/// (`dbus-org.freedesktop.NetworkManager.service`, `dbus-org.freedesktop.network1.service`).
+pub(super) fn unit_enabled(tree: &Tree, unit: &str, alias: Option<&str>) -> Result<bool, GuestError> {
+    let dir = "etc/systemd/system";
+    let names = names_guest(tree, dir)?;
+    if alias.is_some_and(|a| names.iter().any(|n| n == a)) {
+        return Ok(true);
+    }
+    for w in names.iter().filter(|n| n.ends_with(".wants")) {
+        if names_guest(tree, &format!("{dir}/{w}"))?.iter().any(|n| n == unit) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the guest has a file (or a link to one) at `path`.
+pub(super) fn has_file(tree: &Tree, path: &str) -> Result<bool, GuestError> {
+    is_file(tree, path)
+}
+
 fn stacks(tree: &Tree) -> Result<Vec<NetStack>, GuestError> {
     let mut out = Vec::new();
     if is_file(tree, "etc/network/interfaces")? {
@@ -243,14 +265,7 @@ fn stacks(tree: &Tree) -> Result<Vec<NetStack>, GuestError> {
         out.push(NetStack::Netplan);
     }
     let networkd_files = names_guest(tree, "etc/systemd/network")?.iter().any(|n| n.ends_with(".network"));
-    let networkd_enabled = names_guest(tree, "etc/systemd/system")?
-        .iter()
-        .filter(|n| n.ends_with(".wants"))
-        .map(|w| names_guest(tree, &format!("etc/systemd/system/{w}")))
-        .collect::<Result<Vec<_>, _>>()?
-        .iter()
-        .flatten()
-        .any(|n| n == "systemd-networkd.service");
+    let networkd_enabled = unit_enabled(tree, "systemd-networkd.service", None)?;
     if networkd_files || networkd_enabled {
         out.push(NetStack::Networkd);
     }

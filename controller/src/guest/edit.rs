@@ -71,6 +71,13 @@ impl<'t> Editor<'t> {
         self.tree
     }
 
+    /// Whether an earlier run's records name a path that starts with `prefix`
+    /// (`/etc/netplan/`): a step whose files that run removed has to run again to repeat
+    /// its records.
+    pub(crate) fn touched_before(&self, prefix: &str) -> bool {
+        self.previous.iter().any(|c| c.path.starts_with(prefix))
+    }
+
     #[cfg(test)]
     pub(crate) fn changes(&self) -> &[GuestChange] {
         &self.changes

@@ -32,7 +32,6 @@ use crate::tree::{Tree, TreeError};
 
 pub use distro::{Distro, InitSystem, NetStack, detect};
 pub use edit::{BACKUP_DIR, JOURNAL};
-pub use network::FAKE_GATEWAY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

@@ -1,21 +1,20 @@
 //! Debian/Ubuntu ifupdown: `/etc/network/interfaces` and `interfaces.d/*`.
 //!
-//! Follows vzctl's `debian-add_ip.sh` (the release whose `functions` set
-//! `FAKEGATEWAY=192.0.2.1`): `auto venet0` / `iface venet0 inet static` with address
-//! 127.0.0.1, netmask 255.255.255.255, broadcast 0.0.0.0, a host route to the fake gateway
-//! and the default route through it; one `auto venet0:N` / `iface venet0:N inet static`
-//! stanza per IPv4 address; IPv6 in an `iface venet0 inet6 static` stanza. Where vzctl used
-//! `route`/`ifconfig` in `up` lines this uses `ip` (iproute2), because net-tools is missing
-//! from many current guests.
+//! venet0's stanzas follow the target's `debian-add_ip.sh` / `debian-add_netif.sh` (see
+//! [`block`]). Where a script runs `route`/`ifconfig` in an `up` line this uses `ip`
+//! (iproute2) to the same effect, because net-tools is missing from many current guests.
 //!
 //! Stanzas, `auto`/`allow-*` names and `mapping`s of the physical NICs are removed with the
 //! comment lines right above them; everything else, comments included, stays. The venet0
-//! part sits between two marker lines and is replaced as a whole on a later run. `dns-*`
-//! options of removed stanzas (read by resolvconf) move to venet0.
+//! part sits between two marker lines and is replaced as a whole on a later run, or taken
+//! out where another stack brings venet0 up. `dns-*` options of removed stanzas (read by
+//! resolvconf) move to venet0.
 
+use p2c_common::migration::Target;
 use rustix::fs::FileType;
 
-use super::{Nics, Plan, VENET, is_venet};
+use super::owner::Configures;
+use super::{Nics, Plan, ROUTED_GW6, ROUTED_UUID, VENET, is_venet, netmask};
 use crate::guest::GuestError;
 use crate::guest::edit::{Editor, MARKER};
 use crate::tree::rel;
@@ -27,14 +26,23 @@ pub(crate) const BEGIN: &str = "# p2c venet0 begin";
 /// Last line of the generated part.
 pub(crate) const END: &str = "# p2c venet0 end";
 
-pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
+/// Strips the NICs from ifupdown's files; `own`: venet0's stanzas go into
+/// `/etc/network/interfaces` (created if missing), else any there are taken out.
+pub(super) fn apply(ed: &mut Editor, plan: &Plan, own: bool) -> Result<(), GuestError> {
     let path = rel(PATH);
     match ed.read(&path)? {
         Some(text) => {
-            let out = rewrite(&text, plan);
-            ed.rewrite(&path, plan.reason(&out.removed), |_| out.text)?;
+            let out = rewrite(&text, plan, own);
+            let reason = if own {
+                plan.reason(&out.removed)
+            } else if out.removed.is_empty() {
+                plan.not_here()
+            } else {
+                plan.nics.reason(&out.removed)
+            };
+            ed.rewrite(&path, reason, |_| out.text)?;
         }
-        None if plan.has_addresses() => {
+        None if own && plan.has_addresses() => {
             ed.write(&path, &block(plan, &[], true), 0o644, plan.summary())?;
         }
         None => {}
@@ -71,12 +79,30 @@ pub(crate) struct Stripped {
     pub(crate) has_config: bool,
     /// Whether an `iface lo` stanza is left.
     pub(crate) has_lo: bool,
+    /// Whether venet0's stanzas (p2c's part or another's) went.
+    pub(crate) venet: bool,
 }
 
-/// The whole file: stripped, then the venet0 part appended.
-pub(crate) fn rewrite(text: &str, plan: &Plan) -> Stripped {
+/// What ifupdown's files configure: one of the server's NICs, venet0.
+pub(super) fn configures(ed: &Editor, nics: &Nics) -> Result<Configures, GuestError> {
+    let mut paths = vec![rel(PATH)];
+    paths.extend(
+        ed.entries(DIR)?.into_iter().filter(|e| e.kind == Some(FileType::RegularFile)).map(|e| e.path),
+    );
+    let mut c = Configures::default();
+    for p in &paths {
+        if let Some(text) = ed.read(p)? {
+            let out = strip(&text, nics);
+            c.add(Configures { nics: !out.removed.is_empty(), venet: out.venet });
+        }
+    }
+    Ok(c)
+}
+
+/// The whole file: stripped, then (`own`) the venet0 part appended.
+pub(crate) fn rewrite(text: &str, plan: &Plan, own: bool) -> Stripped {
     let mut out = strip(text, &plan.nics);
-    if plan.has_addresses() {
+    if own && plan.has_addresses() {
         if !out.text.is_empty() {
             out.text.push('\n');
         }
@@ -127,6 +153,7 @@ pub(crate) fn strip(text: &str, nics: &Nics) -> Stripped {
         if t.starts_with(BEGIN) {
             // The part an earlier run generated: replaced as a whole.
             dropped = true;
+            st.venet = true;
             while i < lines.len() && !lines[i].trim().starts_with(END) {
                 collect_dns(lines[i], &mut st.dns);
                 i += 1;
@@ -157,6 +184,7 @@ pub(crate) fn strip(text: &str, nics: &Nics) -> Stripped {
             };
             if names.iter().any(|n| gone(n)) {
                 dropped = true;
+                st.venet |= names.iter().any(|n| is_venet(n));
                 drop_attached_comments(&mut out);
                 note_removed(names, nics, &mut st.removed);
                 for l in &lines[i + 1..end] {
@@ -173,6 +201,7 @@ pub(crate) fn strip(text: &str, nics: &Nics) -> Stripped {
             let keep: Vec<&str> = names.iter().copied().filter(|n| !gone(n)).collect();
             if keep.len() != names.len() {
                 dropped = true;
+                st.venet |= names.iter().any(|n| is_venet(n));
                 note_removed(names, nics, &mut st.removed);
                 if keep.is_empty() {
                     drop_attached_comments(&mut out);
@@ -241,17 +270,79 @@ fn tidy(lines: &[String]) -> String {
     s
 }
 
-/// The generated venet0 part, markers included.
+/// The generated venet0 part, markers included: the target's script's stanzas.
 pub(crate) fn block(plan: &Plan, dns: &[String], with_lo: bool) -> String {
-    let gw = super::FAKE_GATEWAY;
     let mut s = format!(
         "{BEGIN}. {MARKER}: every address of this server is on {VENET}\n\
-         # (OpenVZ venet: layer 3, point-to-point, no ARP, no DHCP). Everything up to the end\n\
-         # marker is replaced when p2c runs again; the former file is in /etc/p2c/backup.\n"
+         # ({}). Everything up to the end\n\
+         # marker is replaced when p2c runs again; the former file is in /etc/p2c/backup.\n",
+        if plan.routed() {
+            "Virtuozzo 9: a routed veth, the host routes each address to it"
+        } else {
+            "OpenVZ venet: layer 3, point-to-point, no ARP, no DHCP"
+        }
     );
     if with_lo {
         s.push_str("auto lo\niface lo inet loopback\n\n");
     }
+    match plan.target {
+        Target::Openvz => legacy(&mut s, plan, dns),
+        Target::Vz7 => vz7(&mut s, plan, dns),
+        Target::Vz9 => routed(&mut s, plan, dns),
+    }
+    while s.ends_with("\n\n") {
+        s.pop();
+    }
+    s.push_str(END);
+    s.push('\n');
+    s
+}
+
+/// vzctl 4.11 `debian-add_ip.sh` `setup_network` and `create_config`: venet0 `inet manual`
+/// (`up ifconfig venet0 up`, `up ifconfig venet0 127.0.0.2`, `up route add default dev
+/// venet0` and the `down` lines undoing them), IPv6 in `iface venet0 inet6 manual` (`up
+/// ifconfig venet0 add <ip>/<mask>`, `up route -A inet6 add default dev venet0`), one
+/// `venet0:N` `inet static` stanza per IPv4 address with its netmask.
+fn legacy(s: &mut String, plan: &Plan, dns: &[String]) {
+    s.push_str(&format!(
+        "auto {VENET}\n\
+         iface {VENET} inet manual\n\
+         \tup ip link set {VENET} up\n\
+         \tup ip addr add 127.0.0.2/32 dev {VENET}\n"
+    ));
+    if !plan.v4.is_empty() {
+        s.push_str(&format!(
+            "\tup ip route add default dev {VENET}\n\tdown ip route del default dev {VENET}\n"
+        ));
+    }
+    s.push_str(&format!("\tdown ip link set {VENET} down\n"));
+    push_dns(s, dns);
+    if !plan.v6.is_empty() {
+        s.push_str(&format!("\niface {VENET} inet6 manual\n"));
+        for (a, p) in &plan.v6 {
+            s.push_str(&format!(
+                "\tup ip -6 addr add {a}/{p} dev {VENET}\n\tdown ip -6 addr del {a}/{p} dev {VENET}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "\tup ip -6 route add default dev {VENET}\n\tdown ip -6 route del default dev {VENET}\n"
+        ));
+    }
+    for (name, a, p) in plan.aliases() {
+        s.push_str(&format!(
+            "\nauto {name}\niface {name} inet static\n\taddress {a}\n\tnetmask {}\n",
+            netmask(p)
+        ));
+    }
+    s.push('\n');
+}
+
+/// libvzctl 7 `debian-add_ip.sh` `setup_network` and `add_ip`: venet0 `inet static` with
+/// 127.0.0.1/255.255.255.255, broadcast 0.0.0.0 and `up route add default dev venet0`; one
+/// `venet0:N` stanza per IPv4 address (`netmask 255.255.255.255` without a mask); IPv6 by
+/// `functions` `add_debian_ip6`: `iface venet0 inet6 static`, `address <ip>/128`, further
+/// addresses as `up ip addr add <ip> dev venet0`, `up ip -6 r a default dev venet0`.
+fn vz7(s: &mut String, plan: &Plan, dns: &[String]) {
     s.push_str(&format!(
         "auto {VENET}\n\
          iface {VENET} inet static\n\
@@ -260,31 +351,74 @@ pub(crate) fn block(plan: &Plan, dns: &[String], with_lo: bool) -> String {
          \tbroadcast 0.0.0.0\n"
     ));
     if !plan.v4.is_empty() {
+        s.push_str(&format!("\tup ip route add default dev {VENET}\n"));
+    }
+    push_dns(s, dns);
+    if let Some(((first, fp), rest)) = plan.v6.split_first() {
+        s.push_str(&format!("\niface {VENET} inet6 static\n\taddress {first}/{fp}\n"));
+        for (a, p) in rest {
+            s.push_str(&format!("\tup ip addr add {a}/{p} dev {VENET}\n"));
+        }
+        s.push_str(&format!("\tup ip -6 r a default dev {VENET}\n"));
+    }
+    for (name, a, p) in plan.aliases() {
         s.push_str(&format!(
-            "\tup ip route replace {gw}/32 dev {VENET} scope link\n\
-             \tup ip route replace default via {gw} dev {VENET}\n"
+            "\nauto {name}\niface {name} inet static\n\taddress {a}\n\tnetmask {}\n",
+            netmask(p)
         ));
     }
+    s.push('\n');
+}
+
+/// libvzctl 8 `debian-add_netif.sh` with `NETWORK_TYPE=routed` (`add_ip`, `add_ip6_alias`,
+/// `get_free_aliasid`): the first IPv4 address on venet0 itself with its netmask, the
+/// routed mark `#<ROUTED_UUID> venet0` and `up ip route add default dev venet0`; the others
+/// on `venet0:0`, `venet0:1`...; the first IPv6 address in `iface venet0 inet6 static` with
+/// `netmask 128`, the mark, `up ip -6 route add fe80::ffff:1:1 dev venet0` and `up ip -6
+/// route add default via fe80::ffff:1:1 dev venet0`, the others as `up ip addr add <ip>/128
+/// dev venet0`.
+fn routed(s: &mut String, plan: &Plan, dns: &[String]) {
+    s.push_str(&format!("auto {VENET}\n"));
+    if let Some(((a, p), _)) = plan.v4.split_first() {
+        s.push_str(&format!(
+            "iface {VENET} inet static\n\
+             \taddress {a}\n\
+             \tnetmask {}\n\
+             \t#{ROUTED_UUID} {VENET}\n\
+             \tup ip route add default dev {VENET}\n",
+            netmask(*p)
+        ));
+        push_dns(s, dns);
+        s.push('\n');
+    }
+    if let Some(((a, p), rest)) = plan.v6.split_first() {
+        s.push_str(&format!(
+            "iface {VENET} inet6 static\n\
+             \taddress {a}\n\
+             \tnetmask {p}\n\
+             \t#{ROUTED_UUID} {VENET}\n\
+             \tup ip -6 route add {ROUTED_GW6} dev {VENET}\n\
+             \tup ip -6 route add default via {ROUTED_GW6} dev {VENET}\n"
+        ));
+        for (a, p) in rest {
+            s.push_str(&format!("\tup ip addr add {a}/{p} dev {VENET}\n"));
+        }
+        if plan.v4.is_empty() {
+            push_dns(s, dns);
+        }
+        s.push('\n');
+    }
+    // The first IPv4 address is on venet0 itself: the others are venet0:0, venet0:1...
+    for (i, (a, p)) in plan.v4.iter().skip(1).enumerate() {
+        s.push_str(&format!(
+            "auto {VENET}:{i}\niface {VENET}:{i} inet static\n\taddress {a}\n\tnetmask {}\n\n",
+            netmask(*p)
+        ));
+    }
+}
+
+fn push_dns(s: &mut String, dns: &[String]) {
     for d in dns {
         s.push_str(&format!("\t{d}\n"));
     }
-    if let Some((first, rest)) = plan.v6.split_first() {
-        s.push_str(&format!("\niface {VENET} inet6 static\n\taddress {first}\n\tnetmask 128\n"));
-        for a in rest {
-            s.push_str(&format!("\tup ip -6 addr add {a}/128 dev {VENET}\n"));
-        }
-        s.push_str(&format!("\tup ip -6 route replace default dev {VENET}\n"));
-    }
-    for (name, a) in plan.aliases() {
-        s.push_str(&format!(
-            "\nauto {name}\n\
-             iface {name} inet static\n\
-             \taddress {a}\n\
-             \tnetmask 255.255.255.255\n\
-             \tbroadcast 0.0.0.0\n"
-        ));
-    }
-    s.push_str(END);
-    s.push('\n');
-    s
 }

@@ -7,15 +7,18 @@
 //! line after it), so comments and the other sections stay as they were; a file in flow
 //! style that has device sections is removed whole.
 //!
-//! venet0 then gets its own file, `90-p2c-venet0.yaml`, in the shape Virtuozzo's netplan
-//! helper writes (`ethernets: <dev>:` with `addresses`, `dhcp4`/`dhcp6` off), rendered by
-//! systemd-networkd: /32 and /128 addresses, the IPv4 default route through the fake
-//! gateway `on-link`, the IPv6 default route `scope: link` (a device route, which netplan
-//! accepts without `via`).
+//! Where netplan brings venet0 up it gets its own file, `90-p2c-venet0.yaml`, in the
+//! shape Virtuozzo's netplan helper writes (`ethernets: <dev>:` with `addresses`,
+//! `dhcp4`/`dhcp6` off), rendered by systemd-networkd, with what [`super::networkd`] writes:
+//! venet (openvz, vz7) /32 and /128 addresses, no link-local addresses and device default
+//! routes (`scope: link`, which netplan accepts without `via`); the routed veth (vz9) the
+//! addresses with their masks, IPv6 link-local on, `default dev venet0` and the IPv6
+//! default route via `fe80::ffff:1:1` `on-link`.
 
 use rustix::fs::FileType;
 
-use super::{FAKE_GATEWAY, Plan, VENET};
+use super::owner::Configures;
+use super::{Plan, ROUTED_GW6, VENET, is_venet};
 use crate::guest::GuestError;
 use crate::guest::edit::{Editor, MARKER};
 use crate::tree::rel;
@@ -25,7 +28,26 @@ const DIR: &str = "etc/netplan";
 pub(crate) const OURS: &str = "90-p2c-venet0.yaml";
 const DEVICE_KEYS: [&str; 6] = ["ethernets", "wifis", "bonds", "bridges", "vlans", "modems"];
 
-pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
+/// What netplan's files define: the server's devices, venet0 (p2c's file or another's).
+pub(super) fn configures(ed: &Editor) -> Result<Configures, GuestError> {
+    let mut c = Configures::default();
+    for e in ed.entries(DIR)? {
+        if !e.name.ends_with(".yaml") || e.kind != Some(FileType::RegularFile) {
+            continue;
+        }
+        if let Some(text) = ed.read(&e.path)? {
+            let out = strip(&text);
+            let venet = e.name == OURS || out.devices.iter().any(|d| is_venet(d));
+            let nics =
+                out.devices.iter().any(|d| !is_venet(d)) || (out.empty && out.text != text && e.name != OURS);
+            c.add(Configures { nics, venet });
+        }
+    }
+    Ok(c)
+}
+
+/// Strips the device sections; `own`: venet0 gets [`OURS`], else an earlier run's goes.
+pub(super) fn apply(ed: &mut Editor, plan: &Plan, own: bool) -> Result<(), GuestError> {
     for e in ed.entries(DIR)? {
         if e.name == OURS || !e.name.ends_with(".yaml") {
             continue;
@@ -45,10 +67,12 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
             ed.rewrite(&e.path, reason, |_| out.text)?;
         }
     }
-    if plan.has_addresses() {
-        let path = rel(&format!("{DIR}/{OURS}"));
+    let path = rel(&format!("{DIR}/{OURS}"));
+    if own && plan.has_addresses() {
         // netplan warns about configs others can read.
         ed.write(&path, &render(plan), 0o600, plan.summary())?;
+    } else {
+        ed.remove(&path, plan.not_here())?;
     }
     Ok(())
 }
@@ -155,28 +179,39 @@ pub(crate) fn strip(text: &str) -> Stripped {
 
 /// venet0's netplan file.
 pub(crate) fn render(plan: &Plan) -> String {
+    let routed = plan.routed();
     let mut s = format!(
-        "# {MARKER}: every address of this server is on {VENET} (OpenVZ venet:\n\
-         # layer 3, point-to-point, no ARP, no DHCP); the default routes go through {VENET}.\n\
+        "# {MARKER}: every address of this server is on {VENET} ({});\n\
+         # the default routes go through {VENET}.\n\
          # The server's former netplan files are in /etc/p2c/backup/etc/netplan.\n\
          network:\n  version: 2\n  ethernets:\n    {VENET}:\n      renderer: networkd\n      \
-         dhcp4: false\n      dhcp6: false\n      accept-ra: false\n      link-local: []\n      \
-         addresses:\n"
+         dhcp4: false\n      dhcp6: false\n      accept-ra: false\n      link-local: [{}]\n      \
+         addresses:\n",
+        if routed {
+            "Virtuozzo 9: a routed veth,\n# the host routes each address to it"
+        } else {
+            "OpenVZ venet:\n# layer 3, point-to-point, no ARP, no DHCP"
+        },
+        if routed { "ipv6" } else { "" }
     );
-    for a in &plan.v4 {
-        s.push_str(&format!("        - {a}/32\n"));
+    for (a, p) in &plan.v4 {
+        s.push_str(&format!("        - {a}/{p}\n"));
     }
-    for a in &plan.v6 {
-        s.push_str(&format!("        - {a}/128\n"));
+    for (a, p) in &plan.v6 {
+        s.push_str(&format!("        - \"{a}/{p}\"\n"));
     }
     s.push_str("      routes:\n");
     if !plan.v4.is_empty() {
-        s.push_str(&format!(
-            "        - to: 0.0.0.0/0\n          via: {FAKE_GATEWAY}\n          on-link: true\n"
-        ));
+        s.push_str("        - to: 0.0.0.0/0\n          scope: link\n");
     }
     if !plan.v6.is_empty() {
-        s.push_str("        - to: \"::/0\"\n          scope: link\n");
+        if routed {
+            s.push_str(&format!(
+                "        - to: \"::/0\"\n          via: \"{ROUTED_GW6}\"\n          on-link: true\n"
+            ));
+        } else {
+            s.push_str("        - to: \"::/0\"\n          scope: link\n");
+        }
     }
     if !plan.nameservers.is_empty() || !plan.search.is_empty() {
         s.push_str("      nameservers:\n");

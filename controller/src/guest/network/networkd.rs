@@ -3,15 +3,22 @@
 //! `.network` and `.link` files whose `[Match]` names a physical NIC (by `Name=` glob
 //! matching one of the server's NICs or a hardware name, or by MAC address, path, driver
 //! or an ethernet/wlan `Type=`) go, and so do `.netdev` files creating bonds, bridges and
-//! VLANs (they only make sense on top of those NICs). venet0 gets
-//! `10-p2c-venet0.network`: its addresses as /32 and /128, a link-scope route to the fake
-//! gateway and the IPv4 default route through it (the two routes vzctl's
-//! `debian-add_ip.sh` adds with `route`), the IPv6 default route as a device route, no
-//! DHCP, no router advertisements, no link-local addresses (venet has no link layer).
+//! VLANs (they only make sense on top of those NICs). Where networkd brings venet0 up it
+//! gets `10-p2c-venet0.network`, the equivalent of the target's `debian-add_ip.sh` /
+//! `debian-add_netif.sh` stanzas (libvzctl has no networkd script): no DHCP, no router
+//! advertisements, and
+//!
+//! * venet (openvz, vz7): the addresses as /32 and /128, no link-local addresses (venet
+//!   has no link layer), the default routes as device routes (`Destination=` without
+//!   `Gateway=`: `default dev venet0`);
+//! * routed veth (vz9): the addresses with their masks (IPv6 /128), IPv6 link-local
+//!   addressing on (a veth is an Ethernet link), `default dev venet0` for IPv4 and the IPv6
+//!   default route through `fe80::ffff:1:1` on the link.
 
 use rustix::fs::FileType;
 
-use super::{FAKE_GATEWAY, Nics, Plan, VENET, is_venet};
+use super::owner::Configures;
+use super::{Nics, Plan, ROUTED_GW6, VENET, is_venet};
 use crate::guest::GuestError;
 use crate::guest::edit::{Editor, MARKER};
 use crate::tree::rel;
@@ -20,7 +27,8 @@ const DIR: &str = "etc/systemd/network";
 /// venet0's file; networkd uses the first file in name order that matches a link.
 pub(crate) const OURS: &str = "10-p2c-venet0.network";
 
-pub(super) fn apply(ed: &mut Editor, plan: &Plan, write_venet: bool) -> Result<(), GuestError> {
+/// Strips the NICs' files; `own`: venet0 gets [`OURS`], else an earlier run's goes.
+pub(super) fn apply(ed: &mut Editor, plan: &Plan, own: bool) -> Result<(), GuestError> {
     for e in ed.entries(DIR)? {
         let ext = e.name.rsplit('.').next().unwrap_or_default();
         if e.name == OURS || !matches!(ext, "network" | "link" | "netdev") {
@@ -38,11 +46,31 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan, write_venet: bool) -> Result<(
             ed.remove(&e.path, plan.nics.reason(&names))?;
         }
     }
-    if write_venet && plan.has_addresses() {
-        let path = rel(&format!("{DIR}/{OURS}"));
+    let path = rel(&format!("{DIR}/{OURS}"));
+    if own && plan.has_addresses() {
         ed.write(&path, &render(plan), 0o644, plan.summary())?;
+    } else {
+        ed.remove(&path, plan.not_here())?;
     }
     Ok(())
+}
+
+/// What the `.network` files configure: one of the server's NICs, venet0 (`.link` files
+/// only name devices, `.netdev` files create them).
+pub(super) fn configures(ed: &Editor, nics: &Nics) -> Result<Configures, GuestError> {
+    let mut c = Configures::default();
+    for e in ed.entries(DIR)? {
+        if !e.name.ends_with(".network") || e.kind != Some(FileType::RegularFile) {
+            continue;
+        }
+        if let Some(text) = ed.read(&e.path)? {
+            let ini = Ini::parse(&text);
+            let venet = ini.get("Match", "Name").any(|v| v.split_whitespace().any(is_venet));
+            let nics = !venet && hardware(&ini, "network", nics).is_some();
+            c.add(Configures { nics, venet });
+        }
+    }
+    Ok(c)
 }
 
 /// `(section, key, value)` of a unit-style file, in order.
@@ -108,16 +136,23 @@ fn hardware(ini: &Ini, ext: &str, nics: &Nics) -> Option<Vec<String>> {
 
 /// venet0's `.network` file.
 pub(crate) fn render(plan: &Plan) -> String {
+    let routed = plan.routed();
     let mut s = format!(
-        "# {MARKER}: every address of this server is on {VENET} (OpenVZ venet:\n\
-         # layer 3, point-to-point, no ARP, no DHCP); the default routes go through {VENET}.\n\
-         [Match]\nName={VENET}\n\n[Network]\nDHCP=no\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        "# {MARKER}: every address of this server is on {VENET} ({});\n\
+         # the default routes go through {VENET}.\n\
+         [Match]\nName={VENET}\n\n[Network]\nDHCP=no\nLinkLocalAddressing={}\nIPv6AcceptRA=no\n",
+        if routed {
+            "Virtuozzo 9: a routed veth,\n# the host routes each address to it"
+        } else {
+            "OpenVZ venet:\n# layer 3, point-to-point, no ARP, no DHCP"
+        },
+        if routed { "ipv6" } else { "no" }
     );
-    for a in &plan.v4 {
-        s.push_str(&format!("Address={a}/32\n"));
+    for (a, p) in &plan.v4 {
+        s.push_str(&format!("Address={a}/{p}\n"));
     }
-    for a in &plan.v6 {
-        s.push_str(&format!("Address={a}/128\n"));
+    for (a, p) in &plan.v6 {
+        s.push_str(&format!("Address={a}/{p}\n"));
     }
     for n in &plan.nameservers {
         s.push_str(&format!("DNS={n}\n"));
@@ -126,13 +161,14 @@ pub(crate) fn render(plan: &Plan) -> String {
         s.push_str(&format!("Domains={}\n", plan.search.join(" ")));
     }
     if !plan.v4.is_empty() {
-        s.push_str(&format!(
-            "\n[Route]\nDestination={FAKE_GATEWAY}/32\nScope=link\n\
-             \n[Route]\nGateway={FAKE_GATEWAY}\nGatewayOnLink=yes\n"
-        ));
+        s.push_str("\n[Route]\nDestination=0.0.0.0/0\n");
     }
     if !plan.v6.is_empty() {
-        s.push_str("\n[Route]\nDestination=::/0\n");
+        if routed {
+            s.push_str(&format!("\n[Route]\nGateway={ROUTED_GW6}\nGatewayOnLink=yes\n"));
+        } else {
+            s.push_str("\n[Route]\nDestination=::/0\n");
+        }
     }
     s
 }

@@ -1,16 +1,33 @@
 //! SUSE: `/etc/sysconfig/network/ifcfg-*`, `ifroute-*` and `routes`.
 //!
-//! Follows vzctl's `suse-add_ip.sh`: `ifcfg-venet0` with `STARTMODE=onboot`,
-//! `BOOTPROTO=static`, 127.0.0.1/32 with broadcast 0.0.0.0, then `IPADDR_N`/`LABEL_N` for
-//! each IPv4 address (the label makes the alias `venet0:N`) and `IPADDR_N=<addr>/128` for
-//! IPv6 (no label: IPv6 has no aliases); `ifroute-venet0` with the default routes — for
-//! IPv4 through the fake gateway, with a host route to it (as vzctl's SuSE-8 script wrote
-//! it), for IPv6 `default :: - venet0`. The physical NICs' `ifcfg-*`/`ifroute-*` and the
-//! global routes through their gateways go.
+//! The physical NICs' `ifcfg-*`/`ifroute-*` and the global routes through their gateways
+//! go. Where these files bring venet0 up, it gets what the target's script writes:
+//!
+//! * openvz, vzctl 4.11 `suse-add_ip.sh` (`init_config`, `create_config`): `ifcfg-venet0`
+//!   with `STARTMODE=onboot`, `BOOTPROTO=static`, 127.0.0.1/32 and broadcast 0.0.0.0, then
+//!   `IPADDR_N`, `PREFIXLEN_N` (32 or 128 from `ip_conv`) and `LABEL_N` for every address;
+//!   `ifroute-venet0` `default - - venet0` and `default :: - venet0`;
+//! * vz7, libvzctl 7 `suse-add_ip.sh` (`init_config`, `add_alias`): the same `ifcfg-venet0`
+//!   start, `IPADDR_N` and `LABEL_N` per address (`PREFIXLEN_N=128` for IPv6, which the
+//!   script writes when the address carries its mask; IPv4 takes the file's `NETMASK`);
+//!   `ifroute-venet0` `default - - venet0`, and `default :: - venet0` with IPv6;
+//! * vz9, libvzctl 8 `suse-add_netif.sh` (`create_config`, `add_alias`,
+//!   `setup_default_route`): `ifcfg-venet0` marked `# <ROUTED_UUID> venet0` with the first
+//!   address as `IPADDR` and its `NETMASK`/`PREFIXLEN` (IPv6 128), the others as
+//!   `IPADDR_N`, `LABEL_N`, `NETMASK_N`/`PREFIXLEN_N` from 1; `ifroute-venet0` with host
+//!   routes to `169.254.0.1` and `fe80::ffff:1:1` and the default routes through them.
+//!
+//! No fake gateway: p2c once wrote `default 192.0.2.1 - venet0`. Both venet scripts also
+//! patch wicked (`fix_wicked_route`: a netconfig extension that runs `ip route add default
+//! dev venet0`) and sysconfig's `ifup-route` (`via $GWAY` only with a gateway) so the
+//! gateway-less routes work; the node runs them at every container start, p2c does not
+//! change the guest's programs.
 
+use p2c_common::migration::Target;
 use rustix::fs::FileType;
 
-use super::{FAKE_GATEWAY, Plan, VENET, is_venet};
+use super::owner::Configures;
+use super::{Nics, Plan, ROUTED_GW4, ROUTED_GW6, ROUTED_UUID, VENET, is_venet, netmask};
 use crate::guest::GuestError;
 use crate::guest::edit::{Editor, MARKER};
 use crate::tree::rel;
@@ -18,7 +35,9 @@ use crate::tree::rel;
 const DIR: &str = "etc/sysconfig/network";
 const PREFIXES: [&str; 2] = ["ifcfg-", "ifroute-"];
 
-pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
+/// Strips the NICs' files and routes; `own`: venet0 gets its files, else any go.
+pub(super) fn apply(ed: &mut Editor, plan: &Plan, own: bool) -> Result<(), GuestError> {
+    let write = own && plan.has_addresses();
     for e in ed.entries(DIR)? {
         let Some(dev) = PREFIXES.iter().find_map(|p| e.name.strip_prefix(p)) else {
             continue;
@@ -27,8 +46,10 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
             continue;
         }
         if is_venet(dev) {
-            if !(dev == VENET && plan.has_addresses()) {
-                ed.remove(&e.path, format!("stale {VENET} config: {}", plan.summary()))?;
+            if !(dev == VENET && write) {
+                let why =
+                    if own { format!("stale {VENET} config: {}", plan.summary()) } else { plan.not_here() };
+                ed.remove(&e.path, why)?;
             }
             continue;
         }
@@ -36,13 +57,11 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
             ed.remove(&e.path, "")?;
             continue;
         };
-        let mac =
-            text.lines().any(|l| l.trim_start().starts_with("LLADDR=") && l.trim().len() > "LLADDR=''".len());
-        if plan.nics.is_physical(dev) || mac {
+        if hardware(&text, dev, &plan.nics) {
             ed.remove(&e.path, plan.nics.reason(&[dev.to_string()]))?;
         }
     }
-    if plan.has_addresses() {
+    if write {
         let summary = plan.summary();
         ed.write(&rel(&format!("{DIR}/ifcfg-{VENET}")), &ifcfg_venet(plan), 0o644, &summary)?;
         ed.write(&rel(&format!("{DIR}/ifroute-{VENET}")), &ifroute_venet(plan), 0o644, &summary)?;
@@ -54,31 +73,101 @@ pub(super) fn apply(ed: &mut Editor, plan: &Plan) -> Result<(), GuestError> {
     Ok(())
 }
 
-pub(crate) fn ifcfg_venet(plan: &Plan) -> String {
-    let mut s = format!(
-        "# {MARKER}: {VENET} (OpenVZ venet: layer 3, point-to-point, no ARP).\n\
-         STARTMODE=onboot\nBOOTPROTO=static\nBROADCAST=0.0.0.0\nNETMASK=255.255.255.255\n\
-         IPADDR=127.0.0.1\n"
-    );
-    let mut n = 0;
-    for a in &plan.v4 {
-        s.push_str(&format!("IPADDR_{n}={a}\nLABEL_{n}={n}\n"));
-        n += 1;
+fn hardware(text: &str, dev: &str, nics: &Nics) -> bool {
+    let mac =
+        text.lines().any(|l| l.trim_start().starts_with("LLADDR=") && l.trim().len() > "LLADDR=''".len());
+    nics.is_physical(dev) || mac
+}
+
+/// What the `ifcfg-*` files configure: one of the server's NICs, venet0.
+pub(super) fn configures(ed: &Editor, nics: &Nics) -> Result<Configures, GuestError> {
+    let mut c = Configures::default();
+    for e in ed.entries(DIR)? {
+        let Some(dev) = e.name.strip_prefix("ifcfg-") else {
+            continue;
+        };
+        if dev == "lo" || e.kind != Some(FileType::RegularFile) {
+            continue;
+        }
+        if is_venet(dev) {
+            c.venet = true;
+        } else if ed.read(&e.path)?.is_some_and(|t| hardware(&t, dev, nics)) {
+            c.nics = true;
+        }
     }
-    for a in &plan.v6 {
-        s.push_str(&format!("IPADDR_{n}={a}/128\n"));
-        n += 1;
+    Ok(c)
+}
+
+pub(crate) fn ifcfg_venet(plan: &Plan) -> String {
+    let all: Vec<(String, bool, u8)> = plan
+        .v4
+        .iter()
+        .map(|(a, p)| (a.to_string(), false, *p))
+        .chain(plan.v6.iter().map(|(a, p)| (a.to_string(), true, *p)))
+        .collect();
+    let mut s = String::new();
+    match plan.target {
+        Target::Openvz | Target::Vz7 => {
+            s.push_str(&format!(
+                "# {MARKER}: {VENET} (OpenVZ venet: layer 3, point-to-point, no ARP).\n\
+                 STARTMODE=onboot\nBOOTPROTO=static\nBROADCAST=0.0.0.0\nNETMASK=255.255.255.255\n\
+                 IPADDR=127.0.0.1\n"
+            ));
+            let legacy = plan.target == Target::Openvz;
+            for (n, (a, v6, p)) in all.iter().enumerate() {
+                s.push_str(&format!("IPADDR_{n}={a}\n"));
+                if legacy {
+                    s.push_str(&format!("PREFIXLEN_{n}={p}\n"));
+                }
+                s.push_str(&format!("LABEL_{n}={n}\n"));
+                if !legacy && *v6 {
+                    s.push_str(&format!("PREFIXLEN_{n}={p}\n"));
+                }
+            }
+        }
+        Target::Vz9 => {
+            s.push_str(&format!(
+                "# {ROUTED_UUID} {VENET}\n\
+                 # {MARKER}: {VENET} (Virtuozzo 9: a routed veth, the host routes each address to it).\n\
+                 STARTMODE=onboot\nBOOTPROTO=static\n"
+            ));
+            let mask = |v6: bool, p: u8| {
+                if v6 { ("PREFIXLEN", p.to_string()) } else { ("NETMASK", netmask(p).to_string()) }
+            };
+            for (n, (a, v6, p)) in all.iter().enumerate() {
+                let (k, v) = mask(*v6, *p);
+                if n == 0 {
+                    s.push_str(&format!("IPADDR={a}\n{k}={v}\n"));
+                } else {
+                    s.push_str(&format!("IPADDR_{n}={a}\nLABEL_{n}={n}\n{k}_{n}={v}\n"));
+                }
+            }
+        }
     }
     s
 }
 
 pub(crate) fn ifroute_venet(plan: &Plan) -> String {
-    let mut s = format!("# {MARKER}: default routes through {VENET} (OpenVZ's fake gateway for IPv4).\n");
-    if !plan.v4.is_empty() {
-        s.push_str(&format!("{FAKE_GATEWAY} - 255.255.255.255 {VENET}\ndefault {FAKE_GATEWAY} - {VENET}\n"));
-    }
-    if !plan.v6.is_empty() {
-        s.push_str(&format!("default :: - {VENET}\n"));
+    let mut s = if plan.routed() {
+        format!("# {MARKER}: the default routes through the host end of {VENET}.\n")
+    } else {
+        format!("# {MARKER}: the default routes through {VENET}, no gateway behind it.\n")
+    };
+    match plan.target {
+        // vzctl 4.11 writes both lines whenever the container has an address.
+        Target::Openvz => s.push_str(&format!("default - - {VENET}\ndefault :: - {VENET}\n")),
+        Target::Vz7 => {
+            s.push_str(&format!("default - - {VENET}\n"));
+            if !plan.v6.is_empty() {
+                s.push_str(&format!("default :: - {VENET}\n"));
+            }
+        }
+        Target::Vz9 => {
+            s.push_str(&format!("{ROUTED_GW4} - - -\n{ROUTED_GW6} - - -\ndefault {ROUTED_GW4} - -\n"));
+            if !plan.v6.is_empty() {
+                s.push_str(&format!("default {ROUTED_GW6} - -\n"));
+            }
+        }
     }
     s
 }
