@@ -11,7 +11,9 @@
 //!   (`dists/<DISTRIBUTION>.conf`, shortened at `-` until one exists); vzctl 4 has no such
 //!   key and finds them from `OSTEMPLATE`.
 //! - `IP_ADDRESS` entries carry their prefix (`ip/prefix`, which libvzctl's parser takes) on
-//!   Virtuozzo 7 and 9, so the guest keeps its netmask; legacy OpenVZ gets bare addresses.
+//!   Virtuozzo 9, whose routed veth gives the guest that netmask (an address without one
+//!   becomes a /24 in its `*-add_netif.sh`); on venet (legacy OpenVZ, Virtuozzo 7) every
+//!   address is a host address, so they are written bare, as `vzctl --ipadd` writes them.
 //! - `NETIF` on Virtuozzo 9 only: it has no venet, and libvzctl 8 puts `IP_ADDRESS` on a
 //!   routed veth named `venet0` (`apply_venet_param` in `lib/veth.c`). Left out, libvzctl
 //!   writes that entry itself at the first start; p2c writes it (see [`vz9_netif`]) so the
@@ -127,10 +129,11 @@ impl CtConf {
         };
         let vz = self.vz_root.trim_end_matches('/');
         let versioned = self.target.versioned_private();
+        let masked = !self.target.has_venet();
         let ips: Vec<String> = self
             .addresses
             .iter()
-            .map(|a| if versioned { format!("{}/{}", a.address, a.prefix) } else { a.address.to_string() })
+            .map(|a| if masked { format!("{}/{}", a.address, a.prefix) } else { a.address.to_string() })
             .collect();
         let ns: Vec<String> = self.nameservers.iter().map(|a| a.to_string()).collect();
         let pages = |bytes: u64| bytes.div_ceil(4096);
@@ -360,7 +363,7 @@ mod tests {
     }
 
     #[test]
-    fn virtuozzo_gets_its_distribution_and_masked_addresses_and_no_layout_key() {
+    fn virtuozzo_gets_its_distribution_and_no_layout_key() {
         for target in [Target::Vz7, Target::Vz9] {
             let c = CtConf::from_inventory(101, "web1", Path::new("/vz"), Layout::Simfs, target, &server());
             let text = c.render();
@@ -369,7 +372,12 @@ mod tests {
             assert!(!kv.contains_key("VEID"), "{target}: vzctl register writes VEID itself");
             assert_eq!(kv["DISTRIBUTION"], "debian");
             assert_eq!(kv["OSTEMPLATE"], "debian-12-x86_64");
-            assert_eq!(kv["IP_ADDRESS"], "192.0.2.10/24 2001:db8::10/64");
+            let ips = if target == Target::Vz9 {
+                "192.0.2.10/24 2001:db8::10/64"
+            } else {
+                "192.0.2.10 2001:db8::10"
+            };
+            assert_eq!(kv["IP_ADDRESS"], ips, "{target}: masks only on the routed veth");
             assert!(text.starts_with("# Container 101"), "the provenance stays in the header comment");
         }
     }

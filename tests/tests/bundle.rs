@@ -158,10 +158,7 @@ async fn a_bundle_builds_the_container_an_online_move_builds() {
     let (ca, cb) =
         (std::fs::read_to_string(node.conf(101)).unwrap(), std::fs::read_to_string(node.conf(102)).unwrap());
     assert_eq!(settings(&ca), settings(&cb));
-    assert!(
-        cb.contains("IP_ADDRESS=\"192.0.2.10/24 2001:db8::10/64 192.0.2.11/24 198.51.100.7/24\""),
-        "{cb}"
-    );
+    assert!(cb.contains("IP_ADDRESS=\"192.0.2.10 2001:db8::10 192.0.2.11 198.51.100.7\""), "{cb}");
     // Chunks the node already held (CT 101's) were copied on the node, not read from the bundle.
     let pass = imported.passes.last().unwrap();
     assert!(pass.local_bytes > 0 && pass.wire_bytes < pass.local_bytes, "{pass:?}");

@@ -87,10 +87,10 @@ async fn the_container_config_describes_the_source() {
     let s = node.migrate(&migrate_opts("web01", 103)).await.unwrap();
     assert_eq!(s.state, MigrationState::Done, "migration failed: {:?}", s.error);
     let conf = p2c_controller::ctconf::parse(&std::fs::read_to_string(node.conf(103)).unwrap());
-    // Made for this machine's default platform, Virtuozzo 7: the addresses keep their masks,
-    // the layout is the private area's `.ve.layout` link, and the config is the area's
-    // `ve.conf` with the conf dir's entry a link to it (what `vzctl register` accepts).
-    assert_eq!(conf["IP_ADDRESS"], "192.0.2.10/24 2001:db8::10/64 192.0.2.11/24 198.51.100.7/24");
+    // Made for this machine's default platform, Virtuozzo 7: the layout is the private area's
+    // `.ve.layout` link, and the config is the area's `ve.conf` with the conf dir's entry a
+    // link to it (what `vzctl register` accepts).
+    assert_eq!(conf["IP_ADDRESS"], "192.0.2.10 2001:db8::10 192.0.2.11 198.51.100.7");
     assert!(!conf.contains_key("VE_LAYOUT"), "libvzctl has no VE_LAYOUT key");
     assert_eq!(conf["DISTRIBUTION"], "debian");
     let private = node.private(103);
