@@ -108,10 +108,10 @@ impl CommandRunner for FakeKernel {
                 self.add_loop("/dev/loop9", offset);
                 stdout = "/dev/loop9\n".into();
             }
-            "losetup" if argv.get(1).map(String::as_str) == Some("-d") => {
-                if !lock(&self.busy).contains(&argv[2]) {
-                    lock(&self.loops).retain(|l| l.device != argv[2]);
-                }
+            "losetup"
+                if argv.get(1).map(String::as_str) == Some("-d") && !lock(&self.busy).contains(&argv[2]) =>
+            {
+                lock(&self.loops).retain(|l| l.device != argv[2]);
             }
             "mount" => self.add_mount(&last, &argv[argv.len() - 2], "ext4"),
             "umount" => self.umount(&last),
