@@ -21,8 +21,9 @@
 //! 2. `let sel = quota::select(&Node::linux(), options.layout, target, private_root)`;
 //! 3. `sel.backend.prepare(ctid, private, &plan)` before the first file is received
 //!    (btrfs: creates the subvolume; projquota: tags the directory; ploop: creates the
-//!    image); for ploop then `ploop::Ploop::new(node, format).mount(private, mountpoint)` and receive into the
-//!    mount point, dropping the guard (or `unmount()`) when the passes are done;
+//!    image); for ploop then `ploop::Ploop::new(node, format).mount(private, mountpoint)`
+//!    and receive into the mount point, dropping the guard (or `unmount()`) when the passes
+//!    are done;
 //! 4. `sel.backend.apply(ctid, private, &plan)` after the last pass (ploop: unmounted),
 //!    and store the returned [`QuotaOutcome`] with the migration; write
 //!    `plan.conf_keys()` into the container config.

@@ -445,7 +445,7 @@ impl Attachment {
         if ploop1::read_header(&image)?.in_use() {
             return Err(QuotaError::Command {
                 cmd: format!("qemu-img check -r all -f parallels {}", image.display()),
-                status: format!("{:?}", out.code),
+                status: out.code.map_or("killed by a signal".into(), |c| format!("exit code {c}")),
                 stderr: format!("{} (the image is still marked in use)", out.stderr_str()),
             });
         }

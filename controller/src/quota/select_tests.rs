@@ -168,3 +168,23 @@ fn ploop_layout_uses_the_image() {
     assert_eq!(sel.method(), Method::RecordOnly);
     assert!(sel.considered[0].reason.contains("mkfs.ext4"));
 }
+
+#[test]
+fn a_vz7_ploop_container_needs_the_tools_that_make_its_image() {
+    let raw_tools = ["mkfs.ext4", "mount", "umount", "quotacheck", "setquota"];
+    let n = node(FakeRunner::with_programs(&raw_tools), FakeProbe::btrfs());
+    assert_eq!(select(&n, Layout::Ploop, Target::Openvz, Path::new("/vz/private")).method(), Method::Ploop);
+    let sel = select(&n, Layout::Ploop, Target::Vz7, Path::new("/vz/private"));
+    assert_eq!(sel.method(), Method::RecordOnly);
+    assert!(
+        sel.considered[0].reason.contains("qemu-storage-daemon (package qemu-system-common)"),
+        "{:?}",
+        sel.considered
+    );
+    let mut with_ploop = raw_tools.to_vec();
+    with_ploop.push("ploop");
+    let n = node(FakeRunner::with_programs(&with_ploop), FakeProbe::btrfs());
+    let sel = select(&n, Layout::Ploop, Target::Vz9, Path::new("/vz/private"));
+    assert_eq!(sel.method(), Method::Ploop);
+    assert!(sel.considered[0].reason.contains("the node's ploop tool"), "{:?}", sel.considered);
+}
