@@ -4,9 +4,12 @@
 # Quiet when everything is already there. Run as root, or it re-runs itself with sudo.
 set -euo pipefail
 
+# qemu-utils (qemu-img, qemu-nbd), qemu-system-common (qemu-storage-daemon) and fdisk
+# (sfdisk) make and attach vz7/vz9 ploop images where the ploop tool is not installed.
 packages=(
     debootstrap rsync quota btrfs-progs e2fsprogs attr acl iproute2 iputils-ping
     util-linux kmod cpio qemu-system-x86 busybox-static xz-utils zstd
+    qemu-utils qemu-system-common fdisk
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -43,7 +43,7 @@ pub fn prepare_storage(
     let private_root = ctl.settings.vz_root.join("private");
     root_only_dir(&private_root)
         .map_err(|e| MigrateError::Quota(format!("{}: {e}", private_root.display())))?;
-    let selection = quota::select(&quota::Node::linux(), opts.layout, &private_root);
+    let selection = quota::select(&quota::Node::linux(), opts.layout, opts.made_for(), &private_root);
     let area = ctl.settings.private_area(h.ctid(), opts);
     area.prepare().map_err(|e| MigrateError::Quota(format!("{}: {e}", area.dir.display())))?;
     let private = area.dir.clone();
@@ -56,7 +56,8 @@ pub fn prepare_storage(
         }
         // A crashed run may have left the image mounted there.
         let _ = std::process::Command::new("umount").arg(&mp).stderr(std::process::Stdio::null()).status();
-        let g = quota::ploop::Ploop::new(quota::Node::linux())
+        let format = quota::ploop::Format::of(opts.made_for());
+        let g = quota::ploop::Ploop::new(quota::Node::linux(), format)
             .mount(&private, &mp)
             .map_err(|e| MigrateError::Quota(e.to_string()))?;
         (mp, Some(g))
@@ -198,10 +199,11 @@ pub async fn verify_tree(
     let mut rewritten = rewritten;
     // A ploop image's file system has its own lost+found (mkfs.ext4 makes it), not the
     // source's unless the source sent one (which the manifest then checks as any entry),
-    // and its own quota files at its root, written when the quotas are applied.
+    // its own quota files at its root, written when the quotas are applied, and (vz7/vz9)
+    // ploop's balloon file.
     if quota::ploop::image_path(&ctl.settings.private_dir(ctid)).exists() {
         own_dirs.push(crate::tree::rel("lost+found"));
-        rewritten.extend(["aquota.user", "aquota.group"].map(crate::tree::rel));
+        rewritten.extend(quota::ploop::OWN_FILES.map(crate::tree::rel));
     }
     let opts =
         crate::verify::VerifyOptions { rewritten, own_dirs, keep_xattrs, sweep_temps: true, content_only };

@@ -1,7 +1,8 @@
 //! Harness for p2c's integration tests: root checks, tracing, bounded waits, network-namespace
 //! hosts, loop-mounted file systems, source-tree fixtures with a tree comparator, real
 //! controllers and agents, a scriptable hostile agent, tree snapshots, Debian trees from
-//! debootstrap, a container start harness and a quota-capable kernel under qemu.
+//! debootstrap, a container start harness, a quota-capable kernel under qemu and a reader of
+//! ploop1 container images that needs none of the controller's code.
 
 #![deny(unsafe_code)]
 // Audited `unsafe` lives only in the modules marked `#[allow(unsafe_code)]`, every block with
@@ -18,6 +19,7 @@ pub mod loopfs;
 #[allow(unsafe_code)]
 pub mod netns;
 pub mod node;
+pub mod ploop;
 pub mod procs;
 pub mod proxy;
 pub mod quota;

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use p2c_common::inventory::{FsQuota, Inventory, Mount, MountKind, QuotaLimit};
-use p2c_common::migration::{Layout, MigrateOptions};
+use p2c_common::migration::{Layout, MigrateOptions, Target};
 use p2c_controller::quota::{self, Method, Node, QuotaPlan, ploop};
 use p2c_tests::quota::{EnforceCheck, LoopMount, guest_prerequisites, have, is_root, run_quota_guest};
 
@@ -34,7 +34,7 @@ fn btrfs_qgroup_limits_the_container() {
     let private = private_root.join("101");
 
     let node = Node::linux();
-    let sel = quota::select(&node, Layout::Simfs, &private_root);
+    let sel = quota::select(&node, Layout::Simfs, Target::Openvz, &private_root);
     assert_eq!(sel.method(), Method::BtrfsQgroup, "{:?}", sel.considered);
 
     let opts = MigrateOptions { diskspace: Some((15 * 1024, 20 * 1024)), ..Default::default() };
@@ -135,7 +135,7 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let private = dir.path().join("vz/private/101");
     let node = Node::linux();
-    let sel = quota::select(&node, Layout::Ploop, &dir.path().join("vz/private"));
+    let sel = quota::select(&node, Layout::Ploop, Target::Openvz, &dir.path().join("vz/private"));
     assert_eq!(sel.method(), Method::Ploop, "{:?}", sel.considered);
     sel.backend.prepare(101, &private, &plan).unwrap();
     let descriptor = std::fs::read_to_string(ploop::descriptor_path(&private)).unwrap();
@@ -144,7 +144,7 @@ fn ploop_user_quota_is_enforced_by_a_quota_capable_kernel() {
     // Receive a few files owned by uid/gid 1001 into the mounted image.
     {
         let mnt = dir.path().join("root");
-        let guard = ploop::Ploop::new(node.clone()).mount(&private, &mnt).unwrap();
+        let guard = ploop::Ploop::new(node.clone(), ploop::Format::Raw).mount(&private, &mnt).unwrap();
         let home = guard.path().join("home/u1001");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::write(home.join("notes.txt"), vec![b'n'; 64 * 1024]).unwrap();

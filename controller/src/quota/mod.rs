@@ -8,7 +8,9 @@
 //!   - [`vztools`]: a Virtuozzo/OpenVZ node (`vzctl` and `vzquota`): `vzctl set` and
 //!     `vzdqload` / `vzquota setlimit2`;
 //!   - [`ploop`]: the `ploop` layout: an ext4 image sized from `DISKSPACE` with the
-//!     user/group limits in the image's own quota files;
+//!     user/group limits in the image's own quota files, in the format of the target
+//!     platform's ploop (raw for legacy OpenVZ; ploop1 with a GPT partition, [`ploop1`],
+//!     [`ploop_disk`], attached without the ploop tool by [`ploop_attach`], for vz7/vz9);
 //!   - [`btrfs`]: private area on btrfs: a subvolume per container with a qgroup limit;
 //!   - [`projquota`]: ext4/xfs project quota where the kernel and the mount allow it;
 //!   - otherwise nothing is enforced: the limits are recorded and the outcome says so.
@@ -16,11 +18,12 @@
 //! What the migration calls, in order:
 //! 1. `QuotaPlan::compute(&inventory, &options)` (before the first pass: a bad choice of
 //!    partition or bad limits stop the migration before anything is copied);
-//! 2. `let sel = quota::select(&Node::linux(), options.layout, private_root)`;
+//! 2. `let sel = quota::select(&Node::linux(), options.layout, target, private_root)`;
 //! 3. `sel.backend.prepare(ctid, private, &plan)` before the first file is received
 //!    (btrfs: creates the subvolume; projquota: tags the directory; ploop: creates the
-//!    image); for ploop then `ploop::Ploop::mount(private, mountpoint)` and receive into the
-//!    mount point, dropping the guard (or `unmount()`) when the passes are done;
+//!    image); for ploop then `ploop::Ploop::new(node, format).mount(private, mountpoint)`
+//!    and receive into the mount point, dropping the guard (or `unmount()`) when the passes
+//!    are done;
 //! 4. `sel.backend.apply(ctid, private, &plan)` after the last pass (ploop: unmounted),
 //!    and store the returned [`QuotaOutcome`] with the migration; write
 //!    `plan.conf_keys()` into the container config.
@@ -29,6 +32,9 @@ pub mod btrfs;
 pub mod cmd;
 pub mod plan;
 pub mod ploop;
+pub mod ploop1;
+pub mod ploop_attach;
+pub mod ploop_disk;
 pub mod probe;
 pub mod projquota;
 pub mod vztools;
@@ -37,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use p2c_common::inventory::{QuotaChoiceError, QuotaLimit};
-use p2c_common::migration::Layout;
+use p2c_common::migration::{Layout, Target};
 use serde::{Deserialize, Serialize};
 
 pub use cmd::{Cmd, CmdOutput, CommandRunner, SystemRunner};
@@ -203,9 +209,9 @@ impl Selection {
     }
 }
 
-/// Picks how quotas are applied for a container of `layout` whose private area will be a
-/// directory under `private_root` (e.g. `/vz/private`).
-pub fn select(node: &Node, layout: Layout, private_root: &Path) -> Selection {
+/// Picks how quotas are applied for a container of `layout` made for `target` whose private
+/// area will be a directory under `private_root` (e.g. `/vz/private`).
+pub fn select(node: &Node, layout: Layout, target: Target, private_root: &Path) -> Selection {
     let mut considered: Vec<Candidate> = Vec::new();
     let note =
         |considered: &mut Vec<Candidate>, method: Method, detected: std::result::Result<String, String>| {
@@ -217,8 +223,9 @@ pub fn select(node: &Node, layout: Layout, private_root: &Path) -> Selection {
         |backend: Box<dyn QuotaBackend>, considered: Vec<Candidate>| Selection { backend, considered };
 
     if layout == Layout::Ploop {
-        if note(&mut considered, Method::Ploop, ploop::detect(node)) {
-            return chosen(Box::new(ploop::PloopBackend::new(node.clone())), considered);
+        let format = ploop::Format::of(target);
+        if note(&mut considered, Method::Ploop, ploop::detect(node, format)) {
+            return chosen(Box::new(ploop::PloopBackend::new(node.clone(), format)), considered);
         }
     } else {
         let why = format!("the container's layout is {}", layout.as_str());

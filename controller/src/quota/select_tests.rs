@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use p2c_common::inventory::QuotaLimit;
-use p2c_common::migration::Layout;
+use p2c_common::migration::{Layout, Target};
 
 use super::cmd::fake::FakeRunner;
 use super::plan::{Headroom, LimitOrigin, QuotaPlan};
@@ -94,7 +94,7 @@ fn virtuozzo_node_uses_its_tools() {
     let mut probe = FakeProbe::btrfs();
     probe.paths.insert(PathBuf::from("/proc/vz"));
     let n = node(FakeRunner::with_programs(&["vzctl", "vzquota", "vzdqload", "btrfs"]), probe);
-    let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
+    let sel = select(&n, Layout::Simfs, Target::Vz7, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::Vztools);
     assert!(sel.considered.iter().any(|c| c.method == Method::Ploop && !c.usable));
 }
@@ -102,7 +102,7 @@ fn virtuozzo_node_uses_its_tools() {
 #[test]
 fn vz_tools_without_vz_kernel_are_not_used() {
     let n = node(FakeRunner::with_programs(&["vzctl", "vzquota", "vzdqload", "btrfs"]), FakeProbe::btrfs());
-    let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
+    let sel = select(&n, Layout::Simfs, Target::Vz7, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::BtrfsQgroup);
     let vz = sel.considered.iter().find(|c| c.method == Method::Vztools).unwrap();
     assert!(vz.reason.contains("/proc/vz"), "{}", vz.reason);
@@ -122,7 +122,7 @@ fn plain_ext4_node_without_quota_records_only() {
         ..Default::default()
     };
     let n = node(FakeRunner::with_programs(&["btrfs", "chattr", "setquota"]), probe);
-    let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
+    let sel = select(&n, Layout::Simfs, Target::Vz7, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::RecordOnly);
     let pq = sel.considered.iter().find(|c| c.method == Method::ProjectQuota).unwrap();
     assert!(!pq.usable);
@@ -152,7 +152,7 @@ fn project_quota_when_kernel_and_mount_allow() {
         ..Default::default()
     };
     let n = node(FakeRunner::with_programs(&["chattr", "setquota"]), probe);
-    let sel = select(&n, Layout::Simfs, Path::new("/vz/private"));
+    let sel = select(&n, Layout::Simfs, Target::Vz7, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::ProjectQuota);
 }
 
@@ -162,9 +162,29 @@ fn ploop_layout_uses_the_image() {
         FakeRunner::with_programs(&["mkfs.ext4", "mount", "umount", "quotacheck", "setquota", "vzctl"]),
         FakeProbe::btrfs(),
     );
-    assert_eq!(select(&n, Layout::Ploop, Path::new("/vz/private")).method(), Method::Ploop);
+    assert_eq!(select(&n, Layout::Ploop, Target::Openvz, Path::new("/vz/private")).method(), Method::Ploop);
     let n = node(FakeRunner::with_programs(&["mount"]), FakeProbe::btrfs());
-    let sel = select(&n, Layout::Ploop, Path::new("/vz/private"));
+    let sel = select(&n, Layout::Ploop, Target::Openvz, Path::new("/vz/private"));
     assert_eq!(sel.method(), Method::RecordOnly);
     assert!(sel.considered[0].reason.contains("mkfs.ext4"));
+}
+
+#[test]
+fn a_vz7_ploop_container_needs_the_tools_that_make_its_image() {
+    let raw_tools = ["mkfs.ext4", "mount", "umount", "quotacheck", "setquota"];
+    let n = node(FakeRunner::with_programs(&raw_tools), FakeProbe::btrfs());
+    assert_eq!(select(&n, Layout::Ploop, Target::Openvz, Path::new("/vz/private")).method(), Method::Ploop);
+    let sel = select(&n, Layout::Ploop, Target::Vz7, Path::new("/vz/private"));
+    assert_eq!(sel.method(), Method::RecordOnly);
+    assert!(
+        sel.considered[0].reason.contains("qemu-storage-daemon (package qemu-system-common)"),
+        "{:?}",
+        sel.considered
+    );
+    let mut with_ploop = raw_tools.to_vec();
+    with_ploop.push("ploop");
+    let n = node(FakeRunner::with_programs(&with_ploop), FakeProbe::btrfs());
+    let sel = select(&n, Layout::Ploop, Target::Vz9, Path::new("/vz/private"));
+    assert_eq!(sel.method(), Method::Ploop);
+    assert!(sel.considered[0].reason.contains("the node's ploop tool"), "{:?}", sel.considered);
 }
