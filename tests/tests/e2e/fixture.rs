@@ -107,6 +107,8 @@ iface eth1:1 inet static
 /// What the rewrite must make of it for legacy OpenVZ: vzctl 4.11's layout for ifupdown
 /// (see `guest_start.rs`), every address on venet0.
 fn interfaces_after(n: &Nics) -> String {
+    // Made for this machine's default, Virtuozzo 7: venet0 as libvzctl 7's debian-add_ip.sh
+    // writes it.
     let all = n.all();
     let v6: Vec<&IpAddr> = all.iter().filter(|a| a.is_ipv6()).collect();
     let mut s = format!(
@@ -114,22 +116,19 @@ fn interfaces_after(n: &Nics) -> String {
 # (OpenVZ venet: layer 3, point-to-point, no ARP, no DHCP). Everything up to the end
 # marker is replaced when p2c runs again; the former file is in /etc/p2c/backup.
 auto venet0
-iface venet0 inet manual
-\tup ip link set venet0 up
-\tup ip addr add 127.0.0.2/32 dev venet0
+iface venet0 inet static
+\taddress 127.0.0.1
+\tnetmask 255.255.255.255
+\tbroadcast 0.0.0.0
 \tup ip route add default dev venet0
-\tdown ip route del default dev venet0
-\tdown ip link set venet0 down
 "
     );
-    if !v6.is_empty() {
-        s.push_str("\niface venet0 inet6 manual\n");
-        for a in &v6 {
-            s.push_str(&format!(
-                "\tup ip -6 addr add {a}/128 dev venet0\n\tdown ip -6 addr del {a}/128 dev venet0\n"
-            ));
+    if let Some((first, rest)) = v6.split_first() {
+        s.push_str(&format!("\niface venet0 inet6 static\n\taddress {first}/128\n"));
+        for a in rest {
+            s.push_str(&format!("\tup ip addr add {a}/128 dev venet0\n"));
         }
-        s.push_str("\tup ip -6 route add default dev venet0\n\tdown ip -6 route del default dev venet0\n");
+        s.push_str("\tup ip -6 r a default dev venet0\n");
     }
     for (i, a) in all.iter().filter(|a| a.is_ipv4()).enumerate() {
         s.push_str(&format!(

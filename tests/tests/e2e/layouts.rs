@@ -46,12 +46,15 @@ fn systemd_layout(root: &Path) {
     write(root, "etc/udev/rules.d/70-persistent-net.rules", PERSISTENT_NET);
 }
 
-/// Migrates the tree at `root` as agent `name` into `ctid` and returns the summary.
+/// Migrates the tree at `root` as agent `name` into `ctid`, for legacy OpenVZ, and returns
+/// the summary. (These tests hold the guest's files to what vzctl 4.11's distribution scripts
+/// write; Virtuozzo 7's and 9's are checked file by file in the guest rewrite's unit tests.)
 async fn migrate(root: &Path, name: &str, ctid: u32) -> (Node, MigrationSummary) {
     let node = Node::start().await.unwrap();
     let agent = Agent::start(&node, name, root).await.unwrap();
     let mut o = migrate_opts(name, ctid);
     o.force = false;
+    o.target = Some(p2c_common::migration::Target::Openvz);
     let s = node.migrate(&o).await.unwrap();
     assert_eq!(s.state, MigrationState::Done, "{:?}", s.error);
     assert!(s.verify.as_ref().is_some_and(|v| v.ok), "{:?}", s.verify);
@@ -412,8 +415,11 @@ async fn vz7_ploop_container_is_the_image_ploop_makes_and_holds_the_source() {
         (Some(true), Some(true))
     );
 
-    // The private area: root.hdd/ with the image and its descriptor, nothing of p2c's.
+    // The private area: layout 5 as libvzctl makes it (`.ve.layout` → 5, fs/ dump/
+    // scripts/, ve.conf) and root.hdd/ with the image and its descriptor, nothing of p2c's.
     let private = node.private(ctid);
+    assert_eq!(std::fs::read_link(private.join(".ve.layout")).unwrap(), Path::new("5"));
+    assert_eq!(listing(&private, ""), [".ve.layout", "dump", "fs", "root.hdd", "scripts", "ve.conf"]);
     assert_eq!(listing(&private, "root.hdd"), ["DiskDescriptor.xml", "root.hds"]);
     assert!(!private.join(ploop::NEW_IMAGE_DIR).exists() && !private.join(".p2c-quota-mnt").exists());
     let image = ploop::image_path(&private);
