@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
     debootstrap rsync quota btrfs-progs e2fsprogs attr acl iproute2 iputils-ping
-    util-linux kmod cpio qemu-system-x86 busybox-static xz-utils zstd
+    util-linux kmod cpio qemu-system-x86 busybox-static xz-utils zstd systemd-container
 )
 
 if [ "$(id -u)" -ne 0 ]; then

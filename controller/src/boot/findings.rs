@@ -96,7 +96,10 @@ pub(super) fn build(r: &BootReport, timeout: Duration) -> Vec<Finding> {
         let mut evidence = Vec::new();
         for u in &failed {
             evidence.push(format!("{} ({}): {}", u.name, u.result, u.description));
-            evidence.extend(u.log_tail.iter().rev().take(3).rev().map(|l| format!("    {l}")));
+            // The unit's own words (its program's output) say more than systemd's lines.
+            let own: Vec<&String> = u.log_tail.iter().filter(|l| !l.contains(" systemd[1]: ")).collect();
+            let lines = if own.is_empty() { u.log_tail.iter().collect() } else { own };
+            evidence.extend(lines.iter().rev().take(3).rev().map(|l| format!("    {l}")));
         }
         out.push(finding(
             codes::BOOT_FAILED_UNIT,
@@ -266,10 +269,10 @@ pub(super) fn build(r: &BootReport, timeout: Duration) -> Vec<Finding> {
 /// The report as text for a terminal.
 pub(super) fn render(r: &BootReport) -> String {
     let mut s = format!(
-        "Boot check of CT {} ({}, {:?} init): {} after {:.1} s\n",
+        "Boot check of CT {} ({}, {} init): {} after {:.1} s\n",
         r.ctid,
         r.target,
-        r.init_kind,
+        r.init_kind.as_str(),
         r.init.as_str(),
         r.boot_secs
     );
@@ -299,6 +302,13 @@ pub(super) fn render(r: &BootReport) -> String {
                     p.millis
                 ));
             }
+        }
+    }
+    for u in &r.failed_units {
+        let isolated = if u.isolated { " (isolated network)" } else { "" };
+        s.push_str(&format!("\nfailed unit {}{isolated}: {}\n", u.name, u.description));
+        for l in &u.log_tail {
+            s.push_str(&format!("    {l}\n"));
         }
     }
     let mut sorted: Vec<&Finding> = r.findings.iter().collect();

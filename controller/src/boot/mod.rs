@@ -125,6 +125,18 @@ pub enum InitKind {
     Unknown,
 }
 
+impl InitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitKind::Systemd => "systemd",
+            InitKind::Sysvinit => "sysvinit",
+            InitKind::Openrc => "openrc",
+            InitKind::Upstart => "upstart",
+            InitKind::Unknown => "unknown",
+        }
+    }
+}
+
 impl From<InitSystem> for InitKind {
     fn from(i: InitSystem) -> Self {
         match i {

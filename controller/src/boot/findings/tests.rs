@@ -73,7 +73,11 @@ fn each_problem_has_its_code_and_severity() {
             name: "p2c-sdz.service".into(),
             description: "needs sdz".into(),
             result: "exit-code".into(),
-            log_tail: vec!["x: /dev/sdz: No such file or directory".into()],
+            log_tail: vec![
+                "Dec 03 14:57:57 blockdev[80]: blockdev: cannot open /dev/sdz: No such file or directory".into(),
+                "Dec 03 14:57:57 systemd[1]: p2c-sdz.service: Main process exited, code=exited, status=1/FAILURE".into(),
+                "Dec 03 14:57:57 systemd[1]: p2c-sdz.service: Failed with result 'exit-code'.".into(),
+            ],
             isolated: false,
             isolated_because: None,
         },
@@ -115,7 +119,10 @@ fn each_problem_has_its_code_and_severity() {
     assert!(!r.passed());
     let failed = r.find(codes::BOOT_FAILED_UNIT).unwrap();
     assert_eq!(failed.evidence[0], "p2c-sdz.service (exit-code): needs sdz");
-    assert_eq!(failed.evidence[1], "    x: /dev/sdz: No such file or directory");
+    assert_eq!(
+        failed.evidence[1..],
+        ["    Dec 03 14:57:57 blockdev[80]: blockdev: cannot open /dev/sdz: No such file or directory"]
+    );
     let unreachable = r.find(codes::BOOT_UNREACHABLE).unwrap();
     assert_eq!(unreachable.evidence, ["tcp 198.51.100.10:22 (httpd): no answer (timed out)"]);
     assert!(unreachable.action.contains("203.0.113.254"));
