@@ -372,3 +372,51 @@ async fn vz9_routed_venet0_serves_every_address() {
     let left = leftovers(804, &g.work);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_dropped_mid_boot_removes_everything() {
+    if skip() {
+        return;
+    }
+    p2c_tests::trace_init();
+    let slow = "[Unit]\nDescription=Waits forever\n\n[Service]\nType=oneshot\nTimeoutStartSec=infinity\n\
+                ExecStart=/bin/sleep 3600\n\n[Install]\nWantedBy=multi-user.target\n"
+        .to_string();
+    let g = guest(Target::Vz7, &[("p2c-slow.service", slow)]);
+    let req = request(805, &g, Target::Vz7, source_listeners(), Duration::from_secs(120));
+    // The caller gives up (a cancelled CLI, a dropped task) while the guest is booting.
+    let mut run = Box::pin(boot::run(&req));
+    let booting = tokio::time::timeout(Duration::from_secs(6), &mut run).await;
+    assert!(booting.is_err(), "the check should still be waiting for the slow unit");
+    let during = leftovers(805, &g.work);
+    assert!(during.iter().any(|l| l.starts_with("network namespace")), "{during:#?}");
+    assert!(during.iter().any(|l| l.contains("sleep 3600")), "the guest should be running: {during:#?}");
+    drop(run);
+    let left = leftovers(805, &g.work);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_that_cannot_boot_is_reported_and_cleaned_up() {
+    if skip() {
+        return;
+    }
+    p2c_tests::trace_init();
+    let g = guest(Target::Vz7, &[]);
+    // systemd-nspawn boots only what looks like an OS tree (it has an os-release file).
+    for f in ["etc/os-release", "usr/lib/os-release"] {
+        let _ = std::fs::remove_file(g.root.join(f));
+    }
+    let r =
+        boot::run(&request(806, &g, Target::Vz7, source_listeners(), Duration::from_secs(60))).await.unwrap();
+    let text = shown(&r);
+    eprintln!("{text}");
+    assert!(matches!(r.init, InitState::Exited { .. }), "{text}");
+    let f = r.find(codes::BOOT_INIT_FAILED).unwrap();
+    assert_eq!(f.severity, Severity::Blocker);
+    assert!(f.evidence.iter().any(|e| e.contains("os-release")), "{:#?}", f.evidence);
+    assert!(r.boot_secs < 30.0, "{}", r.boot_secs);
+    assert!(!r.passed());
+    let left = leftovers(806, &g.work);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}

@@ -252,7 +252,13 @@ pub async fn run(req: &BootRequest) -> Result<BootReport, BootError> {
     let mut check = Check::default();
     let view = check.view.insert(View::mount(req.ctid, &req.root, &req.work_dir, &name)?);
     let merged = view.root().to_path_buf();
-    let net = Net::create(&tools, &name, req.target, &req.addresses).await?;
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for a in &req.addresses {
+        if !addresses.contains(a) {
+            addresses.push(*a);
+        }
+    }
+    let net = Net::create(&tools, &name, req.target, &addresses).await?;
     let net = check.net.insert(net);
     let (ct_ns, node_ns) = (net.ct_path(), net.node_path());
     let probe_sources = net.node_addresses();
@@ -285,12 +291,12 @@ pub async fn run(req: &BootRequest) -> Result<BootReport, BootError> {
         None => Vec::new(),
     };
     let up = net.guest_addresses(&tools).await.unwrap_or_default();
-    let addresses: Vec<AddressCheck> =
-        req.addresses.iter().map(|a| AddressCheck { address: *a, up: up.contains(a) }).collect();
-    let mut listeners = compare(&req.listeners, &guest_listeners, &req.addresses);
+    let mut listeners = compare(&req.listeners, &guest_listeners, &addresses);
     if init.booted() || matches!(init, InitState::StartingTimedOut { .. }) {
-        probe::run(&node_ns, &mut listeners, &req.addresses).await;
+        probe::run(&node_ns, &mut listeners, &addresses).await;
     }
+    let addresses: Vec<AddressCheck> =
+        addresses.iter().map(|a| AddressCheck { address: *a, up: up.contains(a) }).collect();
 
     let mut cleanup_problems = machine.shutdown().await;
     let console_tail = machine.console_tail();
