@@ -5,11 +5,12 @@
 set -euo pipefail
 
 # qemu-utils (qemu-img, qemu-nbd), qemu-system-common (qemu-storage-daemon) and fdisk
-# (sfdisk) make and attach vz7/vz9 ploop images where the ploop tool is not installed.
+# (sfdisk) make and attach vz7/vz9 ploop images where the ploop tool is not installed;
+# systemd-container (systemd-nspawn) boots containers for the boot check.
 packages=(
     debootstrap rsync quota btrfs-progs e2fsprogs attr acl iproute2 iputils-ping
     util-linux kmod cpio qemu-system-x86 busybox-static xz-utils zstd
-    qemu-utils qemu-system-common fdisk
+    qemu-utils qemu-system-common fdisk systemd-container
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod assess;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod context;

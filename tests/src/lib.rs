@@ -8,6 +8,7 @@
 // Audited `unsafe` lives only in the modules marked `#[allow(unsafe_code)]`, every block with
 // a `// SAFETY:` comment (clippy `undocumented_unsafe_blocks` is denied).
 
+pub mod bootguest;
 pub mod bundles;
 pub mod ctstart;
 pub mod debian;

@@ -5,6 +5,7 @@
 // the test's failure with its message (the harness library, tests/src, follows the rule).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod boot;
 mod bundle;
 mod e2e;
 mod guest_start;
