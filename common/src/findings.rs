@@ -14,6 +14,17 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    /// As reports print it: `BLOCKER`, `WARNING`, `info`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Severity::Blocker => "BLOCKER",
+            Severity::Warning => "WARNING",
+            Severity::Info => "info",
+        }
+    }
+}
+
 /// Stable finding codes (part of the CLI's JSON contract).
 pub mod codes {
     pub const FS_MERGE: &str = "fs-merge";
@@ -34,6 +45,7 @@ pub mod codes {
     pub const CHANGED_DURING_COPY: &str = "changed-during-copy";
     pub const SKIPPED: &str = "skipped-entries";
     pub const NODE_TARGET: &str = "node-target";
+    pub const NODE_BOOT_CHECK: &str = "node-boot-check";
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,11 +90,7 @@ impl Report {
         let mut sorted: Vec<&Finding> = self.findings.iter().collect();
         sorted.sort_by_key(|f| f.severity);
         for f in sorted {
-            let tag = match f.severity {
-                Severity::Blocker => "BLOCKER",
-                Severity::Warning => "WARNING",
-                Severity::Info => "info",
-            };
+            let tag = f.severity.tag();
             out.push_str(&format!("\n[{tag}] {} — {}\n", f.code, f.title));
             for e in &f.evidence {
                 out.push_str(&format!("    {e}\n"));

@@ -159,6 +159,11 @@ pub struct MigrateOptions {
     /// Commands run on the source through the agent around the final pass.
     pub pre_cutover_hook: Option<String>,
     pub post_cutover_hook: Option<String>,
+    /// Boot the container before the cutover (a failed boot stops it unless `force`) and
+    /// after it (the result is in the summary); `boot_check = true` in controller.toml too.
+    pub boot_check: bool,
+    /// How long each boot check lets the guest's init settle (0: the default, 120 s).
+    pub boot_check_timeout_secs: u64,
 }
 
 impl MigrateOptions {
@@ -300,6 +305,9 @@ pub struct MigrationSummary {
     /// How the quotas were applied (method, what is enforced, commands run).
     #[serde(default)]
     pub quota: Option<serde_json::Value>,
+    /// The last boot check of the container (before the cutover, after it, or on demand).
+    #[serde(default)]
+    pub boot_check: Option<BootCheckSummary>,
     pub warnings: Vec<String>,
     pub started_unix: u64,
     pub updated_unix: u64,
@@ -330,11 +338,59 @@ impl MigrationSummary {
             downtime_seconds: None,
             guest_changes: Vec::new(),
             quota: None,
+            boot_check: None,
             warnings: Vec::new(),
             started_unix: now,
             updated_unix: now,
         }
     }
+}
+
+/// `p2c boot-check N`: which container, and how long its init may take to settle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootCheckRequest {
+    pub ctid: u32,
+    /// 0: the default (120 s).
+    pub timeout_secs: u64,
+}
+
+/// When a boot check ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootStage {
+    /// After the last live pass, on the rewritten view of the copy, before any service stops.
+    BeforeCutover,
+    /// On the finished container.
+    AfterCutover,
+    /// `p2c boot-check N`.
+    OnDemand,
+}
+
+impl BootStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootStage::BeforeCutover => "before the cutover",
+            BootStage::AfterCutover => "after the cutover",
+            BootStage::OnDemand => "on demand",
+        }
+    }
+}
+
+/// A boot check's result as a migration keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootCheckSummary {
+    pub stage: BootStage,
+    /// No blocker among the findings.
+    pub passed: bool,
+    /// Where the guest's init got to (`running`, `degraded`, `starting-timed-out`...).
+    pub init: String,
+    pub boot_secs: f64,
+    pub findings: Vec<crate::findings::Finding>,
+    pub when_unix: u64,
+    /// The whole report (units, listeners, probes, console), for `--json`.
+    #[serde(default)]
+    pub report: serde_json::Value,
 }
 
 /// One file the guest rewrite changed.
@@ -365,6 +421,23 @@ pub struct StatusEntry {
     /// What the migration waits for before it can copy (a copy slot, its agent), if anything.
     #[serde(default)]
     pub waiting: Option<String>,
+    /// The container's last boot check (without the whole report; `p2c status N --json`
+    /// has that in the migration's summary).
+    #[serde(default)]
+    pub boot_check: Option<BootCheckSummary>,
+}
+
+impl BootCheckSummary {
+    /// One line: "passed after the cutover (init running, 3.2s)".
+    pub fn line(&self) -> String {
+        format!(
+            "{} {} (init {}, {:.1}s)",
+            if self.passed { "passed" } else { "FAILED" },
+            self.stage.as_str(),
+            self.init,
+            self.boot_secs
+        )
+    }
 }
 
 /// A line of `p2c agents`.

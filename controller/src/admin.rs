@@ -294,6 +294,11 @@ impl v1::admin_server::Admin for AdminService {
         for r in rows.into_iter().filter(|r| ctid == 0 || r.ctid == ctid) {
             let summary: Option<&MigrationSummary> = r.summary.as_ref();
             let mut waiting = None;
+            let live_summary = live.get(&r.ctid).map(|h| h.summary());
+            let boot_check =
+                live_summary.as_ref().or(summary).and_then(|s| s.boot_check.clone()).map(|b| {
+                    p2c_common::migration::BootCheckSummary { report: serde_json::Value::Null, ..b }
+                });
             let (state, pass, done, total, rate, eta) = match live.get(&r.ctid) {
                 Some(h) => {
                     let p = h.progress();
@@ -328,6 +333,7 @@ impl v1::admin_server::Admin for AdminService {
                 error: summary.as_ref().and_then(|s| s.error.clone()),
                 updated_unix: r.updated,
                 waiting,
+                boot_check,
             });
         }
         if ctid != 0 && out.is_empty() {
@@ -368,6 +374,22 @@ impl v1::admin_server::Admin for AdminService {
         freed.map_err(|e| Status::internal(format!("cannot remove CT {ctid}: {e}")))?;
         self.ctl.store.delete_migration(ctid).map_err(|e| Status::internal(e.to_string()))?;
         json(&serde_json::json!({ "discarded": ctid }))
+    }
+
+    async fn boot_check(&self, req: Request<v1::JsonRequest>) -> Result<Response<v1::JsonReply>, Status> {
+        authorize(&req)?;
+        let r: p2c_common::migration::BootCheckRequest = serde_json::from_slice(&req.into_inner().json)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        use crate::bootcheck::OnDemandError as E;
+        let report =
+            crate::bootcheck::on_demand(&self.ctl, r.ctid, r.timeout_secs).await.map_err(|e| match e {
+                E::Unknown(_) => Status::not_found(e.to_string()),
+                E::Busy(..) | E::NoCopy(..) | E::Boot(crate::boot::BootError::Missing(_)) => {
+                    Status::failed_precondition(e.to_string())
+                }
+                E::Boot(_) | E::Store(_) => Status::internal(e.to_string()),
+            })?;
+        json(&report)
     }
 
     async fn verify(&self, req: Request<v1::CtidRef>) -> Result<Response<v1::JsonReply>, Status> {

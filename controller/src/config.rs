@@ -48,11 +48,13 @@ pub struct NodeConfig {
     /// The platform containers are made for: `openvz`, `vz7`, `vz9`, or `auto` (detected from
     /// the node's release files and tools; a node with none of them is taken as `vz7`).
     pub target: String,
+    /// Boot every container before its cutover and after it, as `p2c migrate --boot-check`.
+    pub boot_check: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { target: "auto".into() }
+        NodeConfig { target: "auto".into(), boot_check: false }
     }
 }
 
@@ -138,6 +140,8 @@ pub struct Settings {
     pub conf_dir: PathBuf,
     /// The configured platform; `None` for `auto` (detected).
     pub target: Option<Target>,
+    /// `node.boot_check`: every migration runs the boot check.
+    pub boot_check: bool,
     pub max_concurrent: usize,
     pub node_bwlimit: u64,
     pub chunking: ChunkParams,
@@ -213,6 +217,7 @@ impl Settings {
             vz_root: cfg.vz_root,
             conf_dir: cfg.conf_dir,
             target,
+            boot_check: cfg.node.boot_check,
             max_concurrent: t.max_concurrent,
             node_bwlimit,
             chunking,

@@ -33,6 +33,11 @@ pub async fn run<S: Source>(ctl: &Controller, h: &MigrationHandle, src: &S) -> R
     // Outside the downtime: prove what is already there, so the downtime only re-reads what
     // the final pass writes.
     finalise::verify_before_cutover(ctl, h).await?;
+    let boot_check = crate::bootcheck::wanted(ctl, opts);
+    if boot_check {
+        let inv = src.inventory().await?;
+        crate::bootcheck::before_cutover(ctl, h, &inv).await?;
+    }
     // Taken before anything stops: the final pass must not queue behind other migrations'
     // live passes while the services are down.
     let slot = pass::copy_slot(ctl, h).await?;
@@ -73,6 +78,9 @@ pub async fn run<S: Source>(ctl: &Controller, h: &MigrationHandle, src: &S) -> R
         }
     }
     h.log(format!("container {} is ready; downtime {:.1}s", h.ctid(), downtime));
+    if boot_check {
+        crate::bootcheck::after_cutover(ctl, h, &inv).await;
+    }
     ctl.migrations.transition(&ctl.store, h, Phase::Done)?;
     Ok(())
 }

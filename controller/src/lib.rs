@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod assess;
 pub mod boot;
+pub mod bootcheck;
 pub mod cli;
 pub mod config;
 pub mod context;

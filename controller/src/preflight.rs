@@ -62,6 +62,7 @@ pub async fn assess_with(
         node.existing_private = known;
     }
     node.target = Some(ctl.node_target.clone());
+    node.boot_tools = Some(crate::boot::tools());
     crate::assess::assess(agent, inv, scan, &node, opts)
 }
 
@@ -77,15 +78,19 @@ fn earlier_run(ctl: &Controller, ctid: u32) -> Option<crate::assess::ExistingPri
     })
 }
 
-/// Rewrites the guest below `root` so it starts as a container.
-pub fn containerise(root: &Path, inv: &Inventory, conf: &CtConf) -> Result<Vec<GuestChange>, String> {
-    let tree = crate::tree::Tree::open(root).map_err(|e| e.to_string())?;
-    let opts = crate::guest::GuestOptions {
+/// What the guest's files should say, from the container's config.
+pub fn guest_options(conf: &CtConf) -> crate::guest::GuestOptions {
+    crate::guest::GuestOptions {
         addresses: conf.addresses.iter().map(|a| a.address).collect(),
         hostname: if conf.hostname.is_empty() { None } else { Some(conf.hostname.clone()) },
         nameservers: conf.nameservers.iter().map(|n| n.to_string()).collect(),
         search: conf.search.clone(),
         target: conf.target,
-    };
-    crate::guest::containerise(&tree, inv, &opts).map_err(|e| e.to_string())
+    }
+}
+
+/// Rewrites the guest below `root` so it starts as a container.
+pub fn containerise(root: &Path, inv: &Inventory, conf: &CtConf) -> Result<Vec<GuestChange>, String> {
+    let tree = crate::tree::Tree::open(root).map_err(|e| e.to_string())?;
+    crate::guest::containerise(&tree, inv, &guest_options(conf)).map_err(|e| e.to_string())
 }

@@ -137,6 +137,7 @@ fn request(ctid: u32, g: &Guest, target: Target, listeners: Vec<Listener>, timeo
         listeners,
         timeout,
         work_dir: g.work.clone(),
+        rewrite: None,
     }
 }
 

@@ -46,6 +46,9 @@ pub struct NodeFacts {
     /// The platform the node is taken to be, and why (unknown outside a controller).
     #[serde(default)]
     pub target: Option<crate::platform::NodeTarget>,
+    /// What the boot check would use here, or what it lacks (unknown outside a controller).
+    #[serde(default)]
+    pub boot_tools: Option<Result<String, crate::boot::Missing>>,
 }
 
 impl Default for NodeFacts {
@@ -60,6 +63,7 @@ impl Default for NodeFacts {
             existing_private: None,
             gaps: Vec::new(),
             target: None,
+            boot_tools: None,
         }
     }
 }
@@ -157,6 +161,7 @@ pub fn assess(
     system::skipped_entries(&cx, &mut out);
     system::partial_retry(&cx, &mut out);
     system::node_target(&cx, &mut out);
+    system::node_boot_check(&cx, &mut out);
     Report {
         agent: agent.to_string(),
         hostname: inv.hostname.clone(),

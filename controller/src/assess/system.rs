@@ -1,5 +1,5 @@
 //! The rest of the server and the node: `kernel-modules`, `nested-containers`,
-//! `windows-version`, `skipped-entries`, `partial-retry`, `node-target`.
+//! `windows-version`, `skipped-entries`, `partial-retry`, `node-target`, `node-boot-check`.
 
 use p2c_common::findings::{Finding, Severity, codes};
 use p2c_common::inventory::OsFamily;
@@ -282,4 +282,28 @@ pub(super) fn node_target(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
         "the private area, config and guest network are made the way that platform's tools expect; the summary ends with the commands that register and start the container (--target or node.target in controller.toml chooses another)",
         data,
     ));
+}
+
+/// `node-boot-check`: whether this node can boot containers for `p2c boot-check` and
+/// `p2c migrate --boot-check`, and what to install when it cannot.
+pub(super) fn node_boot_check(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
+    match &cx.node.boot_tools {
+        None => {}
+        Some(Ok(tools)) => out.push(finding(
+            codes::NODE_BOOT_CHECK,
+            Severity::Info,
+            "the node can boot the container for a boot check",
+            vec![format!("uses {tools}")],
+            "`p2c migrate --boot-check` boots the copy before the cutover and the container after it; `p2c boot-check N` at any time",
+            json!({ "available": true, "tools": tools }),
+        )),
+        Some(Err(m)) => out.push(finding(
+            codes::NODE_BOOT_CHECK,
+            Severity::Warning,
+            format!("the node cannot boot containers for a boot check: {} is missing", m.what),
+            vec![m.to_string()],
+            format!("install {} on the node for `--boot-check`; without it the migration goes on unchecked", m.package),
+            json!({ "available": false, "missing": m.what, "package": m.package }),
+        )),
+    }
 }

@@ -76,6 +76,16 @@ pub struct BootRequest {
     /// A directory on the node for the overlay's upper and work directories (not inside
     /// `root`); the check's own subdirectory in it is removed at the end.
     pub work_dir: PathBuf,
+    /// The guest rewrite to run in the view before booting, for a copy that is not finalised
+    /// yet (the check before a cutover); `None` for a finished container.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// What the guest rewrite needs to turn a copy into a container, inside the view only.
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    pub inventory: p2c_common::inventory::Inventory,
+    pub options: crate::guest::GuestOptions,
 }
 
 /// Where the guest's init got to.
@@ -252,6 +262,12 @@ pub async fn run(req: &BootRequest) -> Result<BootReport, BootError> {
     let mut check = Check::default();
     let view = check.view.insert(View::mount(req.ctid, &req.root, &req.work_dir, &name)?);
     let merged = view.root().to_path_buf();
+    if let Some(rw) = &req.rewrite {
+        // Into the overlay's upper directory only: the copy itself stays as it is.
+        let tree = crate::tree::Tree::open(&merged)?;
+        let changes = crate::guest::containerise(&tree, &rw.inventory, &rw.options)?;
+        tracing::info!(ctid = req.ctid, changes = changes.len(), "guest rewritten in the boot view");
+    }
     let mut addresses: Vec<IpAddr> = Vec::new();
     for a in &req.addresses {
         if !addresses.contains(a) {

@@ -171,6 +171,14 @@ impl Admin {
     }
 
     /// `p2c verify` as JSON of `VerifySummary`.
+    pub async fn boot_check(
+        &mut self,
+        req: &p2c_common::migration::BootCheckRequest,
+    ) -> anyhow::Result<Vec<u8>> {
+        let json = serde_json::to_vec(req)?;
+        Ok(self.0.boot_check(v1::JsonRequest { json }).await.map_err(status)?.into_inner().json)
+    }
+
     pub async fn verify(&mut self, ctid: u32) -> anyhow::Result<Vec<u8>> {
         Ok(self.0.verify(v1::CtidRef { ctid }).await.map_err(status)?.into_inner().json)
     }

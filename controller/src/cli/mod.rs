@@ -92,6 +92,18 @@ pub enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Boot a throw-away view of container CTID with its own init on an isolated network and
+    /// report what came up: failed units, listeners against the source's, every former
+    /// address probed from the node side. Nothing in the container changes.
+    BootCheck {
+        #[arg(value_parser = ctid_parser())]
+        ctid: u32,
+        /// How long the guest's init may take to settle.
+        #[arg(long, default_value = "120s", value_parser = parse_boot_timeout)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Run a whole migration on this machine with no setup: a throw-away controller and agent.
     Demo(DemoArgs),
 }
@@ -198,6 +210,13 @@ pub struct MigrateArgs {
     /// Command run on the source after the container is ready.
     #[arg(long)]
     pub post_hook: Option<String>,
+    /// Boot the container with its own init before the cutover (a failed boot stops it,
+    /// unless --force) and after it; `node.boot_check` in controller.toml does it for all.
+    #[arg(long)]
+    pub boot_check: bool,
+    /// How long each boot check lets the guest's init settle.
+    #[arg(long, default_value = "120s", value_parser = parse_boot_timeout)]
+    pub boot_check_timeout: std::time::Duration,
     /// Start the migration and return without following it.
     #[arg(long)]
     pub detach: bool,
@@ -312,6 +331,8 @@ impl MigrateArgs {
             converge_bytes: None,
             pre_cutover_hook: self.pre_hook.clone(),
             post_cutover_hook: self.post_hook.clone(),
+            boot_check: self.boot_check,
+            boot_check_timeout_secs: self.boot_check_timeout.as_secs(),
             ..Default::default()
         };
         self.storage.apply(&mut o)?;
@@ -332,6 +353,14 @@ fn ctid_parser() -> clap::builder::RangedI64ValueParser<u32> {
 }
 
 /// A token's lifetime: a duration of at least one second.
+fn parse_boot_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = p2c_common::units::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(1..=3600).contains(&d.as_secs()) {
+        return Err("the boot check's timeout must be between 1s and 1h".into());
+    }
+    Ok(d)
+}
+
 fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     let d = p2c_common::units::parse_duration(s).map_err(|e| e.to_string())?;
     if d.as_secs() == 0 {
@@ -454,6 +483,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 print!("{}", render::verify(ctid, &v));
             }
             return Ok(if v.ok { 0 } else { 1 });
+        }
+        Command::BootCheck { ctid, timeout, json } => {
+            if !json.json {
+                eprintln!(
+                    "booting a view of CT {ctid} (up to {}s for its init to settle)...",
+                    timeout.as_secs()
+                );
+            }
+            let req = p2c_common::migration::BootCheckRequest { ctid, timeout_secs: timeout.as_secs() };
+            let r = c.boot_check(&req).await?;
+            let report: crate::boot::BootReport = serde_json::from_slice(&r)?;
+            if json.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", report.render());
+            }
+            return Ok(if report.passed() { 0 } else { 1 });
         }
         Command::Demo(_) => unreachable!("handled above"),
     }

@@ -130,6 +130,14 @@ pub fn status(list: &[StatusEntry]) -> String {
             note(s)
         ));
     }
+    if let [one] = list
+        && let Some(b) = &one.boot_check
+    {
+        out.push_str(&format!("boot check {}\n", b.line()));
+        for f in b.findings.iter().filter(|f| f.severity != p2c_common::findings::Severity::Info) {
+            out.push_str(&format!("  {} {}: {}\n", f.severity.tag(), f.code, f.title));
+        }
+    }
     out
 }
 
@@ -204,6 +212,12 @@ pub fn summary(s: &MigrationSummary) -> String {
             "  guest changes {} file(s); backups in /etc/p2c/backup inside the container\n",
             s.guest_changes.len()
         ));
+    }
+    if let Some(b) = &s.boot_check {
+        out.push_str(&format!("  boot check    {}\n", b.line()));
+        for f in b.findings.iter().filter(|f| f.severity != p2c_common::findings::Severity::Info) {
+            out.push_str(&format!("    {} {}: {}\n", f.severity.tag(), f.code, f.title));
+        }
     }
     for w in &s.warnings {
         out.push_str(&format!("  warning: {w}\n"));

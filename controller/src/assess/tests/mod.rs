@@ -131,6 +131,7 @@ pub(super) fn plain_node() -> NodeFacts {
         existing_private: None,
         gaps: Vec::new(),
         target: None,
+        boot_tools: None,
     }
 }
 

@@ -143,3 +143,23 @@ fn node_target_says_what_the_container_is_made_for_and_warns_on_another_platform
     assert_eq!(f.severity, Severity::Info);
     assert!(has(&f, "asked for with --target"));
 }
+
+#[test]
+fn node_boot_check_says_what_to_install() {
+    let inv = plain_inventory();
+    let mut node = plain_node();
+    node.boot_tools = Some(Ok("/usr/bin/systemd-nspawn (systemd 252), overlayfs".into()));
+    let f = get(&run(&inv, Some(&plain_scan()), &node, &AssessOptions::default()), codes::NODE_BOOT_CHECK)
+        .clone();
+    assert_eq!(f.severity, Severity::Info);
+    assert!(has(&f, "systemd-nspawn"));
+    node.boot_tools = Some(Err(crate::boot::Missing {
+        what: "systemd-nspawn".into(),
+        package: "systemd-container".into(),
+    }));
+    let f = get(&run(&inv, Some(&plain_scan()), &node, &AssessOptions::default()), codes::NODE_BOOT_CHECK)
+        .clone();
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.action.contains("install systemd-container"), "{}", f.action);
+    assert_eq!(f.data["package"], "systemd-container");
+}
