@@ -305,9 +305,10 @@ pub struct MigrationSummary {
     /// How the quotas were applied (method, what is enforced, commands run).
     #[serde(default)]
     pub quota: Option<serde_json::Value>,
-    /// The last boot check of the container (before the cutover, after it, or on demand).
+    /// The container's boot checks, one per stage (before the cutover, after it, on
+    /// demand), the latest last.
     #[serde(default)]
-    pub boot_check: Option<BootCheckSummary>,
+    pub boot_checks: Vec<BootCheckSummary>,
     pub warnings: Vec<String>,
     pub started_unix: u64,
     pub updated_unix: u64,
@@ -338,7 +339,7 @@ impl MigrationSummary {
             downtime_seconds: None,
             guest_changes: Vec::new(),
             quota: None,
-            boot_check: None,
+            boot_checks: Vec::new(),
             warnings: Vec::new(),
             started_unix: now,
             updated_unix: now,
@@ -425,6 +426,19 @@ pub struct StatusEntry {
     /// has that in the migration's summary).
     #[serde(default)]
     pub boot_check: Option<BootCheckSummary>,
+}
+
+impl MigrationSummary {
+    /// Records a boot check's result, replacing an earlier one of the same stage.
+    pub fn record_boot_check(&mut self, b: BootCheckSummary) {
+        self.boot_checks.retain(|o| o.stage != b.stage);
+        self.boot_checks.push(b);
+    }
+
+    /// The latest boot check, if any ran.
+    pub fn last_boot_check(&self) -> Option<&BootCheckSummary> {
+        self.boot_checks.last()
+    }
 }
 
 impl BootCheckSummary {

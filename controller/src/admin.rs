@@ -296,7 +296,7 @@ impl v1::admin_server::Admin for AdminService {
             let mut waiting = None;
             let live_summary = live.get(&r.ctid).map(|h| h.summary());
             let boot_check =
-                live_summary.as_ref().or(summary).and_then(|s| s.boot_check.clone()).map(|b| {
+                live_summary.as_ref().or(summary).and_then(|s| s.last_boot_check().cloned()).map(|b| {
                     p2c_common::migration::BootCheckSummary { report: serde_json::Value::Null, ..b }
                 });
             let (state, pass, done, total, rate, eta) = match live.get(&r.ctid) {

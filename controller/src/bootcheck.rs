@@ -58,8 +58,15 @@ pub fn summary(stage: BootStage, r: &BootReport) -> BootCheckSummary {
 
 /// One line for logs and errors: what failed, by finding.
 fn blockers(r: &BootReport) -> String {
-    let list: Vec<String> =
-        r.findings.iter().filter(|f| f.severity == Severity::Blocker).map(|f| f.title.clone()).collect();
+    let list: Vec<String> = r
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Blocker)
+        .map(|f| {
+            let first: Vec<&str> = f.evidence.iter().take(3).map(String::as_str).collect();
+            if first.is_empty() { f.title.clone() } else { format!("{} ({})", f.title, first.join(", ")) }
+        })
+        .collect();
     list.join("; ")
 }
 
@@ -127,7 +134,7 @@ pub async fn before_cutover(
                 r.boot_secs
             ));
             let why = blockers(&r);
-            h.update_summary(|s| s.boot_check = Some(summary(BootStage::BeforeCutover, &r)));
+            h.update_summary(|s| s.record_boot_check(summary(BootStage::BeforeCutover, &r)));
             if passed {
                 return Ok(());
             }
@@ -169,7 +176,7 @@ pub async fn after_cutover(ctl: &Controller, h: &MigrationHandle, inv: &Inventor
                     s.warnings.push(format!("the finished container's boot check failed: {}", blockers(&r)))
                 });
             }
-            h.update_summary(|s| s.boot_check = Some(summary(BootStage::AfterCutover, &r)));
+            h.update_summary(|s| s.record_boot_check(summary(BootStage::AfterCutover, &r)));
         }
         Err(e) => {
             h.log(format!("the boot check of the finished container could not run: {e}"));
@@ -277,12 +284,12 @@ pub async fn on_demand(ctl: &Controller, ctid: u32, timeout_secs: u64) -> Result
     let result = summary(BootStage::OnDemand, &r);
     match ctl.migrations.get(ctid) {
         Some(h) => {
-            h.update_summary(|s| s.boot_check = Some(result.clone()));
+            h.update_summary(|s| s.record_boot_check(result.clone()));
             ctl.store.set_migration_state(ctid, row.state, Some(&h.summary()))?;
         }
         None => {
             if let Some(mut s) = row.summary {
-                s.boot_check = Some(result);
+                s.record_boot_check(result);
                 ctl.store.set_migration_state(ctid, row.state, Some(&s))?;
             }
         }

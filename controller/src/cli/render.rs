@@ -213,7 +213,7 @@ pub fn summary(s: &MigrationSummary) -> String {
             s.guest_changes.len()
         ));
     }
-    if let Some(b) = &s.boot_check {
+    for b in &s.boot_checks {
         out.push_str(&format!("  boot check    {}\n", b.line()));
         for f in b.findings.iter().filter(|f| f.severity != p2c_common::findings::Severity::Info) {
             out.push_str(&format!("    {} {}: {}\n", f.severity.tag(), f.code, f.title));

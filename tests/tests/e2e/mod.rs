@@ -11,6 +11,7 @@
 //! - `quotas`: one partition's quotas carried into a ploop image (and enforced by a
 //!   quota-capable kernel), and a container total on btrfs (issue 4).
 
+mod boot;
 mod fixture;
 mod layouts;
 mod passes;
