@@ -94,15 +94,35 @@ fn copy_tree(from: &Path, dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Packages added for [`debootstrap_stacks_tree`]: every network stack a Debian server may
+/// be configured with (netplan, NetworkManager, with the system bus and logind they need;
+/// debootstrap does not pull in their virtual dependencies).
+const STACKS_INCLUDE: &str = "dbus,libpam-systemd,netplan.io,network-manager";
+
+/// [`debootstrap_tree`] with netplan and NetworkManager installed beside ifupdown and
+/// systemd-networkd (cached apart, about a minute more the first time).
+pub fn debootstrap_stacks_tree(dest: &Path) -> anyhow::Result<()> {
+    let src = machine_source()?;
+    let cache = cached_variant(&src, "-stacks", &format!("{INCLUDE},{STACKS_INCLUDE}"))?;
+    copy_tree(&cache, dest).context("copying the cached Debian tree")
+}
+
 /// The cached tree for `src`, built first if needed.
 fn cached_tree(src: &AptSource) -> anyhow::Result<PathBuf> {
+    cached_variant(src, "", INCLUDE)
+}
+
+/// The cached tree `debootstrap-<suite><variant>` with `include`d packages, built first if
+/// needed.
+fn cached_variant(src: &AptSource, variant: &str, include: &str) -> anyhow::Result<PathBuf> {
     let cache = Path::new(CACHE_DIR);
-    let tree = cache.join(format!("debootstrap-{}", src.suite));
+    let suite = format!("{}{variant}", src.suite);
+    let tree = cache.join(format!("debootstrap-{suite}"));
     if tree.is_dir() {
         return Ok(tree);
     }
     std::fs::create_dir_all(cache).with_context(|| format!("creating {CACHE_DIR}"))?;
-    let lock_path = cache.join(format!("debootstrap-{}.lock", src.suite));
+    let lock_path = cache.join(format!("debootstrap-{suite}.lock"));
     let lock =
         File::create(&lock_path).with_context(|| format!("creating lock file {}", lock_path.display()))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
@@ -111,17 +131,16 @@ fn cached_tree(src: &AptSource) -> anyhow::Result<PathBuf> {
         // Another run built it while this one waited.
         return Ok(tree);
     }
-    let tmp = cache.join(format!("debootstrap-{}.tmp-{}", src.suite, std::process::id()));
+    let tmp = cache.join(format!("debootstrap-{suite}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     eprintln!(
-        "building the Debian {} test tree with debootstrap into {} (about a minute, once)",
-        src.suite,
+        "building the Debian {suite} test tree with debootstrap into {} (about a minute, once)",
         tree.display()
     );
     let built = run(Command::new("debootstrap")
-        .arg(format!("--include={INCLUDE}"))
+        .arg(format!("--include={include}"))
         .arg(&src.suite)
         .arg(&tmp)
         .arg(&src.mirror));

@@ -8,6 +8,7 @@
 mod boot;
 mod bundle;
 mod e2e;
+mod guest_boot;
 mod guest_start;
 mod harness;
 mod hostile;

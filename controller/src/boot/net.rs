@@ -33,6 +33,8 @@ pub(super) const PEER: &str = "p2c-peer";
 const VENET_MAC: &str = "02:00:00:00:00:01";
 /// Virtuozzo 9's IPv6 gateway for routed veths, on the node end.
 pub(super) const ROUTED_GW6: &str = "fe80::ffff:1:1";
+/// Virtuozzo 9's IPv4 gateway in its NetworkManager profile for routed veths.
+pub(super) const ROUTED_GW4: &str = "169.254.0.1";
 /// Candidate node-side addresses (documentation and unique-local ranges); the first that is
 /// not a container address is taken.
 const NODE_V4: &[&str] = &["203.0.113.254", "198.51.100.254", "192.0.2.254", "10.255.255.254"];
@@ -133,6 +135,10 @@ impl Net {
                 })?;
             self.ip(&["-n", node, "-6", "addr", "add", &format!("{ROUTED_GW6}/128"), "dev", PEER, "nodad"])
                 .await?;
+            // The IPv4 gateway libvzctl 8's NetworkManager profile names (IP4_ROUTED_GW): a
+            // node answers for it by proxy ARP through its default route; this node side has
+            // no default route, so it holds the address itself.
+            self.ip(&["-n", node, "addr", "add", &format!("{ROUTED_GW4}/32"), "dev", "lo"]).await?;
         }
         self.ip(&["-n", node, "link", "set", PEER, "up"]).await?;
         for a in addresses {
