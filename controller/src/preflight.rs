@@ -62,7 +62,10 @@ pub async fn assess_with(
         node.existing_private = known;
     }
     node.target = Some(ctl.node_target.clone());
-    node.boot_tools = Some(crate::boot::tools());
+    node.boot_tools = Some(
+        crate::boot::tools()
+            .map_err(|m| crate::assess::MissingTool { what: m.what.clone(), package: m.package.clone() }),
+    );
     crate::assess::assess(agent, inv, scan, &node, opts)
 }
 

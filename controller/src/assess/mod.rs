@@ -48,7 +48,14 @@ pub struct NodeFacts {
     pub target: Option<crate::platform::NodeTarget>,
     /// What the boot check would use here, or what it lacks (unknown outside a controller).
     #[serde(default)]
-    pub boot_tools: Option<Result<String, crate::boot::Missing>>,
+    pub boot_tools: Option<Result<String, MissingTool>>,
+}
+
+/// A tool the node lacks, and the package that brings it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingTool {
+    pub what: String,
+    pub package: String,
 }
 
 impl Default for NodeFacts {

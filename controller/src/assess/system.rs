@@ -301,7 +301,7 @@ pub(super) fn node_boot_check(cx: &Ctx<'_>, out: &mut Vec<Finding>) {
             codes::NODE_BOOT_CHECK,
             Severity::Warning,
             format!("the node cannot boot containers for a boot check: {} is missing", m.what),
-            vec![m.to_string()],
+            vec![format!("the boot check needs {}, which this node lacks; install {}", m.what, m.package)],
             format!("install {} on the node for `--boot-check`; without it the migration goes on unchecked", m.package),
             json!({ "available": false, "missing": m.what, "package": m.package }),
         )),

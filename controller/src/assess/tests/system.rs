@@ -153,7 +153,7 @@ fn node_boot_check_says_what_to_install() {
         .clone();
     assert_eq!(f.severity, Severity::Info);
     assert!(has(&f, "systemd-nspawn"));
-    node.boot_tools = Some(Err(crate::boot::Missing {
+    node.boot_tools = Some(Err(crate::assess::MissingTool {
         what: "systemd-nspawn".into(),
         package: "systemd-container".into(),
     }));
