@@ -412,16 +412,9 @@ impl v1::admin_server::Admin for AdminService {
                     .collect()
             })
             .unwrap_or_default();
-        let ploop = opts.as_ref().is_some_and(|o| o.layout == p2c_common::migration::Layout::Ploop);
-        let format = crate::quota::ploop::Format::of(
-            opts.as_ref().map_or(p2c_common::migration::Target::Openvz, |o| o.made_for()),
-        );
-        let keep = opts.is_some_and(|o| o.assess.keep_xattrs);
-        let private = self.ctl.settings.private_dir(ctid);
-        let v = if ploop {
-            let mp = self.ctl.settings.root_dir(ctid);
-            let guard = crate::quota::ploop::Ploop::new(crate::quota::Node::linux(), format)
-                .mount(&private, &mp)
+        let keep = opts.as_ref().is_some_and(|o| o.assess.keep_xattrs);
+        let v = if let Some(o) = opts.as_ref().filter(|o| o.layout == p2c_common::migration::Layout::Ploop) {
+            let (mp, guard) = crate::finalise::mount_image(&self.ctl, ctid, o)
                 .map_err(|e| Status::failed_precondition(format!("cannot mount the container image: {e}")))?;
             let v = crate::finalise::verify_tree(&self.ctl, ctid, &mp, rewritten, keep, None).await;
             if let Err(e) = guard.unmount() {

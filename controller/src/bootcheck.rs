@@ -162,7 +162,9 @@ pub async fn after_cutover(ctl: &Controller, h: &MigrationHandle, inv: &Inventor
     }
     h.log("boot check: booting a view of the finished container");
     let conf = conf_for(ctl, h.ctid(), h.agent(), opts, inv);
-    match finished(ctl, h.ctid(), opts, &conf, inv, timeout(opts.boot_check_timeout_secs)).await {
+    match boot_container(ctl, h.ctid(), opts, None, &conf, inv, false, timeout(opts.boot_check_timeout_secs))
+        .await
+    {
         Ok(r) => {
             let passed = r.passed();
             h.log(format!(
@@ -187,26 +189,31 @@ pub async fn after_cutover(ctl: &Controller, h: &MigrationHandle, inv: &Inventor
     }
 }
 
-/// Boots a finished container: its tree, or its ploop image mounted for the time of the check.
-async fn finished(
+/// Boots container `ctid`: the root a running migration holds (`held`), else its tree, or
+/// its ploop image mounted for the time of the check.
+#[allow(clippy::too_many_arguments, reason = "the two call sites in this module each pass every one")]
+async fn boot_container(
     ctl: &Controller,
     ctid: u32,
     opts: &MigrateOptions,
+    held: Option<PathBuf>,
     conf: &CtConf,
     inv: &Inventory,
+    rewrite: bool,
     timeout: Duration,
 ) -> Result<BootReport, BootError> {
-    let area = ctl.settings.private_area(ctid, opts);
-    if opts.layout != Layout::Ploop {
-        return boot_tree(ctl, ctid, area.tree(), conf, inv, false, timeout).await;
+    if let Some(root) = held {
+        return boot_tree(ctl, ctid, root, conf, inv, rewrite, timeout).await;
     }
-    let mp = ctl.settings.root_dir(ctid);
-    let format = crate::quota::ploop::Format::of(opts.made_for());
-    let guard =
-        crate::quota::ploop::Ploop::new(crate::quota::Node::linux(), format).mount(&area.dir, &mp).map_err(
-            |e| BootError::Request { ctid, problem: format!("cannot mount the container image: {e}") },
-        )?;
-    let r = boot_tree(ctl, ctid, mp.clone(), conf, inv, false, timeout).await;
+    if opts.layout != Layout::Ploop {
+        let tree = ctl.settings.private_area(ctid, opts).tree();
+        return boot_tree(ctl, ctid, tree, conf, inv, rewrite, timeout).await;
+    }
+    let (mp, guard) = crate::finalise::mount_image(ctl, ctid, opts).map_err(|e| BootError::Request {
+        ctid,
+        problem: format!("cannot mount the container image: {e}"),
+    })?;
+    let r = boot_tree(ctl, ctid, mp.clone(), conf, inv, rewrite, timeout).await;
     if let Err(e) = guard.unmount() {
         tracing::warn!(ctid, mountpoint = %mp.display(), "cannot unmount the container image after its boot check: {e}; unmount it by hand");
     }
@@ -254,33 +261,13 @@ pub async fn on_demand(ctl: &Controller, ctid: u32, timeout_secs: u64) -> Result
     if conf.addresses.is_empty() {
         conf.addresses = conf_file_addresses(&ctl.settings.private_area(ctid, &row.options).conf_file());
     }
-    let t = timeout(timeout_secs);
-    let r = if done {
-        finished(ctl, ctid, &row.options, &conf, &inv, t).await?
+    // A synced migration of this run may still hold its image mounted.
+    let held = if done {
+        None
     } else {
-        // A synced migration of this run may still hold its image mounted.
-        let held =
-            ctl.migrations.get(ctid).and_then(|h| h.with_quota(|q| q.as_ref().map(|q| q.root.clone())));
-        let root = held.clone().unwrap_or_else(|| ctl.settings.private_area(ctid, &row.options).tree());
-        if row.options.layout == Layout::Ploop && held.is_none() {
-            let mp = ctl.settings.root_dir(ctid);
-            let format = crate::quota::ploop::Format::of(row.options.made_for());
-            let area = ctl.settings.private_area(ctid, &row.options);
-            let guard = crate::quota::ploop::Ploop::new(crate::quota::Node::linux(), format)
-                .mount(&area.dir, &mp)
-                .map_err(|e| BootError::Request {
-                    ctid,
-                    problem: format!("cannot mount the container image: {e}"),
-                })?;
-            let r = boot_tree(ctl, ctid, mp.clone(), &conf, &inv, true, t).await;
-            if let Err(e) = guard.unmount() {
-                tracing::warn!(ctid, mountpoint = %mp.display(), "cannot unmount the container image after its boot check: {e}");
-            }
-            r?
-        } else {
-            boot_tree(ctl, ctid, root, &conf, &inv, true, t).await?
-        }
+        ctl.migrations.get(ctid).and_then(|h| h.with_quota(|q| q.as_ref().map(|q| q.root.clone())))
     };
+    let r = boot_container(ctl, ctid, &row.options, held, &conf, &inv, !done, timeout(timeout_secs)).await?;
     let result = summary(BootStage::OnDemand, &r);
     match ctl.migrations.get(ctid) {
         Some(h) => {

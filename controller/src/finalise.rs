@@ -85,6 +85,20 @@ fn root_only_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Mounts the ploop image of finished container `ctid` at its mount point, for a check
+/// after the fact (`p2c verify`, a boot check); returns the mount point and the guard.
+pub fn mount_image(
+    ctl: &Controller,
+    ctid: u32,
+    opts: &MigrateOptions,
+) -> Result<(PathBuf, quota::ploop::MountGuard), quota::QuotaError> {
+    let mp = ctl.settings.root_dir(ctid);
+    let format = quota::ploop::Format::of(opts.made_for());
+    let guard =
+        quota::ploop::Ploop::new(quota::Node::linux(), format).mount(&ctl.settings.private_dir(ctid), &mp)?;
+    Ok((mp, guard))
+}
+
 /// Where the container's files are (the private area's tree, or its mounted image).
 pub fn ct_root(ctl: &Controller, h: &MigrationHandle) -> PathBuf {
     h.with_quota(|q| q.as_ref().map(|q| q.root.clone()))

@@ -2,10 +2,52 @@
 //! busybox, started by systemd units of the guest) and a look for anything a boot check left
 //! behind on the node.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use p2c_common::inventory::{IfAddr, Interface, Inventory};
+
+/// The boot tests' server: two IPv4 addresses on eth0 (198.51.100.10 and .11, /24) and one
+/// IPv6 address (fd00:51::20/64), in that order.
+pub fn server_addresses() -> Vec<IpAddr> {
+    server_ifaddrs().into_iter().map(|a| a.address).collect()
+}
+
+fn server_ifaddrs() -> Vec<IfAddr> {
+    vec![
+        IfAddr { address: Ipv4Addr::new(198, 51, 100, 10).into(), prefix: 24 },
+        IfAddr { address: Ipv4Addr::new(198, 51, 100, 11).into(), prefix: 24 },
+        IfAddr { address: Ipv6Addr::new(0xfd00, 0x51, 0, 0, 0, 0, 0, 0x20).into(), prefix: 64 },
+    ]
+}
+
+/// The boot tests' server as its inventory shows it: `lo` and eth0 with
+/// [`server_addresses`], no listeners.
+pub fn server_inventory() -> Inventory {
+    Inventory {
+        hostname: "web1".into(),
+        interfaces: vec![
+            Interface {
+                name: "lo".into(),
+                loopback: true,
+                up: true,
+                addresses: vec![IfAddr { address: Ipv4Addr::LOCALHOST.into(), prefix: 8 }],
+                ..Interface::default()
+            },
+            Interface {
+                name: "eth0".into(),
+                mac: Some("52:54:00:0a:00:10".into()),
+                up: true,
+                mtu: 1500,
+                addresses: server_ifaddrs(),
+                ..Interface::default()
+            },
+        ],
+        ..Inventory::default()
+    }
+}
 
 /// Where [`install_busybox`] puts busybox in the guest.
 pub const BUSYBOX: &str = "/usr/local/bin/busybox";

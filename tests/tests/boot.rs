@@ -10,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p2c_common::findings::Severity;
-use p2c_common::inventory::{IfAddr, Interface, Inventory, Listener};
+use p2c_common::inventory::{Inventory, Listener};
 use p2c_common::migration::Target;
 use p2c_controller::boot::{
     self, BootReport, BootRequest, HttpOutcome, InitState, ListenerStatus, TcpOutcome, codes,
 };
 use p2c_controller::guest::{GuestOptions, containerise};
 use p2c_controller::tree::Tree;
-use p2c_tests::bootguest::{BUSYBOX, add_unit, install_busybox, leftovers};
+use p2c_tests::bootguest::{
+    BUSYBOX, add_unit, install_busybox, leftovers, server_addresses, server_inventory,
+};
 use p2c_tests::debian::debootstrap_lean_tree;
 use p2c_tests::snapshot::Snapshot;
 
@@ -43,32 +45,11 @@ iface eth0 inet6 static
 ";
 
 fn addresses() -> Vec<IpAddr> {
-    ["198.51.100.10", "198.51.100.11", "fd00:51::20"].iter().map(|a| a.parse().unwrap()).collect()
+    server_addresses()
 }
 
 fn inventory() -> Inventory {
-    let a = |s: &str, prefix: u8| IfAddr { address: s.parse().unwrap(), prefix };
-    Inventory {
-        hostname: "web1".into(),
-        interfaces: vec![
-            Interface {
-                name: "lo".into(),
-                loopback: true,
-                up: true,
-                addresses: vec![a("127.0.0.1", 8)],
-                ..Interface::default()
-            },
-            Interface {
-                name: "eth0".into(),
-                mac: Some("52:54:00:0a:00:10".into()),
-                up: true,
-                mtu: 1500,
-                addresses: vec![a("198.51.100.10", 24), a("198.51.100.11", 24), a("fd00:51::20", 64)],
-                ..Interface::default()
-            },
-        ],
-        ..Inventory::default()
-    }
+    server_inventory()
 }
 
 fn listener(proto: &str, address: &str, port: u16, process: &str) -> Listener {

@@ -8,47 +8,27 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use p2c_common::inventory::{IfAddr, Interface, Inventory, Listener};
+use p2c_common::inventory::{Inventory, Listener};
 use p2c_common::migration::Target;
 use p2c_controller::boot::{self, BootRequest, InitState};
 use p2c_controller::guest::{GuestOptions, containerise};
 use p2c_controller::tree::Tree;
-use p2c_tests::bootguest::{BUSYBOX, add_unit, install_busybox};
+use p2c_tests::bootguest::{BUSYBOX, add_unit, install_busybox, server_addresses, server_inventory};
 use p2c_tests::debian::{debootstrap_lean_tree, debootstrap_stacks_tree};
 
 fn addresses() -> Vec<IpAddr> {
-    ["198.51.100.10", "198.51.100.11", "fd00:51::20"].iter().map(|a| a.parse().unwrap()).collect()
+    server_addresses()
 }
 
+/// The server, serving its web site on every address.
 fn inventory() -> Inventory {
-    let a = |s: &str, prefix: u8| IfAddr { address: s.parse().unwrap(), prefix };
-    Inventory {
-        hostname: "web1".into(),
-        interfaces: vec![
-            Interface {
-                name: "lo".into(),
-                loopback: true,
-                up: true,
-                addresses: vec![a("127.0.0.1", 8)],
-                ..Interface::default()
-            },
-            Interface {
-                name: "eth0".into(),
-                mac: Some("52:54:00:0a:00:10".into()),
-                up: true,
-                mtu: 1500,
-                addresses: vec![a("198.51.100.10", 24), a("198.51.100.11", 24), a("fd00:51::20", 64)],
-                ..Interface::default()
-            },
-        ],
-        listeners: vec![Listener {
-            proto: "tcp6".into(),
-            address: "::".into(),
-            port: 80,
-            process: Some("busybox".into()),
-        }],
-        ..Inventory::default()
-    }
+    let listeners = vec![Listener {
+        proto: "tcp6".into(),
+        address: "::".into(),
+        port: 80,
+        process: Some("busybox".into()),
+    }];
+    Inventory { listeners, ..server_inventory() }
 }
 
 const LO_ONLY: &str = "auto lo\niface lo inet loopback\n";
